@@ -1,0 +1,34 @@
+"""reco_fast: live product recommendations from a compiled gradient-boosted model.
+
+Importing this package needs numpy and cffi only. Training and compiling
+(``compile_model``) need the ``build`` extra and import it lazily.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import ArtifactError, CompileError, InputError
+from .runtime import Model, load
+
+
+def compile_model(estimator, out_dir, feature_names=None, **kwargs):  # type: ignore[no-untyped-def]
+    """Compile a fitted binary GradientBoostingClassifier into a verified artifact.
+
+    Imported lazily so that serving never loads scikit-learn, treelite or tl2cgen.
+    See :func:`reco_fast.compile.compile_model`.
+    """
+    from .compile import compile_model as _compile
+
+    return _compile(estimator, out_dir, feature_names, **kwargs)
+
+
+__all__ = [
+    "ArtifactError",
+    "CompileError",
+    "InputError",
+    "Model",
+    "__version__",
+    "compile_model",
+    "load",
+]

@@ -1,0 +1,339 @@
+"""Deterministic synthetic page-view / recommendation-click data.
+
+The generator exists so that tests, benchmarks and examples can run on data
+that *behaves* like the original seed data set (same schema, same marginal
+click rates by device and traffic source, similar model quality) without
+shipping that data set.  Everything is drawn from a single
+``numpy.random.Generator`` seeded by the caller, so the same arguments always
+produce byte-identical frames.
+
+Latent click model
+------------------
+Every page view gets a latent utility ::
+
+    u = eta + a[device] + b[traffic] + eps,      eps ~ Logistic(0, 1)
+    recommendation_clicked = 1[u > 0]
+
+where ``eta`` combines session signals (engagement score, time on page,
+price, scroll depth, session length, cart size, image click, category) and
+the relation between the recommended product and the session (same category
+as the current product, same category as a previously viewed product, price
+ratio, already viewed).  ``eps`` is drawn once; the offsets ``a``/``b`` are
+then solved so that the *realised* click rate of every device and every
+traffic source equals its target (see :func:`_calibrate_offsets`).  Because
+the solve only uses the already-drawn noise it is fully deterministic, and
+matching realised (rather than expected) rates removes sampling noise from
+the headline statistics, which is what downstream regression tests compare.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["CATEGORIES", "DEVICES", "LOG_COLUMNS", "TRAFFIC_SOURCES", "generate"]
+
+CATEGORIES: tuple[str, ...] = (
+    "Electronics",
+    "Clothing",
+    "Home",
+    "Sports",
+    "Beauty",
+    "Books",
+)
+DEVICES: tuple[str, ...] = ("Desktop", "Mobile", "Tablet")
+TRAFFIC_SOURCES: tuple[str, ...] = ("Direct", "Email", "Organic", "Paid", "Social")
+
+LOG_COLUMNS: tuple[str, ...] = (
+    "session_id",
+    "customer_id",
+    "current_product_id",
+    "current_category",
+    "current_price",
+    "prev_product_1",
+    "prev_product_2",
+    "prev_product_3",
+    "products_in_cart",
+    "device_type",
+    "traffic_source",
+    "time_on_page_sec",
+    "scroll_depth",
+    "clicked_product_image",
+    "session_length_mins",
+    "products_viewed_count",
+    "recommended_product_id",
+    "recommendation_clicked",
+)
+
+NONE_ID = "NONE"
+
+# Catalogue: share of products and (median price, log-sd) per category.  The
+# medians put Beauty/Books mostly under 30 and Electronics mostly over 100, so
+# the seed's premium/low-price flags are informative and category-dependent.
+_CATEGORY_SHARE = np.array([0.20, 0.20, 0.17, 0.16, 0.14, 0.13])
+_CATEGORY_PRICE = np.array(
+    [[180.0, 0.65], [45.0, 0.55], [70.0, 0.65], [60.0, 0.60], [25.0, 0.50], [18.0, 0.40]]
+)
+
+# Segment mixes.  The device mix is what makes the per-device targets average
+# out to the overall 43.8 % (with a 45 % desktop share the overall rate would
+# have to be ~44.7 %); likewise for the traffic mix.
+_DEVICE_P = np.array([0.38, 0.46, 0.16])
+_TRAFFIC_P = np.array([0.14, 0.10, 0.30, 0.25, 0.21])
+
+# Realised click-rate targets (from the seed data set).
+_DEVICE_CTR = np.array([0.520, 0.387, 0.389])
+_TRAFFIC_CTR = np.array([0.529, 0.490, 0.416, 0.428, 0.395])
+
+# Probabilities for how the recommended product is chosen:
+# same category as current, category of a previous product, already viewed,
+# uniformly random.
+_REC_MODE_P = np.array([0.42, 0.18, 0.07, 0.33])
+
+# Latent-utility weights (logit scale).  Engagement dominates; the
+# recommendation/session relation terms are strong enough that a ranking model
+# that sees candidate features clearly beats one that does not.
+_W = {
+    "engagement": 2.6,
+    "engagement_scale": 0.15,  # saturation scale of the engagement term
+    "time": 0.9,  # per min(time, 300)/300
+    "log_price": -0.40,  # per log(price / 60)
+    "scroll": 0.6,  # per (scroll - 0.5)
+    "session_len": 0.35,  # per log1p(session_length_mins) - 2
+    "cart": 0.12,  # per cart item
+    "image": 0.25,
+    "rec_same_cat": 0.85,
+    "rec_prev_cat": 0.55,
+    "rec_pricier": -0.9,  # per log(ratio) above 1
+    "rec_cheaper": 0.15,  # per -log(ratio) below 1
+    "rec_viewed": -1.3,
+    "customer_sd": 0.35,
+    "session_cap": 3.0,
+}
+_CATEGORY_EFFECT = np.array([0.05, -0.05, 0.0, 0.05, -0.05, 0.0])
+
+
+def _catalog(n_products: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Build the product catalogue.
+
+    Categories are assigned by shuffled quota (not i.i.d.) so every category
+    is present even for tiny catalogues; prices are log-normal per category
+    and clipped to a 5-500 band to avoid absurd outliers.
+    """
+    counts = np.floor(_CATEGORY_SHARE * n_products).astype(int)
+    counts[: n_products - counts.sum()] += 1
+    cat = rng.permutation(np.repeat(np.arange(len(CATEGORIES)), counts))
+    med, sd = _CATEGORY_PRICE[cat, 0], _CATEGORY_PRICE[cat, 1]
+    price = np.clip(med * np.exp(sd * rng.standard_normal(n_products)), 5.0, 500.0)
+    return pd.DataFrame(
+        {
+            "product_id": [f"PROD{i:04d}" for i in range(1, n_products + 1)],
+            "category": np.asarray(CATEGORIES, dtype=object)[cat],
+            "price": np.round(price, 2),
+        }
+    )
+
+
+def _pick_in_category(
+    cat: np.ndarray, cat_starts: np.ndarray, cat_sizes: np.ndarray, order: np.ndarray, u: np.ndarray
+) -> np.ndarray:
+    """Vectorised uniform draw of a product index within each row's category.
+
+    ``order`` sorts product indices by category; ``cat_starts``/``cat_sizes``
+    delimit each category's block, so one uniform per row suffices.
+    """
+    return order[cat_starts[cat] + (u * cat_sizes[cat]).astype(int)]
+
+
+def _calibrate_offsets(
+    eta: np.ndarray,
+    eps: np.ndarray,
+    device: np.ndarray,
+    traffic: np.ndarray,
+    n_iter: int = 60,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Solve additive device/traffic offsets hitting the realised targets.
+
+    For a fixed traffic offset, the device offset giving realised rate ``r``
+    in a device segment is exactly minus the ``1 - r`` quantile of
+    ``eta + b[traffic] + eps`` in that segment (and symmetrically for
+    traffic).  Alternating these closed-form quantile updates (an
+    IPF-like back-fitting) converges in a few dozen cheap iterations; the
+    result is deterministic given the drawn noise.
+    """
+    base = eta + eps
+    a = np.zeros(len(DEVICES))
+    b = np.zeros(len(TRAFFIC_SOURCES))
+    for _ in range(n_iter):
+        s = base + b[traffic]
+        for k, r in enumerate(_DEVICE_CTR):
+            m = device == k
+            if m.any():
+                a[k] = -np.quantile(s[m], 1.0 - r)
+        s = base + a[device]
+        for k, r in enumerate(_TRAFFIC_CTR):
+            m = traffic == k
+            if m.any():
+                b[k] = -np.quantile(s[m], 1.0 - r)
+    return a, b
+
+
+def generate(
+    n_rows: int = 15_000,
+    n_customers: int = 3_000,
+    n_products: int = 250,
+    seed: int = 42,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Generate a synthetic page-view log and its product catalogue.
+
+    Returns ``(log, catalog)``.  ``catalog`` has ``product_id, category,
+    price``; ``log`` has one row per page view with the columns in
+    :data:`LOG_COLUMNS` (the seed data set's schema and order), so code
+    written against the seed runs unchanged.
+
+    Why it looks the way it does:
+
+    * sessions have intent - previously viewed products and most
+      recommendations share the current product's category, so
+      "same category" features carry signal;
+    * session signals (time on page, scroll depth, session length, products
+      viewed) share a latent engagement factor, as in real click-streams,
+      which makes ``engagement_score`` the strongest single predictor;
+    * clicks come from the latent logistic model described in the module
+      docstring; device and traffic-source intercepts are solved at
+      generation time (deterministically, from the already drawn noise) so the
+      realised click rates are overall ~43.8 %, Desktop 52.0 / Mobile 38.7 /
+      Tablet 38.9 %, and Direct 52.9 / Email 49.0 / Organic 41.6 / Paid 42.8 /
+      Social 39.5 % for any seed;
+    * a per-customer random effect and the logistic noise keep the problem
+      realistically hard (AUC around 0.8) rather than separable.
+    """
+    if n_rows <= 0 or n_customers <= 0 or n_products < len(CATEGORIES):
+        raise ValueError("need n_rows > 0, n_customers > 0 and n_products >= 6")
+    rng = np.random.default_rng(seed)
+
+    catalog = _catalog(n_products, rng)
+    prod_ids = catalog["product_id"].to_numpy()
+    prod_cat = pd.Categorical(catalog["category"], categories=CATEGORIES).codes.astype(np.int64)
+    prod_price = catalog["price"].to_numpy()
+    order = np.argsort(prod_cat, kind="stable")
+    cat_sizes = np.bincount(prod_cat, minlength=len(CATEGORIES))
+    cat_starts = np.concatenate([[0], np.cumsum(cat_sizes)[:-1]])
+
+    n = n_rows
+    customer = rng.integers(0, n_customers, size=n)
+    device = rng.choice(len(DEVICES), size=n, p=_DEVICE_P)
+    traffic = rng.choice(len(TRAFFIC_SOURCES), size=n, p=_TRAFFIC_P)
+
+    # Current product: mildly Zipf-like popularity so some products are hot.
+    pop = 1.0 / np.arange(1, n_products + 1) ** 0.6
+    pop = rng.permutation(pop / pop.sum())
+    cur = rng.choice(n_products, size=n, p=pop)
+    cur_cat = prod_cat[cur]
+
+    # Previous products: 0-3 of them, each same-category with prob 0.6.
+    n_prev = rng.choice(4, size=n, p=[0.30, 0.25, 0.22, 0.23])
+    same = rng.random((n, 3)) < 0.6
+    in_cat = _pick_in_category(
+        np.repeat(cur_cat[:, None], 3, axis=1), cat_starts, cat_sizes, order, rng.random((n, 3))
+    )
+    prev = np.where(same, in_cat, rng.integers(0, n_products, size=(n, 3)))
+    present = np.arange(3)[None, :] < n_prev[:, None]
+    prev = np.where(present, prev, -1)
+
+    # Latent engagement drives time, scroll, image clicks, session length.
+    g = rng.standard_normal(n)
+    time_on_page = np.clip(
+        np.exp(4.2 + 0.55 * g + 0.75 * rng.standard_normal(n)) - (device == 1) * 10, 1, 600
+    ).round(0)
+    scroll = np.clip(
+        1.0 / (1.0 + np.exp(-(0.1 + 0.9 * g + 0.9 * rng.standard_normal(n)))), 0, 1
+    ).round(2)
+    image = (rng.random(n) < 1.0 / (1.0 + np.exp(-(-0.6 + 0.7 * g)))).astype(np.int64)
+    viewed = n_prev + 1 + rng.poisson(np.exp(0.6 + 0.3 * g))
+    session_len = np.round(
+        viewed * rng.gamma(2.0, 1.0, size=n) * np.exp(0.25 * g) + rng.exponential(1.0, n), 1
+    )
+    cart = np.minimum(rng.poisson(0.4 + 0.15 * viewed), 6)
+
+    # Recommended product: same category / previous category / already
+    # viewed / random.  Modes needing a previous product fall back to random.
+    mode = rng.choice(4, size=n, p=_REC_MODE_P)
+    k_prev = (rng.random(n) * np.maximum(n_prev, 1)).astype(int)
+    chosen_prev = prev[np.arange(n), k_prev]
+    has_prev = n_prev > 0
+    rec = rng.integers(0, n_products, size=n)
+    m = mode == 0
+    rec[m] = _pick_in_category(cur_cat[m], cat_starts, cat_sizes, order, rng.random(m.sum()))
+    m = (mode == 1) & has_prev
+    rec[m] = _pick_in_category(
+        prod_cat[chosen_prev[m]], cat_starts, cat_sizes, order, rng.random(m.sum())
+    )
+    m = mode == 2
+    rec[m] = np.where(has_prev[m] & (rng.random(m.sum()) < 0.5), chosen_prev[m], cur[m])
+
+    # Latent utility.
+    cur_price = prod_price[cur]
+    rec_cat = prod_cat[rec]
+    engagement = np.clip(time_on_page / 300.0 * scroll, 0, 1)
+    rec_same_cat = rec_cat == cur_cat
+    rec_prev_cat = (
+        ((prod_cat[np.maximum(prev, 0)] == rec_cat[:, None]) & present).any(axis=1)
+    ) & ~rec_same_cat
+    rec_viewed = (rec == cur) | (prev == rec[:, None]).any(axis=1)
+    log_ratio = np.log(prod_price[rec] / np.maximum(cur_price, 0.01))
+    cust_effect = rng.normal(0.0, _W["customer_sd"], size=n_customers)[customer]
+
+    session = (
+        _W["engagement"] * (1.0 - np.exp(-engagement / _W["engagement_scale"]))
+        + _W["time"] * np.minimum(time_on_page, 300) / 300.0
+        + _W["log_price"] * np.log(cur_price / 60.0)
+        + _W["scroll"] * (scroll - 0.5)
+        + _W["session_len"] * (np.log1p(session_len) - 2.0)
+        + _W["cart"] * cart
+        + _W["image"] * image
+        + _CATEGORY_EFFECT[cur_cat]
+    )
+    # Soft ceiling: stacking every positive session signal should not make a
+    # click near-certain (real users still ignore recommendations), so the
+    # session part saturates smoothly at ``session_cap``.
+    cap = _W["session_cap"]
+    session = cap - np.logaddexp(0.0, cap - session)
+    relation = (
+        _W["rec_same_cat"] * rec_same_cat
+        + _W["rec_prev_cat"] * rec_prev_cat
+        + _W["rec_pricier"] * np.maximum(log_ratio, 0)
+        + _W["rec_cheaper"] * np.maximum(-log_ratio, 0)
+        + _W["rec_viewed"] * rec_viewed
+    )
+    eta = session + relation + cust_effect
+    eps = rng.logistic(size=n)
+    a, b = _calibrate_offsets(eta, eps, device, traffic)
+    clicked = (eta + a[device] + b[traffic] + eps > 0).astype(np.int64)
+
+    ids_with_none = np.append(prod_ids, NONE_ID)  # index -1 -> "NONE"
+    cats = np.asarray(CATEGORIES, dtype=object)
+    log = pd.DataFrame(
+        {
+            "session_id": [f"SESS{i:06d}" for i in range(1, n + 1)],
+            "customer_id": [f"CUST{c + 1:05d}" for c in customer],
+            "current_product_id": prod_ids[cur],
+            "current_category": cats[cur_cat],
+            "current_price": cur_price,
+            "prev_product_1": ids_with_none[prev[:, 0]],
+            "prev_product_2": ids_with_none[prev[:, 1]],
+            "prev_product_3": ids_with_none[prev[:, 2]],
+            "products_in_cart": cart.astype(np.int64),
+            "device_type": np.asarray(DEVICES, dtype=object)[device],
+            "traffic_source": np.asarray(TRAFFIC_SOURCES, dtype=object)[traffic],
+            "time_on_page_sec": time_on_page.astype(np.int64),
+            "scroll_depth": scroll,
+            "clicked_product_image": image,
+            "session_length_mins": session_len,
+            "products_viewed_count": viewed.astype(np.int64),
+            "recommended_product_id": prod_ids[rec],
+            "recommendation_clicked": clicked,
+        },
+        columns=list(LOG_COLUMNS),
+    )
+    return log, catalog

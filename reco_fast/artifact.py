@@ -1,0 +1,157 @@
+"""The model artifact on disk: one directory, written atomically, checked at load.
+
+Loading an artifact executes its native code, so nothing here trusts the
+directory: every file's sha256 is checked against ``metadata.json``, the
+platform and Python ABI must match, and nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+
+__all__ = ["FORMAT_VERSION", "METADATA_FILE", "platform_tag", "read_metadata"]
+
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+CATALOG_FILE = "catalog.csv"
+
+
+def platform_tag() -> dict[str, str]:
+    """What a compiled library needs of the machine that loads it."""
+    return {
+        "system": sys.platform,
+        "machine": platform.machine(),
+        "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX") or "",
+        "python": platform.python_version(),
+    }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_metadata(staging: Path, metadata: dict[str, Any]) -> None:
+    """Seal a staging directory: checksum every file, then write metadata.json last."""
+    files = sorted(p for p in staging.iterdir() if p.is_file() and p.name != METADATA_FILE)
+    metadata = dict(metadata)
+    metadata["files"] = {p.name: sha256_file(p) for p in files}
+    text = json.dumps(metadata, indent=2, sort_keys=False)
+    (staging / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def build_lock(out_dir: Path) -> Iterator[None]:
+    """Serialise builds into one directory (an flock beside it, released on crash)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out_dir.parent / f".{out_dir.name}.lock"
+    with open(lock_path, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """A fresh directory beside the target, so the final rename stays on one filesystem."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Move a sealed staging directory into place, replacing any previous artifact.
+
+    The previous artifact is renamed aside first and removed only once the new
+    one is in place, so a crash leaves one complete artifact (or the old one).
+    """
+    if out_dir.exists() and not (out_dir / METADATA_FILE).is_file() and any(out_dir.iterdir()):
+        raise ArtifactError(
+            f"{out_dir} exists and is not a reco_fast artifact; refusing to replace it"
+        )
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.rmdir(old)
+        os.replace(out_dir, old)
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(out_dir.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """Read and check an artifact's metadata and checksums; raise ArtifactError if anything is off."""
+    root = Path(path)
+    meta_path = root / METADATA_FILE
+    if not root.is_dir():
+        raise ArtifactError(f"{root} is not a directory; build one with `python build_model.py`")
+    if not meta_path.is_file():
+        raise ArtifactError(
+            f"{root} has no {METADATA_FILE}: not a reco_fast artifact (or an interrupted copy)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{meta_path} is unreadable or damaged: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != "reco_fast":
+        raise ArtifactError(f"{meta_path} is not reco_fast metadata")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{root} has format version {version!r}, newer than this reco_fast reads "
+            f"({FORMAT_VERSION}); upgrade reco_fast"
+        )
+    here, there = platform_tag(), meta.get("platform", {})
+    for key in ("system", "machine", "ext_suffix"):
+        if there.get(key) != here[key]:
+            raise ArtifactError(
+                f"{root} was built for {key}={there.get(key)!r} but this interpreter is "
+                f"{here[key]!r}; rebuild the artifact on this platform"
+            )
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{meta_path} lists no files")
+    for name, digest in files.items():
+        if Path(name).name != name:
+            raise ArtifactError(f"{meta_path} names a file outside the artifact: {name!r}")
+        file_path = root / name
+        if not file_path.is_file():
+            raise ArtifactError(f"{root} is missing {name}; rebuild or re-copy the artifact")
+        if sha256_file(file_path) != digest:
+            raise ArtifactError(
+                f"{file_path} does not match its checksum: the artifact is damaged or was "
+                "modified; rebuild it or run `reco-fast verify`"
+            )
+    return root, meta

@@ -1,0 +1,119 @@
+"""The build pipeline: data -> features -> training -> C -> verification -> artifact.
+
+What ``python build_model.py`` and ``reco-fast build`` run. Each stage lives in
+its own module; this one only wires them together and reports progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .artifact import CATALOG_FILE
+from .data import DEFAULT_SEED, generate_default, load
+from .features import FEATURE_SETS, FeatureBuilder, Vocabulary
+from .report import build_report, predictions_frame, render_markdown
+from .runtime import Model, write_catalog
+from .schema import LABEL
+from .train import fit, split
+
+__all__ = ["BuildResult", "build"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path("artifacts") / "reco_model"
+PREDICTIONS_FILE = "realtime_recommendation_predictions.csv"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    model: Model
+    report: dict[str, Any]
+    markdown: str
+    seconds: float
+
+
+def build(
+    data: str | Path | None = None,
+    catalog: str | Path | None = None,
+    out: str | Path = DEFAULT_OUT,
+    *,
+    feature_set: str = "ranking",
+    data_dir: str | Path = "data",
+    seed: int = DEFAULT_SEED,
+    threshold: float = 0.7,
+) -> BuildResult:
+    """Run the whole pipeline; raise (and write nothing) if any stage fails."""
+    from .compile import compile_model
+
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r}; choose from {list(FEATURE_SETS)}")
+    start = time.perf_counter()
+    steps = 5
+
+    log.info("[1/%d] data", steps)
+    if data is None:
+        data, catalog = generate_default(data_dir, seed=seed)
+    dataset = load(data, catalog)
+    frame = dataset.log
+
+    log.info("[2/%d] features (%s set)", steps, feature_set)
+    vocabulary = Vocabulary.fit(
+        frame["current_category"], frame["device_type"], frame["traffic_source"]
+    )
+    builder = FeatureBuilder(feature_set, vocabulary, dataset.catalog)
+    X = builder.transform({c: frame[c].to_numpy() for c in frame.columns})
+    y = frame[LABEL].to_numpy()
+
+    log.info("[3/%d] training GradientBoostingClassifier on %d rows", steps, len(y))
+    parts = split(X, y)
+    estimator, train_seconds = fit(parts.X_train, parts.y_train)
+    log.info("trained in %.1f s", train_seconds)
+
+    log.info("[4/%d] compiling to C and verifying against scikit-learn", steps)
+    result: dict[str, Any] = {}
+
+    def write_extra(staging: Path, staged: Model) -> None:
+        log.info("[5/%d] report", steps)
+        report = build_report(
+            log=frame,
+            feature_names=builder.feature_names,
+            feature_set=feature_set,
+            split=parts,
+            estimator=estimator,
+            train_seconds=train_seconds,
+            model=staged,
+            threshold=threshold,
+            source=dataset.source,
+        )
+        markdown = render_markdown(report)
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / "report.md").write_text(markdown)
+        proba = estimator.predict_proba(parts.X_test)[:, 1]
+        predictions_frame(frame, parts, proba, threshold).to_csv(
+            staging / PREDICTIONS_FILE, index=False
+        )
+        write_catalog(dataset.catalog, staging / CATALOG_FILE)
+        result.update(report=report, markdown=markdown)
+
+    model = compile_model(
+        estimator,
+        out,
+        builder.feature_names,
+        verify_X=parts.X_test,
+        threshold=threshold,
+        metadata={
+            "feature_set": feature_set,
+            "vocabulary": vocabulary.to_json(),
+            "catalog": CATALOG_FILE,
+            "data": {"source": dataset.source, "rows": len(frame)},
+        },
+        write_extra=write_extra,
+    )
+    seconds = time.perf_counter() - start
+    log.info("built %s in %.1f s", out, seconds)
+    return BuildResult(model, result["report"], result["markdown"], seconds)

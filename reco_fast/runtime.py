@@ -1,0 +1,280 @@
+"""The serving side: load a verified artifact and score page views.
+
+Needs numpy and cffi only. The compiled entry points are called through cffi's
+API mode, which releases the GIL for the duration of each call, so batches can
+be split across threads. Every shape and value is validated here, in Python,
+before any pointer reaches C.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifact import CATALOG_FILE, read_metadata
+from .errors import ArtifactError, InputError
+from .features import Catalog, FeatureBuilder, Vocabulary
+from .schema import FLOAT32_MAX
+
+__all__ = ["Model", "load"]
+
+_SCALAR_TYPES = (str, bytes, int, float, bool, np.generic)
+GOLDEN_TOLERANCE = 1e-12
+
+
+def _import_library(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ArtifactError(f"cannot load the compiled library {path}")
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError as exc:
+        raise ArtifactError(f"cannot load the compiled library {path}: {exc}") from None
+    return module
+
+
+def read_catalog(path: Path) -> Catalog:
+    """Read catalog.csv with the standard library: the serving path has no pandas."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return Catalog(
+        np.asarray([r["product_id"] for r in rows], dtype=str),
+        np.asarray([r["category"] for r in rows], dtype=str),
+        np.asarray([float(r["price"]) for r in rows], dtype=np.float64),
+    )
+
+
+def write_catalog(catalog: Catalog, path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["product_id", "category", "price"])
+        for pid, cat, price in catalog.to_rows():
+            w.writerow([pid, cat, repr(float(price))])
+
+
+class Model:
+    """A compiled GradientBoostingClassifier, loaded from a verified artifact.
+
+    Immutable after load and safe to share between threads. Pickles as "re-open
+    this artifact", so it can be shipped to worker processes without shipping
+    a loaded native library.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        module: Any,
+        feature_names: Sequence[str],
+        metadata: Mapping[str, Any] | None = None,
+        builder: FeatureBuilder | None = None,
+    ):
+        self.path = Path(path)
+        self._ffi = module.ffi
+        self._lib = module.lib
+        self.feature_names: tuple[str, ...] = tuple(feature_names)
+        self.n_features = len(self.feature_names)
+        if int(self._lib.rf_num_feature()) != self.n_features:
+            raise ArtifactError(
+                f"library expects {self._lib.rf_num_feature()} features, metadata lists "
+                f"{self.n_features}"
+            )
+        self.metadata: Mapping[str, Any] = dict(metadata or {})
+        self.threshold = float(self.metadata.get("threshold", 0.7))
+        self.feature_set: str | None = self.metadata.get("feature_set")
+        self._builder = builder
+        self._one = self._lib.rf_predict_one
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def _from_library(
+        cls, root: Path, lib_path: Path, name: str, feature_names: Sequence[str]
+    ) -> Model:
+        return cls(root, _import_library(lib_path, name), feature_names)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Model:
+        """Load an artifact after checking checksums, platform and golden outputs."""
+        root, meta = read_metadata(path)
+        try:
+            module = _import_library(root / meta["library"], meta["module"])
+            builder = None
+            if meta.get("feature_set"):
+                catalog = read_catalog(root / CATALOG_FILE) if meta.get("catalog") else None
+                builder = FeatureBuilder(
+                    meta["feature_set"], Vocabulary.from_json(meta["vocabulary"]), catalog
+                )
+            model = cls(root.resolve(), module, meta["feature_names"], meta, builder)
+            golden = meta["golden"]
+            X = np.asarray(golden["X"], dtype=np.float64).reshape(-1, model.n_features)
+            expected = np.asarray(golden["proba"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{root} has malformed metadata: {exc!r}") from None
+        got = model._predict_f64(np.ascontiguousarray(X))
+        if got.shape != expected.shape or not np.all(np.abs(got - expected) <= GOLDEN_TOLERANCE):
+            raise ArtifactError(
+                f"{root}: the compiled library does not reproduce its golden outputs; "
+                "the artifact is damaged or foreign: rebuild it"
+            )
+        return model
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (load, (str(self.path),))
+
+    def __repr__(self) -> str:
+        return (
+            f"Model({str(self.path)!r}, feature_set={self.feature_set!r}, "
+            f"n_features={self.n_features})"
+        )
+
+    # ---- raw compiled calls (validated inputs only) ----------------------------------------
+    def _predict_f64(self, X: np.ndarray) -> np.ndarray:
+        out = np.empty(X.shape[0], dtype=np.float64)
+        if X.shape[0]:
+            ffi = self._ffi
+            self._lib.rf_predict_f64(
+                ffi.from_buffer("double[]", X),
+                X.shape[0],
+                ffi.from_buffer("double[]", out, require_writable=True),
+            )
+        return out
+
+    def _predict_f32(self, X: np.ndarray) -> np.ndarray:
+        out = np.empty(X.shape[0], dtype=np.float64)
+        if X.shape[0]:
+            ffi = self._ffi
+            self._lib.rf_predict_f32(
+                ffi.from_buffer("float[]", X),
+                X.shape[0],
+                ffi.from_buffer("double[]", out, require_writable=True),
+            )
+        return out
+
+    # ---- feature matrices ------------------------------------------------------------------
+    def _check_features(self, X: Any) -> np.ndarray:
+        """scikit-learn-style validation of an (n, n_features) matrix."""
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "biuf":
+            if arr.dtype.kind == "O":
+                try:
+                    arr = arr.astype(np.float64)
+                except (TypeError, ValueError) as exc:
+                    raise InputError(f"X must be numeric: {exc}", field="X") from None
+            else:
+                raise InputError(f"X must be numeric, got dtype {arr.dtype}", field="X")
+        if arr.ndim != 2:
+            raise InputError(
+                f"Expected a 2D array of shape (n_samples, {self.n_features}), got "
+                f"{arr.ndim}D shape {arr.shape}; reshape a single row with X.reshape(1, -1)",
+                field="X",
+            )
+        if arr.shape[1] != self.n_features:
+            raise InputError(
+                f"X has {arr.shape[1]} features, but the model expects {self.n_features}",
+                field="X",
+            )
+        if arr.dtype != np.float32:
+            arr = np.ascontiguousarray(arr, dtype=np.float64)
+        else:
+            arr = np.ascontiguousarray(arr)
+        bad = ~np.isfinite(arr) | (np.abs(arr) > FLOAT32_MAX)
+        if bad.any():
+            r, c = (int(i) for i in np.argwhere(bad)[0])
+            v = float(arr[r, c])
+            what = (
+                "is NaN"
+                if v != v
+                else "is infinite"
+                if abs(v) == np.inf
+                else "is too large for float32"
+            )
+            name = self.feature_names[c]
+            raise InputError(f"X[{r}, {c}] ({name!r}) {what}", field=name, rows=[r])
+        return arr
+
+    def predict_proba_features(self, X: Any, *, n_threads: int = 1) -> np.ndarray:
+        """Click probability for each row of X, columns in ``feature_names`` order.
+
+        Inputs are rounded through float32 before they reach the trees, exactly
+        as scikit-learn does. ``n_threads`` > 1 splits the rows over threads; the
+        compiled loop runs without the GIL.
+        """
+        arr = self._check_features(X)
+        run = self._predict_f32 if arr.dtype == np.float32 else self._predict_f64
+        n = arr.shape[0]
+        if n_threads <= 1 or n < 2 * 4096:
+            return run(arr)
+        parts = np.array_split(np.arange(n), n_threads)
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            outs = list(pool.map(lambda idx: run(arr[idx[0] : idx[-1] + 1]), parts))
+        return np.concatenate(outs)
+
+    # ---- raw sessions ----------------------------------------------------------------------
+    @property
+    def builder(self) -> FeatureBuilder:
+        if self._builder is None:
+            raise InputError(
+                "this model was compiled from a bare feature matrix and knows no session "
+                "schema; use predict_proba_features(X)"
+            )
+        return self._builder
+
+    def predict_proba(self, sessions: Any) -> float | np.ndarray:
+        """Click probability of one page view (a dict -> float) or of many (-> ndarray).
+
+        Many may be a list of dicts, a dict of columns or a pandas DataFrame.
+        """
+        builder = self.builder
+        if isinstance(sessions, Mapping):
+            first = sessions.get(builder.required_fields[0])
+            if first is None or isinstance(first, _SCALAR_TYPES):
+                return self._one(builder.row(sessions))
+            return self._predict_f64(builder.transform(sessions))
+        return self._predict_f64(builder.transform(self._columns(sessions)))
+
+    def features(self, sessions: Any) -> np.ndarray:
+        """The feature matrix the model scores for these sessions (for inspection)."""
+        if isinstance(sessions, Mapping):
+            first = sessions.get(self.builder.required_fields[0])
+            if first is None or isinstance(first, _SCALAR_TYPES):
+                return np.asarray([self.builder.row(sessions)], dtype=np.float64)
+            return self.builder.transform(sessions)
+        return self.builder.transform(self._columns(sessions))
+
+    def _columns(self, sessions: Any) -> Mapping[str, Any]:
+        fields = self.builder.required_fields
+        if hasattr(sessions, "columns") and hasattr(sessions, "iloc"):  # a pandas DataFrame
+            missing = [f for f in fields if f not in sessions.columns]
+            if missing:
+                raise InputError(f"missing field {missing[0]!r}", field=missing[0])
+            return {f: sessions[f].to_numpy() for f in fields}
+        if isinstance(sessions, (str, bytes)) or not isinstance(sessions, Sequence):
+            raise TypeError(
+                "sessions must be a dict, a list of dicts, a dict of columns or a DataFrame; "
+                f"got {type(sessions).__name__}"
+            )
+        for i, s in enumerate(sessions):
+            if not isinstance(s, Mapping):
+                raise InputError(f"row {i} is a {type(s).__name__}, not a dict", rows=[i])
+        cols = {}
+        for f in fields:
+            col = []
+            for i, s in enumerate(sessions):
+                try:
+                    col.append(s[f])
+                except KeyError:
+                    raise InputError(f"missing field {f!r} (row {i})", field=f, rows=[i]) from None
+            cols[f] = np.asarray(col, dtype=object) if col else np.empty(0)
+        return cols
+
+
+def load(path: str | os.PathLike[str]) -> Model:
+    """Load a model artifact written by ``build_model.py`` or ``compile_model``."""
+    return Model.load(path)
