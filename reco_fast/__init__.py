@@ -9,7 +9,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .errors import ArtifactError, CompileError, InputError
+from .features import Catalog
+from .recommend import Recommendation
 from .runtime import Model, load
+from .session import MemoryStore, RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
 
 
 def compile_model(estimator, out_dir, feature_names=None, **kwargs):  # type: ignore[no-untyped-def]
@@ -25,9 +28,16 @@ def compile_model(estimator, out_dir, feature_names=None, **kwargs):  # type: ig
 
 __all__ = [
     "ArtifactError",
+    "Catalog",
     "CompileError",
     "InputError",
+    "MemoryStore",
     "Model",
+    "Recommendation",
+    "RedisStore",
+    "SessionNotFound",
+    "SessionTracker",
+    "StoreUnavailable",
     "__version__",
     "compile_model",
     "load",

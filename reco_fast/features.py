@@ -208,6 +208,31 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.product_ids)
 
+    @classmethod
+    def from_records(cls, records: Any) -> Catalog:
+        """From a list of dicts, a dict of columns or a DataFrame (product_id, category, price)."""
+        if hasattr(records, "columns") and hasattr(records, "iloc"):
+            records = {c: records[c].to_numpy() for c in records.columns}
+        if isinstance(records, Mapping):
+            missing = [c for c in ("product_id", "category", "price") if c not in records]
+            if missing:
+                raise InputError(f"catalog is missing column {missing[0]!r}", field=missing[0])
+            return cls(records["product_id"], records["category"], records["price"])
+        if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
+            raise TypeError("a catalog must be a list of dicts, a dict of columns or a DataFrame")
+        cols: dict[str, list[Any]] = {"product_id": [], "category": [], "price": []}
+        for i, r in enumerate(records):
+            for c, col in cols.items():
+                try:
+                    col.append(r[c])
+                except (KeyError, TypeError):
+                    raise InputError(f"catalog row {i} has no {c!r}", field=c, rows=[i]) from None
+        return cls(
+            np.asarray(cols["product_id"], dtype=object),
+            np.asarray(cols["category"], dtype=object),
+            np.asarray(cols["price"], dtype=object),
+        )
+
     def index(self, product_id: Any, field_name: str = "recommended_product_id") -> int:
         try:
             return self._index[product_id]
@@ -299,6 +324,8 @@ class FeatureBuilder:
             cat_codes = vocabulary.codes("current_category", catalog.categories)
             self._cat_codes = cat_codes.astype(np.float64)
             self._cat_codes.setflags(write=False)
+            self.all_positions = np.arange(len(catalog), dtype=np.intp)
+            self.all_positions.setflags(write=False)
             self._product = {
                 p: (float(c), float(pr))
                 for p, c, pr in zip(
@@ -312,6 +339,10 @@ class FeatureBuilder:
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    def candidate_category_code(self, position: int) -> float:
+        """Category code of the catalog product at this position."""
+        return float(self._cat_codes[position])
 
     def with_catalog(self, catalog: Catalog) -> FeatureBuilder:
         return FeatureBuilder(self.feature_set, self.vocabulary, catalog)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ import numpy as np
 from .artifact import CATALOG_FILE, read_metadata
 from .errors import ArtifactError, InputError
 from .features import Catalog, FeatureBuilder, Vocabulary
+from .recommend import Recommendation, recommend
 from .schema import FLOAT32_MAX
 
 __all__ = ["Model", "load"]
@@ -247,6 +248,34 @@ class Model:
                 return np.asarray([self.builder.row(sessions)], dtype=np.float64)
             return self.builder.transform(sessions)
         return self.builder.transform(self._columns(sessions))
+
+    # ---- recommendations -------------------------------------------------------------------
+    def recommend(
+        self,
+        session: Mapping[str, Any],
+        k: int = 3,
+        threshold: float | None = None,
+        candidates: Sequence[str] | None = None,
+        exclude: Iterable[str] = ("viewed", "in_cart"),
+    ) -> list[Recommendation]:
+        """The top k products for this session at or above ``threshold`` (default: the
+        artifact's, 0.7). See :func:`reco_fast.recommend.recommend`."""
+        return recommend(self, session, k, threshold, candidates, exclude)
+
+    def with_catalog(self, catalog: Any) -> Model:
+        """A model that recommends from a new catalog (prices or products changed).
+
+        ``catalog`` is a :class:`Catalog`, a list of dicts, a dict of columns or a
+        DataFrame with product_id, category and price; categories must be ones
+        the model was trained on. The compiled library is shared, not reloaded.
+        """
+        builder = self.builder
+        if not isinstance(catalog, Catalog):
+            catalog = Catalog.from_records(catalog)
+        clone = object.__new__(Model)
+        clone.__dict__.update(self.__dict__)
+        clone._builder = builder.with_catalog(catalog)
+        return clone
 
     def _columns(self, sessions: Any) -> Mapping[str, Any]:
         fields = self.builder.required_fields

@@ -1,0 +1,154 @@
+"""Top-k recommendations for one live session, scored in one compiled call.
+
+The candidate matrix is the session's features broadcast against the
+catalog's (a precomputed template per catalog), so scoring 250 products costs a
+few numpy operations and one trip into C, not a Python loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import InputError
+from .features import FeatureBuilder
+
+if TYPE_CHECKING:
+    from .runtime import Model
+
+__all__ = ["CART_FIELD", "EXCLUDABLE", "Recommendation", "recommend"]
+
+CART_FIELD = "cart_product_ids"
+"""Optional session key: the products in the cart (the tracker fills it)."""
+EXCLUDABLE = ("viewed", "in_cart")
+AFFORDABLE_RATIO = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One product to show, how likely it is to be clicked, and why in a few words."""
+
+    product_id: str
+    probability: float
+    reason: str
+
+
+def _check_args(k: Any, threshold: Any, exclude: Iterable[str]) -> tuple[int, float, set[str]]:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise InputError(f"k must be a non-negative integer, got {k!r}", field="k")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float, np.floating))
+        or not (0.0 <= float(threshold) <= 1.0)
+    ):
+        raise InputError(
+            f"threshold must be a number in [0, 1], got {threshold!r}", field="threshold"
+        )
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    exclude = set(exclude)
+    unknown = exclude - set(EXCLUDABLE)
+    if unknown:
+        raise InputError(
+            f"exclude has unknown value(s) {sorted(unknown)}; choose from {list(EXCLUDABLE)}",
+            field="exclude",
+        )
+    return int(k), float(threshold), exclude
+
+
+def _positions(builder: FeatureBuilder, ids: Sequence[Any], field: str) -> np.ndarray:
+    index = builder.catalog.index
+    return np.fromiter((index(p, field) for p in ids), dtype=np.intp, count=len(ids))
+
+
+def _reason(
+    builder: FeatureBuilder,
+    pos: int,
+    session_cat: float,
+    cart_cats: set[float],
+    browsed_cats: set[float],
+    price_ratio: float,
+) -> str:
+    cat = builder.candidate_category_code(pos)
+    if cat == session_cat:
+        return "same category as the viewed product"
+    if cat in cart_cats:
+        return "goes with what is in the cart"
+    if cat in browsed_cats:
+        return "matches what this session browsed"
+    if price_ratio <= AFFORDABLE_RATIO:
+        return "an affordable add-on"
+    return "popular with shoppers like this one"
+
+
+def recommend(
+    model: Model,
+    session: Mapping[str, Any],
+    k: int = 3,
+    threshold: float | None = None,
+    candidates: Sequence[str] | None = None,
+    exclude: Iterable[str] = EXCLUDABLE,
+) -> list[Recommendation]:
+    """At most k products at or above the threshold, most likely click first.
+
+    An empty list is a valid answer: below the threshold, showing nothing beats
+    showing a poor recommendation (the seed's high-confidence filter).
+    """
+    builder = model.builder
+    if not builder.ranks_products:
+        raise ValueError(
+            f"this model was trained on the {builder.feature_set!r} feature set, which has no "
+            "candidate-product features: it scores a page view but cannot rank products. "
+            "Rebuild with --features ranking to recommend."
+        )
+    k, threshold, exclude = _check_args(
+        k, model.threshold if threshold is None else threshold, exclude
+    )
+    if not isinstance(session, Mapping):
+        raise TypeError(f"a session must be a mapping, got {type(session).__name__}")
+    row = builder.session_row(session)
+    catalog = builder.catalog
+    viewed_pos = np.asarray(
+        [catalog._index[p] for p in builder.viewed_ids(session) if p in catalog._index],
+        dtype=np.intp,
+    )
+    cart_ids = session.get(CART_FIELD) or ()
+    if isinstance(cart_ids, str) or not isinstance(cart_ids, Sequence):
+        raise InputError(f"{CART_FIELD!r} must be a list of product ids", field=CART_FIELD)
+    cart_pos = _positions(builder, cart_ids, CART_FIELD)
+
+    if candidates is None:
+        cand = builder.all_positions
+    else:
+        if isinstance(candidates, str) or not isinstance(candidates, Sequence):
+            raise InputError("candidates must be a list of product ids", field="candidates")
+        cand = _positions(builder, candidates, "candidates")
+    drop = []
+    if "viewed" in exclude and viewed_pos.size:
+        drop.append(viewed_pos)
+    if "in_cart" in exclude and cart_pos.size:
+        drop.append(cart_pos)
+    if drop:
+        cand = cand[~np.isin(cand, np.concatenate(drop))]
+    if k == 0 or cand.size == 0:
+        return []
+
+    X = builder.candidates(row, cand, viewed_pos)
+    proba = model._predict_f64(X)
+    keep = np.flatnonzero(proba >= threshold)
+    if keep.size == 0:
+        return []
+    top = keep[np.argsort(-proba[keep], kind="stable")[:k]]
+    cart_cats = {builder.candidate_category_code(int(p)) for p in cart_pos.tolist()}
+    browsed = {builder.candidate_category_code(int(p)) for p in viewed_pos.tolist()}
+    return [
+        Recommendation(
+            str(catalog.product_ids[cand[i]]),
+            float(proba[i]),
+            _reason(builder, int(cand[i]), row[0], cart_cats, browsed, float(X[i, 22])),
+        )
+        for i in top.tolist()
+    ]

@@ -1,0 +1,480 @@
+"""Live session tracking: page views, engagement and cart events -> the context the model scores.
+
+Every event is a pure function from the stored state to the next state,
+applied atomically by a store: in memory (a lock, a TTL and a size bound) or
+in Redis (optimistic WATCH/MULTI transactions, so replicas behind a load
+balancer never lose each other's updates). A rejected event raises before the
+store is touched, so no event can leave a session half-updated.
+
+Policies (documented and tested):
+- An event older than the session's last event is rejected (out of order).
+- time_on_page_sec and scroll_depth only grow within a page; a lower value is ignored.
+- device_type and traffic_source are fixed by the session's first page view;
+  a later event naming a different one is rejected.
+- A session idle for longer than the TTL is gone: engagement and cart events
+  for it are rejected, and a page view starts a new session.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import InputError
+from .recommend import CART_FIELD, Recommendation
+from .schema import NONE_PRODUCT
+
+if TYPE_CHECKING:
+    from .runtime import Model
+
+__all__ = [
+    "DEFAULT_TTL_SECONDS",
+    "MemoryStore",
+    "RedisStore",
+    "SessionNotFound",
+    "SessionStore",
+    "SessionTracker",
+    "StoreUnavailable",
+]
+
+DEFAULT_TTL_SECONDS = 30 * 60
+DEFAULT_MAX_SESSIONS = 100_000
+State = dict[str, Any]
+
+
+class SessionNotFound(InputError):
+    """The session is unknown or expired (idle for longer than the TTL)."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The session store (Redis) cannot be reached; the event was not applied."""
+
+
+class SessionStore(Protocol):
+    """Where session state lives; ``update`` must apply ``fn`` atomically."""
+
+    ttl: float
+
+    def get(self, session_id: str) -> State | None: ...
+
+    def update(self, session_id: str, fn: Callable[[State | None], State]) -> State: ...
+
+
+# ---- stores -------------------------------------------------------------------------------
+class MemoryStore:
+    """Thread-safe in-process store with a TTL and a bound on the number of sessions.
+
+    Sessions are kept in least-recently-updated order, so expired sessions are
+    always at the front and the bound evicts the idlest session first.
+    """
+
+    def __init__(
+        self,
+        ttl: float = DEFAULT_TTL_SECONDS,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        clock: Callable[[], float] = time.time,
+    ):
+        if ttl <= 0 or max_sessions <= 0:
+            raise ValueError("ttl and max_sessions must be positive")
+        self.ttl = float(ttl)
+        self.max_sessions = int(max_sessions)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._data: OrderedDict[str, tuple[float, State]] = OrderedDict()
+        self.evicted = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _sweep(self, now: float) -> None:
+        data = self._data
+        while data:
+            sid, (touched, _) = next(iter(data.items()))
+            if now - touched <= self.ttl:
+                break
+            del data[sid]
+            self.expired += 1
+
+    def get(self, session_id: str) -> State | None:
+        with self._lock:
+            item = self._data.get(session_id)
+            if item is None or self._clock() - item[0] > self.ttl:
+                return None
+            return item[1]
+
+    def update(self, session_id: str, fn: Callable[[State | None], State]) -> State:
+        with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            item = self._data.get(session_id)
+            new = fn(None if item is None else item[1])
+            self._data[session_id] = (now, new)
+            self._data.move_to_end(session_id)
+            while len(self._data) > self.max_sessions:
+                self._data.popitem(last=False)
+                self.evicted += 1
+            return new
+
+
+class RedisStore:
+    """Session state in Redis, one JSON value per session, expiring after the TTL.
+
+    Each update is a WATCH/GET/MULTI/SET/EXEC transaction retried on conflict,
+    so concurrent updates of one session from several replicas all apply.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        ttl: float = DEFAULT_TTL_SECONDS,
+        prefix: str = "reco_fast:session:",
+        max_retries: int = 50,
+    ):
+        self.client = client
+        self.ttl = float(ttl)
+        self.prefix = prefix
+        self.max_retries = max_retries
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
+        import redis
+
+        return cls(
+            redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0), **kwargs
+        )
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        import redis
+
+        return (redis.ConnectionError, redis.TimeoutError)
+
+    def get(self, session_id: str) -> State | None:
+        try:
+            raw = self.client.get(self.prefix + session_id)
+        except self._errors() as exc:
+            raise StoreUnavailable(f"session store unavailable: {exc}") from exc
+        return None if raw is None else json.loads(raw)
+
+    def update(self, session_id: str, fn: Callable[[State | None], State]) -> State:
+        import redis
+
+        key = self.prefix + session_id
+        ttl_ms = max(1, int(self.ttl * 1000))
+        try:
+            with self.client.pipeline() as pipe:
+                for _ in range(self.max_retries):
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        new = fn(None if raw is None else json.loads(raw))
+                        pipe.multi()
+                        pipe.set(key, json.dumps(new, separators=(",", ":")), px=ttl_ms)
+                        pipe.execute()
+                        return new
+                    except redis.WatchError:
+                        continue
+                    finally:
+                        pipe.reset()
+        except self._errors() as exc:
+            raise StoreUnavailable(f"session store unavailable: {exc}") from exc
+        raise StoreUnavailable(
+            f"session {session_id!r} is too contended: "
+            f"{self.max_retries} conflicting updates in a row"
+        )
+
+
+# ---- events -------------------------------------------------------------------------------
+def _check_number(name: str, value: Any, low: float, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(
+            f"{name!r} must be a number, got {type(value).__name__} {value!r:.40}", field=name
+        )
+    v = float(value)
+    if not (low <= v <= high) or not math.isfinite(v):
+        raise InputError(f"{name!r} must be in [{low:g}, {high:g}], got {value!r}", field=name)
+    return v
+
+
+def _check_id(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{name!r} must be a non-empty string, got {value!r:.40}", field=name)
+    return value
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    """What the tracker needs of a model: product lookups and label vocabularies."""
+
+    products: Mapping[str, tuple[str, float]]
+    devices: frozenset[str]
+    traffic_sources: frozenset[str]
+
+
+class SessionTracker:
+    """Turns a stream of events into the session context ``Model.recommend`` scores.
+
+    Build it from the model that will score the sessions, so product lookups
+    and vocabularies are the model's. Share one tracker between threads.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        store: SessionStore | None = None,
+        *,
+        ttl: float = DEFAULT_TTL_SECONDS,
+        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        clock: Callable[[], float] = time.time,
+    ):
+        builder = model.builder
+        if builder.catalog is None:
+            raise ValueError("tracking sessions needs a model with a product catalog")
+        catalog = builder.catalog
+        self._model = model
+        self._cat = _Catalogue(
+            {p: (c, float(pr)) for p, c, pr in catalog.to_rows()},
+            frozenset(builder.vocabulary.devices),
+            frozenset(builder.vocabulary.traffic_sources),
+        )
+        self._clock = clock
+        self.store: SessionStore = (
+            store if store is not None else MemoryStore(ttl, max_sessions, clock)
+        )
+        self.ttl = self.store.ttl
+
+    # -- helpers --
+    def _ts(self, ts: float | None) -> float:
+        return self._clock() if ts is None else _check_number("ts", ts, 0.0)
+
+    def _product(self, name: str, product_id: Any) -> tuple[str, float]:
+        _check_id(name, product_id)
+        try:
+            return self._cat.products[product_id]
+        except KeyError:
+            raise InputError(f"{name!r} {product_id!r} is not in the catalog", field=name) from None
+
+    def _live(self, state: State | None, session_id: str, ts: float) -> State:
+        if state is None:
+            raise SessionNotFound(
+                f"session {session_id!r} is unknown or expired; start it with a page_view",
+                field="session_id",
+            )
+        if ts - state["last_ts"] > self.ttl:
+            raise SessionNotFound(
+                f"session {session_id!r} expired after {self.ttl:g} s idle; "
+                "start it again with a page_view",
+                field="session_id",
+            )
+        if ts < state["last_ts"]:
+            raise InputError(
+                f"event at ts={ts!r} is older than the session's last event "
+                f"(ts={state['last_ts']!r}); events must arrive in order",
+                field="ts",
+            )
+        return state
+
+    # -- events --
+    def page_view(
+        self,
+        session_id: str,
+        product_id: str,
+        *,
+        customer_id: str | None = None,
+        device_type: str | None = None,
+        traffic_source: str | None = None,
+        ts: float | None = None,
+    ) -> dict[str, Any]:
+        """The viewed product becomes current; the previous three shift; engagement resets."""
+        _check_id("session_id", session_id)
+        self._product("product_id", product_id)
+        ts = self._ts(ts)
+        for name, value, allowed in (
+            ("device_type", device_type, self._cat.devices),
+            ("traffic_source", traffic_source, self._cat.traffic_sources),
+        ):
+            if value is not None and value not in allowed:
+                raise InputError(
+                    f"{name!r} has unknown value {value!r}; the model knows {sorted(allowed)}",
+                    field=name,
+                )
+        if customer_id is not None:
+            _check_id("customer_id", customer_id)
+
+        def apply(state: State | None) -> State:
+            if state is None or ts - state["last_ts"] > self.ttl:
+                if device_type is None or traffic_source is None:
+                    raise InputError(
+                        "a new session's first page_view needs device_type and traffic_source",
+                        field="device_type" if device_type is None else "traffic_source",
+                    )
+                return {
+                    "session_id": session_id,
+                    "customer_id": customer_id or "",
+                    "device_type": device_type,
+                    "traffic_source": traffic_source,
+                    "start_ts": ts,
+                    "last_ts": ts,
+                    "page_ts": ts,
+                    "current_product_id": product_id,
+                    "prev": [],
+                    "products_viewed_count": 1,
+                    "cart": [],
+                    "time_on_page_sec": 0.0,
+                    "scroll_depth": 0.0,
+                    "clicked_product_image": 0,
+                }
+            self._live(state, session_id, ts)
+            for name, value in (("device_type", device_type), ("traffic_source", traffic_source)):
+                if value is not None and value != state[name]:
+                    raise InputError(
+                        f"{name!r} {value!r} differs from the session's {state[name]!r}", field=name
+                    )
+            if customer_id is not None and state["customer_id"] not in ("", customer_id):
+                raise InputError(
+                    f"'customer_id' {customer_id!r} differs from the session's "
+                    f"{state['customer_id']!r}",
+                    field="customer_id",
+                )
+            new = dict(state)
+            new["customer_id"] = customer_id or state["customer_id"]
+            new["prev"] = ([state["current_product_id"], *state["prev"]])[:3]
+            new.update(
+                current_product_id=product_id,
+                last_ts=ts,
+                page_ts=ts,
+                products_viewed_count=state["products_viewed_count"] + 1,
+                time_on_page_sec=0.0,
+                scroll_depth=0.0,
+                clicked_product_image=0,
+            )
+            return new
+
+        return self._context(self.store.update(session_id, apply))
+
+    def engagement(
+        self,
+        session_id: str,
+        *,
+        time_on_page_sec: float | None = None,
+        scroll_depth: float | None = None,
+        clicked_product_image: bool | int | None = None,
+        ts: float | None = None,
+    ) -> dict[str, Any]:
+        """Update the current page's engagement signals (time and scroll only grow)."""
+        _check_id("session_id", session_id)
+        ts = self._ts(ts)
+        t = (
+            None
+            if time_on_page_sec is None
+            else _check_number("time_on_page_sec", time_on_page_sec, 0.0, 3.0e38)
+        )
+        s = None if scroll_depth is None else _check_number("scroll_depth", scroll_depth, 0.0, 1.0)
+        c = None
+        if clicked_product_image is not None:
+            c = int(
+                _check_number(
+                    "clicked_product_image",
+                    int(clicked_product_image)
+                    if isinstance(clicked_product_image, bool)
+                    else clicked_product_image,
+                    0.0,
+                    1.0,
+                )
+            )
+            if c != clicked_product_image:
+                raise InputError(
+                    "'clicked_product_image' must be 0 or 1", field="clicked_product_image"
+                )
+
+        def apply(state: State | None) -> State:
+            state = self._live(state, session_id, ts)
+            new = dict(state, last_ts=ts)
+            if t is not None:
+                new["time_on_page_sec"] = max(state["time_on_page_sec"], t)
+            if s is not None:
+                new["scroll_depth"] = max(state["scroll_depth"], s)
+            if c is not None:
+                new["clicked_product_image"] = max(state["clicked_product_image"], c)
+            return new
+
+        return self._context(self.store.update(session_id, apply))
+
+    def add_to_cart(
+        self, session_id: str, product_id: str, ts: float | None = None
+    ) -> dict[str, Any]:
+        _check_id("session_id", session_id)
+        self._product("product_id", product_id)
+        ts = self._ts(ts)
+
+        def apply(state: State | None) -> State:
+            state = self._live(state, session_id, ts)
+            return dict(state, last_ts=ts, cart=[*state["cart"], product_id])
+
+        return self._context(self.store.update(session_id, apply))
+
+    def remove_from_cart(
+        self, session_id: str, product_id: str, ts: float | None = None
+    ) -> dict[str, Any]:
+        _check_id("session_id", session_id)
+        _check_id("product_id", product_id)
+        ts = self._ts(ts)
+
+        def apply(state: State | None) -> State:
+            state = self._live(state, session_id, ts)
+            if product_id not in state["cart"]:
+                raise InputError(
+                    f"product {product_id!r} is not in the cart of session {session_id!r}",
+                    field="product_id",
+                )
+            cart = list(state["cart"])
+            cart.remove(product_id)
+            return dict(state, last_ts=ts, cart=cart)
+
+        return self._context(self.store.update(session_id, apply))
+
+    # -- reading --
+    def context(self, session_id: str) -> dict[str, Any]:
+        """The current page view in the seed's schema, ready for predict_proba / recommend."""
+        _check_id("session_id", session_id)
+        state = self.store.get(session_id)
+        if state is None:
+            raise SessionNotFound(
+                f"session {session_id!r} is unknown or expired", field="session_id"
+            )
+        return self._context(state)
+
+    def _context(self, state: State) -> dict[str, Any]:
+        category, price = self._cat.products[state["current_product_id"]]
+        prev = [*state["prev"], NONE_PRODUCT, NONE_PRODUCT, NONE_PRODUCT]
+        return {
+            "session_id": state["session_id"],
+            "customer_id": state["customer_id"],
+            "current_product_id": state["current_product_id"],
+            "current_category": category,
+            "current_price": price,
+            "prev_product_1": prev[0],
+            "prev_product_2": prev[1],
+            "prev_product_3": prev[2],
+            "products_in_cart": len(state["cart"]),
+            "device_type": state["device_type"],
+            "traffic_source": state["traffic_source"],
+            "time_on_page_sec": float(state["time_on_page_sec"]),
+            "scroll_depth": float(state["scroll_depth"]),
+            "clicked_product_image": int(state["clicked_product_image"]),
+            "session_length_mins": (state["last_ts"] - state["start_ts"]) / 60.0,
+            "products_viewed_count": int(state["products_viewed_count"]),
+            CART_FIELD: list(state["cart"]),
+        }
+
+    def recommend(
+        self, session_id: str, k: int = 3, threshold: float | None = None, **kwargs: Any
+    ) -> list[Recommendation]:
+        """Recommendations for the session as it is now."""
+        return self._model.recommend(self.context(session_id), k, threshold, **kwargs)
