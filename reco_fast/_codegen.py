@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import shutil
 import sys
@@ -22,7 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CDEF", "build_library", "generate_c"]
+from ._ir import Forest
+
+__all__ = ["CDEF", "build_library", "flat_source", "generate_c"]
 
 CDEF = """
 int rf_num_feature(void);
@@ -30,6 +33,16 @@ double rf_predict_one(const double* x);
 void rf_predict_f64(const double* X, size_t n_rows, double* out);
 void rf_predict_f32(const float* X, size_t n_rows, double* out);
 """
+CDEF_FLAT = """
+int rq_has_avx2(void);
+double rq_predict_one(const double* x);
+void rq_predict_f64_portable(const double* X, size_t n_rows, double* out);
+void rq_predict_f32_portable(const float* X, size_t n_rows, double* out);
+void rq_predict_f64_avx2(const double* X, size_t n_rows, double* out);
+void rq_predict_f32_avx2(const float* X, size_t n_rows, double* out);
+"""
+# -ffp-contract=off: no fused multiply-add may change a rounding the verification relies on.
+COMPILE_ARGS = ["-O2", "-fno-fast-math", "-ffp-contract=off", "-Wno-unused-variable"]
 
 HARNESS = """
 #include <stddef.h>
@@ -115,8 +128,13 @@ def native_output(what: str) -> Iterator[list[str]]:
         log.log(level, "%s: %s", what, line)
 
 
-def generate_c(treelite_model: Any, n_features: int, out_dir: Path) -> dict[str, str]:
-    """Write tl2cgen's C and the harness into out_dir; return {file name: source}."""
+def generate_c(
+    treelite_model: Any, n_features: int, out_dir: Path, forest: Forest | None = None
+) -> dict[str, str]:
+    """Write tl2cgen's C, the harness and (given a forest) the flat evaluator into out_dir.
+
+    Returns {file name: source}.
+    """
     import tl2cgen
 
     gen_dir = Path(tempfile.mkdtemp(prefix="tl2cgen-", dir=out_dir))
@@ -127,6 +145,8 @@ def generate_c(treelite_model: Any, n_features: int, out_dir: Path) -> dict[str,
         "header.h": (gen_dir / "header.h").read_text(),
         "harness.c": HARNESS.format(n_features=n_features),
     }
+    if forest is not None:
+        sources["flat.c"] = flat_source(forest)
     extra = sorted(p.name for p in gen_dir.iterdir() if p.suffix == ".c" and p.name != "main.c")
     if extra:
         raise RuntimeError(f"tl2cgen wrote more sources than expected: {extra}")
@@ -134,6 +154,84 @@ def generate_c(treelite_model: Any, n_features: int, out_dir: Path) -> dict[str,
     for name, text in sources.items():
         (out_dir / name).write_text(text)
     return sources
+
+
+def _avx2_trees(forest: Forest) -> str:
+    """Straight-line AVX2 code per tree: every node compared, the path chosen by blends.
+
+    A padded node (threshold +inf) never goes right, so its compare is the
+    constant zero and blends of equal arms disappear; sparse trees cost less.
+    """
+
+    def f32(v: float) -> str:
+        return float(v).hex() + "f"
+
+    lines = []
+    depth = forest.depth
+    for t in range(forest.n_trees):
+        feat, thr = forest.feature[t], forest.threshold[t]
+        body = []
+        for level in range(depth):
+            base = (1 << level) - 1
+            arms = [
+                "RQ_Z"
+                if math.isinf(thr[base + n])
+                else f"RQ_GT({feat[base + n]}, {f32(thr[base + n])})"
+                for n in range(1 << level)
+            ]
+            for k in range(level - 1, -1, -1):
+                arms = [
+                    a if a == b else f"RQ_SEL({a}, {b}, b{k})"
+                    for a, b in zip(arms[0::2], arms[1::2], strict=True)
+                ]
+            body.append(f"const __m256 b{level} = {arms[0]};")
+        index = " | ".join(f"RQ_BIT(b{lv}, {1 << (depth - 1 - lv)})" for lv in range(depth))
+        acc = 2 * (t % 4)
+        body.append(
+            f"const __m256i i = _mm256_or_si256({index}, _mm256_setzero_si256());"
+            if depth == 1
+            else f"const __m256i i = {_or_tree(index.split(' | '))};"
+        )
+        body.append(
+            f"a{acc} = _mm256_add_pd(a{acc}, _mm256_i32gather_pd(rq_leaf + {t * (1 << depth)}, "
+            "_mm256_castsi256_si128(i), 8));"
+        )
+        body.append(
+            f"a{acc + 1} = _mm256_add_pd(a{acc + 1}, _mm256_i32gather_pd(rq_leaf + "
+            f"{t * (1 << depth)}, _mm256_extracti128_si256(i, 1), 8));"
+        )
+        lines.append("  { " + "\n    ".join(body) + " }")
+    return "\n".join(lines)
+
+
+def _or_tree(terms: list[str]) -> str:
+    while len(terms) > 1:
+        terms = [
+            f"_mm256_or_si256({a}, {b})" for a, b in zip(terms[0::2], terms[1::2], strict=True)
+        ] + ([terms[-1]] if len(terms) % 2 else [])
+    return terms[0]
+
+
+def flat_source(forest: Forest) -> str:
+    """C for the flat evaluator: the forest's arrays as exact hex literals in the template."""
+
+    def f32(v: float) -> str:
+        return "INFINITY" if math.isinf(v) else float(v).hex() + "f"
+
+    template = (Path(__file__).parent / "_flat_template.c").read_text()
+    fields = {
+        "N_FEATURES": str(forest.n_features),
+        "N_TREES": str(forest.n_trees),
+        "DEPTH": str(forest.depth),
+        "FEATURES": ",".join(map(str, forest.feature.ravel().tolist())),
+        "THRESHOLDS": ",".join(f32(v) for v in forest.threshold.ravel().tolist()),
+        "LEAVES": ",".join(float(v).hex() for v in forest.leaf.ravel().tolist()),
+        "BASE": float(forest.base_score).hex(),
+        "AVX2_TREES": _avx2_trees(forest),
+    }
+    for key, value in fields.items():
+        template = template.replace(f"@{key}@", value)
+    return template
 
 
 def module_name(sources: dict[str, str]) -> str:
@@ -149,13 +247,14 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
 
     name = module_name(sources)
     ffi = cffi.FFI()
-    ffi.cdef(CDEF)
+    ffi.cdef(CDEF + (CDEF_FLAT if "flat.c" in sources else ""))
     ffi.set_source(
         name,
-        sources["harness.c"],
-        sources=[str(src_dir / "model.c")],
+        sources["harness.c"] + (CDEF_FLAT if "flat.c" in sources else ""),
+        sources=[str(src_dir / f) for f in ("model.c", "flat.c") if f in sources],
         include_dirs=[str(src_dir)],
-        extra_compile_args=["-O2", "-fno-fast-math"],
+        extra_compile_args=COMPILE_ARGS,
+        libraries=["m"],
     )
     build_dir = Path(tempfile.mkdtemp(prefix="cffi-", dir=out_dir))
     try:

@@ -102,13 +102,26 @@ def _prefixed(path: Path, exc: InputError) -> InputError:
     return InputError(f"{path}: {exc}", field=exc.field, rows=exc.rows)
 
 
-def load_catalog(path: str | Path) -> Catalog:
-    """Read and validate a product catalog CSV (product_id, category, price)."""
+def load_catalog(path: str | Path, categories: set[str] | None = None) -> Catalog:
+    """Read and validate a product catalog CSV (product_id, category, price).
+
+    With ``categories`` (the log's current_category values), a product in any
+    other category is refused: the model could not encode it.
+    """
     path = Path(path)
     frame = _read_text_csv(path, CATALOG_COLUMNS)
     try:
         prices = _numeric(path, frame, "price")
-        return Catalog(_labels(frame, "product_id"), _labels(frame, "category"), prices)
+        cats = _labels(frame, "category")
+        if categories is not None:
+            bad = np.flatnonzero([c not in categories for c in cats.tolist()])
+            if bad.size:
+                raise_rows(
+                    "category",
+                    bad,
+                    f"{str(cats[bad[0]])!r} is not a current_category of any page view in the log",
+                )
+        return Catalog(_labels(frame, "product_id"), cats, prices)
     except InputError as exc:
         raise _prefixed(path, exc) from None
 
@@ -139,7 +152,7 @@ def load(log_path: str | Path, catalog_path: str | Path | None = None) -> Datase
         label = frame[LABEL].to_numpy()
         bad = np.flatnonzero((label != 0) & (label != 1))
         if bad.size:
-            raise_rows(LABEL, bad, f"must be 0 or 1, got {label[bad[0]]!r}")
+            raise_rows(LABEL, bad, f"must be 0 or 1, got {float(label[bad[0]])!r}")
         frame[LABEL] = label.astype(np.int64)
         if len(np.unique(label)) < 2:
             raise InputError(
@@ -149,7 +162,11 @@ def load(log_path: str | Path, catalog_path: str | Path | None = None) -> Datase
             bad = np.flatnonzero(frame[column].to_numpy(dtype=str) == NONE_PRODUCT)
             if bad.size:
                 raise_rows(column, bad, f"cannot be {NONE_PRODUCT!r}")
-        catalog = load_catalog(catalog_path) if catalog_path else catalog_from_log(frame)
+        catalog = (
+            load_catalog(catalog_path, set(frame["current_category"].tolist()))
+            if catalog_path
+            else catalog_from_log(frame)
+        )
         known = set(catalog.product_ids.tolist())
         for column in PRODUCT_FIELDS:
             ids = frame[column].to_numpy(dtype=str)
@@ -163,7 +180,7 @@ def load(log_path: str | Path, catalog_path: str | Path | None = None) -> Datase
                     if catalog_path
                     else " (no --catalog given: the catalog was learned from current_product_id)"
                 )
-                raise_rows(column, unknown, f"{ids[unknown[0]]!r} is not in the catalog{hint}")
+                raise_rows(column, unknown, f"{str(ids[unknown[0]])!r} is not in the catalog{hint}")
         for column in CATEGORICAL_FIELDS:
             frame[column] = frame[column].astype(str)
     except InputError as exc:

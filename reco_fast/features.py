@@ -161,7 +161,7 @@ class Vocabulary:
             raise_rows(
                 field_name,
                 bad,
-                f"has unknown value {str(values[bad[0]])!r}; the model knows {list(vocab)}",
+                f"has unknown value {str(values[bad[0]])!r}; the model knows {vocab.tolist()}",
                 offset,
             )
         return pos

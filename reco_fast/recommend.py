@@ -7,6 +7,7 @@ few numpy operations and one trip into C, not a Python loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,24 +40,35 @@ class Recommendation:
 def _check_args(k: Any, threshold: Any, exclude: Iterable[str]) -> tuple[int, float, set[str]]:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise InputError(f"k must be a non-negative integer, got {k!r}", field="k")
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float, np.floating))
-        or not (0.0 <= float(threshold) <= 1.0)
-    ):
+    try:
+        t = (
+            math.nan
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating))
+            else float(threshold)
+        )
+    except OverflowError:  # an int beyond float range
+        t = math.nan
+    if not (0.0 <= t <= 1.0):
         raise InputError(
             f"threshold must be a number in [0, 1], got {threshold!r}", field="threshold"
         )
     if isinstance(exclude, str):
         exclude = (exclude,)
-    exclude = set(exclude)
+    try:
+        exclude = set(exclude)
+    except TypeError:  # None, a number, unhashable items
+        raise InputError(
+            f"exclude must be a list drawn from {list(EXCLUDABLE)}, got {exclude!r:.60}",
+            field="exclude",
+        ) from None
     unknown = exclude - set(EXCLUDABLE)
     if unknown:
         raise InputError(
-            f"exclude has unknown value(s) {sorted(unknown)}; choose from {list(EXCLUDABLE)}",
+            f"exclude has unknown value(s) {sorted(unknown, key=repr)}; "
+            f"choose from {list(EXCLUDABLE)}",
             field="exclude",
         )
-    return int(k), float(threshold), exclude
+    return int(k), t, exclude
 
 
 def _positions(builder: FeatureBuilder, ids: Sequence[Any], field: str) -> np.ndarray:
@@ -126,6 +138,8 @@ def recommend(
         if isinstance(candidates, str) or not isinstance(candidates, Sequence):
             raise InputError("candidates must be a list of product ids", field="candidates")
         cand = _positions(builder, candidates, "candidates")
+        _, first = np.unique(cand, return_index=True)
+        cand = cand[np.sort(first)]  # a product listed twice is recommended once
     drop = []
     if "viewed" in exclude and viewed_pos.size:
         drop.append(viewed_pos)

@@ -61,6 +61,33 @@ def write_catalog(catalog: Catalog, path: Path) -> None:
             w.writerow([pid, cat, repr(float(price))])
 
 
+BACKENDS = ("flat", "flat-avx2", "flat-portable", "tl2cgen")
+
+
+def _kernels(lib: Any, backend: str) -> tuple[str, Any, Any, Any]:
+    """(resolved name, one-row, float64 batch, float32 batch) entry points of a backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    if backend == "tl2cgen":
+        return backend, lib.rf_predict_one, lib.rf_predict_f64, lib.rf_predict_f32
+    if not hasattr(lib, "rq_predict_one"):
+        raise ArtifactError(
+            f"backend {backend!r} is not in this artifact (its trees are too deep for the flat "
+            "evaluator); use backend='tl2cgen'"
+        )
+    simd = backend == "flat-avx2" or (backend == "flat" and lib.rq_has_avx2())
+    if simd and not lib.rq_has_avx2():
+        raise ArtifactError("backend 'flat-avx2' needs a CPU with AVX2; use 'flat'")
+    if simd:
+        return "flat-avx2", lib.rq_predict_one, lib.rq_predict_f64_avx2, lib.rq_predict_f32_avx2
+    return (
+        "flat-portable",
+        lib.rq_predict_one,
+        lib.rq_predict_f64_portable,
+        (lib.rq_predict_f32_portable),
+    )
+
+
 class Model:
     """A compiled GradientBoostingClassifier, loaded from a verified artifact.
 
@@ -76,6 +103,7 @@ class Model:
         feature_names: Sequence[str],
         metadata: Mapping[str, Any] | None = None,
         builder: FeatureBuilder | None = None,
+        backend: str | None = None,
     ):
         self.path = Path(path)
         self._ffi = module.ffi
@@ -91,7 +119,11 @@ class Model:
         self.threshold = float(self.metadata.get("threshold", 0.7))
         self.feature_set: str | None = self.metadata.get("feature_set")
         self._builder = builder
-        self._one = self._lib.rf_predict_one
+        self._loaded_catalog = builder.catalog if builder is not None else None
+        self._requested_backend = backend
+        self.backend, self._one, self._batch64, self._batch32 = _kernels(
+            self._lib, backend or self.metadata.get("backend", "tl2cgen")
+        )
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -100,9 +132,30 @@ class Model:
     ) -> Model:
         return cls(root, _import_library(lib_path, name), feature_names)
 
+    def available_backends(self) -> tuple[str, ...]:
+        """The evaluators this artifact's library provides on this CPU."""
+        lib = self._lib
+        if not hasattr(lib, "rq_predict_one"):
+            return ("tl2cgen",)
+        return ("tl2cgen", "flat-portable") + (("flat-avx2",) if lib.rq_has_avx2() else ())
+
+    def using(self, backend: str) -> Model:
+        """The same model evaluated by another backend (for comparisons and benchmarks)."""
+        clone = object.__new__(Model)
+        clone.__dict__.update(self.__dict__)
+        clone._requested_backend = backend
+        clone.backend, clone._one, clone._batch64, clone._batch32 = _kernels(self._lib, backend)
+        return clone
+
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Model:
-        """Load an artifact after checking checksums, platform and golden outputs."""
+    def load(cls, path: str | os.PathLike[str], backend: str | None = None) -> Model:
+        """Load an artifact after checking checksums, platform and golden outputs.
+
+        ``backend`` overrides the artifact's default evaluator: "flat" (the
+        branch-free evaluator, AVX2 when the CPU has it), "flat-portable",
+        "flat-avx2" or "tl2cgen" (tl2cgen's reference code). Every backend the
+        CPU supports is checked against the golden outputs.
+        """
         root, meta = read_metadata(path)
         try:
             module = _import_library(root / meta["library"], meta["module"])
@@ -112,22 +165,34 @@ class Model:
                 builder = FeatureBuilder(
                     meta["feature_set"], Vocabulary.from_json(meta["vocabulary"]), catalog
                 )
-            model = cls(root.resolve(), module, meta["feature_names"], meta, builder)
+            model = cls(root.resolve(), module, meta["feature_names"], meta, builder, backend)
             golden = meta["golden"]
             X = np.asarray(golden["X"], dtype=np.float64).reshape(-1, model.n_features)
             expected = np.asarray(golden["proba"], dtype=np.float64)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{root} has malformed metadata: {exc!r}") from None
-        got = model._predict_f64(np.ascontiguousarray(X))
-        if got.shape != expected.shape or not np.all(np.abs(got - expected) <= GOLDEN_TOLERANCE):
-            raise ArtifactError(
-                f"{root}: the compiled library does not reproduce its golden outputs; "
-                "the artifact is damaged or foreign: rebuild it"
-            )
+        X = np.ascontiguousarray(X)
+        for name in model.available_backends():
+            other = model.using(name)
+            got = other._predict_f64(X)
+            ones = np.asarray([other._one(row) for row in X.tolist()])
+            for result in (got, ones):
+                if result.shape != expected.shape or not np.all(
+                    np.abs(result - expected) <= GOLDEN_TOLERANCE
+                ):
+                    raise ArtifactError(
+                        f"{root}: the compiled library ({name}) does not reproduce its golden "
+                        "outputs; the artifact is damaged or foreign: rebuild it"
+                    )
         return model
 
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (load, (str(self.path),))
+    def __reduce__(self) -> tuple[Any, tuple[str, str | None]]:
+        if self._builder is not None and self._builder.catalog is not self._loaded_catalog:
+            raise TypeError(
+                "a Model with a replaced catalog cannot be pickled; pickle the "
+                "artifact path and call with_catalog() after loading"
+            )
+        return (load, (str(self.path), self._requested_backend))
 
     def __repr__(self) -> str:
         return (
@@ -140,7 +205,7 @@ class Model:
         out = np.empty(X.shape[0], dtype=np.float64)
         if X.shape[0]:
             ffi = self._ffi
-            self._lib.rf_predict_f64(
+            self._batch64(
                 ffi.from_buffer("double[]", X),
                 X.shape[0],
                 ffi.from_buffer("double[]", out, require_writable=True),
@@ -151,7 +216,7 @@ class Model:
         out = np.empty(X.shape[0], dtype=np.float64)
         if X.shape[0]:
             ffi = self._ffi
-            self._lib.rf_predict_f32(
+            self._batch32(
                 ffi.from_buffer("float[]", X),
                 X.shape[0],
                 ffi.from_buffer("double[]", out, require_writable=True),
@@ -304,6 +369,6 @@ class Model:
         return cols
 
 
-def load(path: str | os.PathLike[str]) -> Model:
+def load(path: str | os.PathLike[str], backend: str | None = None) -> Model:
     """Load a model artifact written by ``build_model.py`` or ``compile_model``."""
-    return Model.load(path)
+    return Model.load(path, backend)

@@ -104,6 +104,9 @@ def raise_rows(field: str, rows: Sequence[int] | np.ndarray, problem: str, offse
 def as_float_array(field: str, values: object, n_rows: int | None = None) -> np.ndarray:
     """Convert one column to float64, refusing strings, None and other non-numbers by row."""
     arr = np.asarray(values)
+    if arr.dtype.kind in "US" and not isinstance(values, np.ndarray):
+        # [1.5, "abc"] coerces to strings; keep the items so the bad row is the one named
+        arr = np.asarray(values, dtype=object)
     if arr.ndim != 1:
         arr = arr.reshape(-1) if arr.ndim == 0 else arr
         if arr.ndim != 1:
@@ -118,7 +121,7 @@ def as_float_array(field: str, values: object, n_rows: int | None = None) -> np.
         return arr.astype(np.float64, copy=False)
     out = np.empty(arr.shape[0], dtype=np.float64)
     for i, v in enumerate(arr.tolist()):
-        if isinstance(v, (bool, int, float)) and not isinstance(v, str):
+        if isinstance(v, (bool, int, float, np.integer, np.floating)):
             try:
                 out[i] = float(v)
             except OverflowError:

@@ -196,7 +196,10 @@ def _check_number(name: str, value: Any, low: float, high: float = math.inf) -> 
         raise InputError(
             f"{name!r} must be a number, got {type(value).__name__} {value!r:.40}", field=name
         )
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float range
+        v = math.inf
     if not (low <= v <= high) or not math.isfinite(v):
         raise InputError(f"{name!r} must be in [{low:g}, {high:g}], got {value!r}", field=name)
     return v
@@ -250,8 +253,17 @@ class SessionTracker:
         self.ttl = self.store.ttl
 
     # -- helpers --
-    def _ts(self, ts: float | None) -> float:
-        return self._clock() if ts is None else _check_number("ts", ts, 0.0)
+    def _ts(self, ts: float | None) -> float | None:
+        """A client's event time, validated; None means "now", read as the event applies."""
+        return None if ts is None else _check_number("ts", ts, 0.0)
+
+    def _at(self, ts: float | None, state: State | None) -> float:
+        """The event's time. "Now" is read inside the store's atomic update and never
+        precedes the session's last event, so concurrent events are not out of order."""
+        if ts is not None:
+            return ts
+        now = self._clock()
+        return now if state is None else max(now, state["last_ts"])
 
     def _product(self, name: str, product_id: Any) -> tuple[str, float]:
         _check_id(name, product_id)
@@ -308,7 +320,8 @@ class SessionTracker:
             _check_id("customer_id", customer_id)
 
         def apply(state: State | None) -> State:
-            if state is None or ts - state["last_ts"] > self.ttl:
+            at = self._at(ts, state)
+            if state is None or at - state["last_ts"] > self.ttl:
                 if device_type is None or traffic_source is None:
                     raise InputError(
                         "a new session's first page_view needs device_type and traffic_source",
@@ -319,9 +332,9 @@ class SessionTracker:
                     "customer_id": customer_id or "",
                     "device_type": device_type,
                     "traffic_source": traffic_source,
-                    "start_ts": ts,
-                    "last_ts": ts,
-                    "page_ts": ts,
+                    "start_ts": at,
+                    "last_ts": at,
+                    "page_ts": at,
                     "current_product_id": product_id,
                     "prev": [],
                     "products_viewed_count": 1,
@@ -330,7 +343,7 @@ class SessionTracker:
                     "scroll_depth": 0.0,
                     "clicked_product_image": 0,
                 }
-            self._live(state, session_id, ts)
+            self._live(state, session_id, at)
             for name, value in (("device_type", device_type), ("traffic_source", traffic_source)):
                 if value is not None and value != state[name]:
                     raise InputError(
@@ -347,8 +360,8 @@ class SessionTracker:
             new["prev"] = ([state["current_product_id"], *state["prev"]])[:3]
             new.update(
                 current_product_id=product_id,
-                last_ts=ts,
-                page_ts=ts,
+                last_ts=at,
+                page_ts=at,
                 products_viewed_count=state["products_viewed_count"] + 1,
                 time_on_page_sec=0.0,
                 scroll_depth=0.0,
@@ -394,8 +407,9 @@ class SessionTracker:
                 )
 
         def apply(state: State | None) -> State:
-            state = self._live(state, session_id, ts)
-            new = dict(state, last_ts=ts)
+            at = self._at(ts, state)
+            state = self._live(state, session_id, at)
+            new = dict(state, last_ts=at)
             if t is not None:
                 new["time_on_page_sec"] = max(state["time_on_page_sec"], t)
             if s is not None:
@@ -414,8 +428,9 @@ class SessionTracker:
         ts = self._ts(ts)
 
         def apply(state: State | None) -> State:
-            state = self._live(state, session_id, ts)
-            return dict(state, last_ts=ts, cart=[*state["cart"], product_id])
+            at = self._at(ts, state)
+            state = self._live(state, session_id, at)
+            return dict(state, last_ts=at, cart=[*state["cart"], product_id])
 
         return self._context(self.store.update(session_id, apply))
 
@@ -427,7 +442,8 @@ class SessionTracker:
         ts = self._ts(ts)
 
         def apply(state: State | None) -> State:
-            state = self._live(state, session_id, ts)
+            at = self._at(ts, state)
+            state = self._live(state, session_id, at)
             if product_id not in state["cart"]:
                 raise InputError(
                     f"product {product_id!r} is not in the cart of session {session_id!r}",
@@ -435,7 +451,7 @@ class SessionTracker:
                 )
             cart = list(state["cart"])
             cart.remove(product_id)
-            return dict(state, last_ts=ts, cart=cart)
+            return dict(state, last_ts=at, cart=cart)
 
         return self._context(self.store.update(session_id, apply))
 

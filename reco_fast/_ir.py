@@ -1,0 +1,128 @@
+"""Intermediate form: treelite's model as padded, complete binary trees in flat arrays.
+
+Every tree is padded to the forest's maximum depth D: a leaf above depth D
+becomes a node whose threshold is +inf (every finite value goes left) with
+the leaf repeated below it. A complete tree needs no child pointers: node n's
+children are 2n+1 and 2n+2, so evaluation is D compares and no branches.
+
+Thresholds are stored as float32 rounded *down*: inputs reach the trees as
+float32 (as in scikit-learn), and for a float32 x and a float64 t,
+``x <= t`` holds exactly when ``x <= largest_float32_not_above(t)``. The
+comparison is therefore exact in float32 and 8 rows fit one AVX2 register.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAX_FLAT_DEPTH", "Forest", "UnsupportedForest", "from_treelite"]
+
+MAX_FLAT_DEPTH = 8
+"""Deeper trees are left to tl2cgen: a complete tree of depth 9 has 511 nodes."""
+
+
+class UnsupportedForest(ValueError):
+    """The model uses something the flat evaluator does not implement."""
+
+
+@dataclass(frozen=True)
+class Forest:
+    """Trees in breadth-first order: feature[t, n], threshold[t, n], leaf[t, l]."""
+
+    n_features: int
+    depth: int
+    feature: np.ndarray  # int32 (n_trees, 2**depth - 1)
+    threshold: np.ndarray  # float32 (n_trees, 2**depth - 1), rounded down
+    leaf: np.ndarray  # float64 (n_trees, 2**depth)
+    base_score: float
+
+    @property
+    def n_trees(self) -> int:
+        return int(self.feature.shape[0])
+
+    def predict_margin(self, X: np.ndarray) -> np.ndarray:
+        """Reference evaluation in numpy (for tests): the margin before the sigmoid."""
+        x32 = np.asarray(X, dtype=np.float32)
+        rows = np.arange(len(x32))
+        total = np.zeros(len(x32))
+        for t in range(self.n_trees):
+            idx = np.zeros(len(x32), dtype=np.int64)
+            for level in range(self.depth):
+                node = (1 << level) - 1 + idx
+                right = x32[rows, self.feature[t, node]] > self.threshold[t, node]
+                idx = 2 * idx + right
+            total += self.leaf[t, idx]
+        return total + self.base_score
+
+
+def round_down_f32(t: np.ndarray) -> np.ndarray:
+    """Largest float32 not above each float64 threshold (+inf stays +inf)."""
+    t = np.asarray(t, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        t32 = t.astype(np.float32)
+    above = t32.astype(np.float64) > t
+    t32[above] = np.nextafter(t32[above], np.float32(-np.inf))
+    return t32
+
+
+def _tree_depth(nodes: dict[int, dict[str, Any]], node: int = 0) -> int:
+    n = nodes[node]
+    if "leaf_value" in n:
+        return 0
+    return 1 + max(_tree_depth(nodes, n["left_child"]), _tree_depth(nodes, n["right_child"]))
+
+
+def from_treelite(model: Any) -> Forest:
+    """Read treelite's JSON dump into a Forest; refuse what the evaluator cannot do exactly."""
+    d = json.loads(model.dump_as_json())
+    if d.get("task_type") != "kBinaryClf" or d.get("num_target") != 1:
+        raise UnsupportedForest(f"task {d.get('task_type')!r} is not binary classification")
+    if d.get("postprocessor") != "sigmoid" or float(d.get("sigmoid_alpha", 1.0)) != 1.0:
+        raise UnsupportedForest(f"postprocessor {d.get('postprocessor')!r} is not sigmoid(x)")
+    if d.get("average_tree_output"):
+        raise UnsupportedForest("averaged tree outputs are not supported")
+    base = d.get("base_scores", [0.0])
+    if len(base) != 1:
+        raise UnsupportedForest("expected one base score")
+    trees = []
+    for t in d["trees"]:
+        nodes = {n["node_id"]: n for n in t["nodes"]}
+        for n in nodes.values():
+            if "leaf_value" in n:
+                if isinstance(n["leaf_value"], list):
+                    raise UnsupportedForest("vector leaves are not supported")
+                continue
+            if n.get("node_type") != "numerical_test_node" or n.get("comparison_op") != "<=":
+                raise UnsupportedForest(
+                    f"split {n.get('node_type')!r} {n.get('comparison_op')!r} is not 'x <= t'"
+                )
+        trees.append(nodes)
+    depth = max(1, max(_tree_depth(nodes) for nodes in trees))
+    if depth > MAX_FLAT_DEPTH:
+        raise UnsupportedForest(f"trees of depth {depth} exceed {MAX_FLAT_DEPTH}")
+    n_nodes, n_leaves = (1 << depth) - 1, 1 << depth
+    feature = np.zeros((len(trees), n_nodes), dtype=np.int32)
+    threshold64 = np.full((len(trees), n_nodes), np.inf)
+    leaf = np.zeros((len(trees), n_leaves), dtype=np.float64)
+    for t, nodes in enumerate(trees):
+        # (treelite node id, flat position); a leaf met above the last level fills its subtree
+        stack = [(0, 0, 0)]
+        while stack:
+            node_id, pos, level = stack.pop()
+            node = nodes[node_id]
+            if "leaf_value" in node:
+                first = (pos - ((1 << level) - 1)) << (depth - level)
+                leaf[t, first : first + (1 << (depth - level))] = float(node["leaf_value"])
+                # padded nodes below keep feature 0 / threshold +inf: always left
+                continue
+            feature[t, pos] = int(node["split_feature_id"])
+            threshold64[t, pos] = float(node["threshold"])
+            stack.append((node["left_child"], 2 * pos + 1, level + 1))
+            stack.append((node["right_child"], 2 * pos + 2, level + 1))
+    return Forest(
+        int(d["num_feature"]), depth, feature, round_down_f32(threshold64), leaf, float(base[0])
+    )
