@@ -30,6 +30,8 @@ __all__ = ["CDEF", "build_library", "flat_source", "generate_c"]
 CDEF = """
 int rf_num_feature(void);
 double rf_predict_one(const double* x);
+void rf_predict_prefix(const double* prefix, size_t n_prefix, const double* rest,
+                       size_t n_rows, double* out);
 void rf_predict_f64(const double* X, size_t n_rows, double* out);
 void rf_predict_f32(const float* X, size_t n_rows, double* out);
 """
@@ -40,6 +42,10 @@ void rq_predict_f64_portable(const double* X, size_t n_rows, double* out);
 void rq_predict_f32_portable(const float* X, size_t n_rows, double* out);
 void rq_predict_f64_avx2(const double* X, size_t n_rows, double* out);
 void rq_predict_f32_avx2(const float* X, size_t n_rows, double* out);
+void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const double* rest,
+                                size_t n_rows, double* out);
+void rq_predict_prefix_avx2(const double* prefix, size_t n_prefix, const double* rest,
+                            size_t n_rows, double* out);
 """
 # -ffp-contract=off: no fused multiply-add may change a rounding the verification relies on.
 COMPILE_ARGS = ["-O2", "-fno-fast-math", "-ffp-contract=off", "-Wno-unused-variable"]
@@ -52,7 +58,9 @@ HARNESS = """
 
 static inline double rf_row_f64(const double* x) {{
   union Entry data[RF_NFEAT];
-  for (int j = 0; j < RF_NFEAT; ++j) data[j].fvalue = (double)(float)x[j];
+  /* volatile: GCC 12 -O2 drops this (double)(float) round trip when RF_NFEAT is 2 or 3
+     (SLP vectorizer), skipping the float32 rounding scikit-learn applies */
+  for (int j = 0; j < RF_NFEAT; ++j) {{ volatile float f = (float)x[j]; data[j].fvalue = f; }}
   double result = 0.0;
   predict(data, 0, &result);
   return result;
@@ -64,6 +72,17 @@ double rf_predict_one(const double* x) {{ return rf_row_f64(x); }}
 
 void rf_predict_f64(const double* X, size_t n_rows, double* out) {{
   for (size_t i = 0; i < n_rows; ++i) out[i] = rf_row_f64(X + i * RF_NFEAT);
+}}
+
+void rf_predict_prefix(const double* prefix, size_t n_prefix, const double* rest,
+                       size_t n_rows, double* out) {{
+  double x[RF_NFEAT];
+  const size_t n_rest = RF_NFEAT - n_prefix;
+  for (size_t j = 0; j < n_prefix; ++j) x[j] = prefix[j];
+  for (size_t i = 0; i < n_rows; ++i) {{
+    for (size_t j = 0; j < n_rest; ++j) x[n_prefix + j] = rest[i * n_rest + j];
+    out[i] = rf_row_f64(x);
+  }}
 }}
 
 void rf_predict_f32(const float* X, size_t n_rows, double* out) {{
@@ -128,8 +147,35 @@ def native_output(what: str) -> Iterator[list[str]]:
         log.log(level, "%s: %s", what, line)
 
 
+def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str, str]:
+    """C and cdef for one page view from its raw numbers: ``rs_predict_<backend>(...)``."""
+    from .features import FEATURE_SETS, session_kernel_c
+
+    if len(FEATURE_SETS[feature_set]) != n_features:
+        raise ValueError(
+            f"the {feature_set!r} feature set has {len(FEATURE_SETS[feature_set])} "
+            f"features, the model {n_features}"
+        )
+    definition, args = session_kernel_c(feature_set)
+    params = ", ".join(f"double {a}" for a in args.split(", "))
+    source, cdef = "\n" + definition, ""
+    for backend, one in (("tl2cgen", "rf_predict_one"), ("flat", "rq_predict_one")):
+        if backend == "flat" and not flat:
+            continue
+        source += (
+            f"double rs_predict_{backend}({params}) {{\n  double x[{n_features}];\n"
+            f"  rs_features({args}, x);\n  return {one}(x);\n}}\n"
+        )
+        cdef += f"double rs_predict_{backend}({params});\n"
+    return source, cdef
+
+
 def generate_c(
-    treelite_model: Any, n_features: int, out_dir: Path, forest: Forest | None = None
+    treelite_model: Any,
+    n_features: int,
+    out_dir: Path,
+    forest: Forest | None = None,
+    feature_set: str | None = None,
 ) -> dict[str, str]:
     """Write tl2cgen's C, the harness and (given a forest) the flat evaluator into out_dir.
 
@@ -145,6 +191,12 @@ def generate_c(
         "header.h": (gen_dir / "header.h").read_text(),
         "harness.c": HARNESS.format(n_features=n_features),
     }
+    if forest is not None:
+        sources["harness.c"] += CDEF_FLAT
+    if feature_set is not None:
+        source, cdef = session_harness(feature_set, n_features, forest is not None)
+        sources["harness.c"] += source
+        sources["session.cdef"] = cdef
     if forest is not None:
         sources["flat.c"] = flat_source(forest)
     extra = sorted(p.name for p in gen_dir.iterdir() if p.suffix == ".c" and p.name != "main.c")
@@ -247,10 +299,10 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
 
     name = module_name(sources)
     ffi = cffi.FFI()
-    ffi.cdef(CDEF + (CDEF_FLAT if "flat.c" in sources else ""))
+    ffi.cdef(CDEF + (CDEF_FLAT if "flat.c" in sources else "") + sources.get("session.cdef", ""))
     ffi.set_source(
         name,
-        sources["harness.c"] + (CDEF_FLAT if "flat.c" in sources else ""),
+        sources["harness.c"],
         sources=[str(src_dir / f) for f in ("model.c", "flat.c") if f in sources],
         include_dirs=[str(src_dir)],
         extra_compile_args=COMPILE_ARGS,

@@ -212,13 +212,15 @@ def compile_model(
     verify_X: np.ndarray | None = None,
     threshold: float = 0.7,
     metadata: dict[str, Any] | None = None,
+    feature_set: str | None = None,
     write_extra: Callable[[Path, Any], None] | None = None,
 ) -> Any:
     """Compile, verify and write an artifact for a fitted binary GradientBoostingClassifier.
 
     ``verify_X`` (rows in feature order) is checked along with adversarial rows
     built from the model's thresholds; without it, rows are synthesised from the
-    thresholds. ``metadata`` and ``write_extra(staging_dir, staged_model)`` let
+    thresholds. ``feature_set`` (the build pipeline's) adds a C kernel that
+    scores one page view from its raw numbers. ``metadata`` and ``write_extra(staging_dir, staged_model)`` let
     the build pipeline add its feature spec, catalog and report to the same
     atomic write.
     """
@@ -267,7 +269,7 @@ def compile_model(
                 "generating C: tl2cgen's reference code%s",
                 " and the flat evaluator" if forest is not None else "",
             )
-            sources = generate_c(tl_model, n_features, work, forest)
+            sources = generate_c(tl_model, n_features, work, forest, feature_set)
             log.info("compiling the C library with cffi")
             lib_path = build_library(sources, work, staging)
             for name in sources:

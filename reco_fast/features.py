@@ -85,6 +85,45 @@ VIEWED_FIELDS = ("current_product_id", "prev_product_1", "prev_product_2", "prev
 _CODE_FIELD = {"current_category": 0, "device_type": 1, "traffic_source": 2}
 
 
+_C_SEED = """
+  const double e = t / 300 * sc;
+  x[0] = cat; x[1] = price; x[2] = cart; x[3] = dev; x[4] = trf;
+  x[5] = t; x[6] = sc; x[7] = img; x[8] = mins; x[9] = viewed;
+  x[10] = cart > 0;
+  x[11] = t >= 60 && sc >= 0.6;
+  x[12] = price > 100;
+  x[13] = price < 30;
+  x[14] = viewed >= 3;
+  x[15] = e < 0.0 ? 0.0 : (e > 1.0 ? 1.0 : e);
+  x[16] = mins >= 10 && viewed >= 3;
+  x[17] = t < 30 && sc < 0.3;
+  x[18] = viewed / (mins + 1);
+"""
+_C_CANDIDATE = """
+  x[19] = rcat; x[20] = rprice;
+  x[21] = rcat == cat;
+  x[22] = rprice / (price > 0.01 ? price : 0.01);
+  x[23] = already;
+"""
+_C_ARGS = ("cat", "price", "cart", "dev", "trf", "t", "sc", "img", "mins", "viewed")
+
+
+def session_kernel_c(feature_set: str) -> tuple[str, str]:
+    """C for ``FeatureBuilder.expand``: (definition, declaration) of ``rs_features``.
+
+    The single-page-view path passes the raw numbers of :meth:`FeatureBuilder.raw`
+    straight to C, which derives the features there: building a 24-element
+    Python list and converting it costs more than the trees. Same IEEE
+    operations in the same order as the Python and numpy paths (compiled with
+    -ffp-contract=off), and tests hold all three equal.
+    """
+    args = _C_ARGS + (("rcat", "rprice", "already") if feature_set == "ranking" else ())
+    body = _C_SEED + (_C_CANDIDATE if feature_set == "ranking" else "")
+    params = ", ".join(f"double {a}" for a in args)
+    head = f"void rs_features({params}, double* x)"
+    return f"{head} {{{body}}}\n", ", ".join(args)
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """Label vocabularies, sorted as scikit-learn's LabelEncoder sorts them.
@@ -324,6 +363,8 @@ class FeatureBuilder:
             cat_codes = vocabulary.codes("current_category", catalog.categories)
             self._cat_codes = cat_codes.astype(np.float64)
             self._cat_codes.setflags(write=False)
+            self._cand_static = np.column_stack([self._cat_codes, catalog.prices])
+            self._cand_static.setflags(write=False)
             self.all_positions = np.arange(len(catalog), dtype=np.intp)
             self.all_positions.setflags(write=False)
             self._product = {
@@ -348,66 +389,149 @@ class FeatureBuilder:
         return FeatureBuilder(self.feature_set, self.vocabulary, catalog)
 
     # ---- one page view -------------------------------------------------------------------
-    def session_row(self, session: Mapping[str, Any]) -> list[float]:
-        """The 19 seed features of one page view, in pure Python (about a microsecond)."""
+    def session_raw(self, session: Mapping[str, Any]) -> tuple[float, ...]:
+        """The ten raw numbers of a page view the seed features derive from (codes included).
+
+        The fast path assumes a valid session and checks it with chained
+        comparisons; anything unusual (a missing key, a string where a number
+        belongs, NaN, a value out of range, an unknown label) falls through to
+        :meth:`_checked_session_raw`, which names the field.
+        """
+        try:
+            s = session
+            cat_index, dev_index, trf_index = self.vocabulary._index
+            raw = (
+                cat_index[s["current_category"]],
+                s["current_price"],
+                s["products_in_cart"],
+                dev_index[s["device_type"]],
+                trf_index[s["traffic_source"]],
+                s["time_on_page_sec"],
+                s["scroll_depth"],
+                s["clicked_product_image"],
+                s["session_length_mins"],
+                s["products_viewed_count"],
+            )
+            _, price, cart, _, _, t, sc, img, mins, viewed = raw
+            # Comparisons raise TypeError for strings and None, and are False for NaN;
+            # a type the C call cannot convert is caught by the caller's fallback.
+            if (
+                0.0 <= price <= FLOAT32_MAX
+                and 0.0 <= t <= FLOAT32_MAX
+                and 0.0 <= mins <= FLOAT32_MAX
+                and 0.0 <= sc <= 1.0
+                and (img == 0 or img == 1)
+                and 0 <= cart <= FLOAT32_MAX
+                and cart % 1 == 0
+                and 0 <= viewed <= FLOAT32_MAX
+                and viewed % 1 == 0
+            ):
+                return raw
+        except (KeyError, TypeError, ValueError, OverflowError):
+            pass
+        return self._checked_session_raw(session)
+
+    def _checked_session_raw(self, session: Mapping[str, Any]) -> tuple[float, ...]:
         if not isinstance(session, Mapping):
             raise TypeError(f"a session must be a mapping, got {type(session).__name__}")
         voc = self.vocabulary
-        cat = voc.code("current_category", _label(session, "current_category"))
-        dev = voc.code("device_type", _label(session, "device_type"))
-        trf = voc.code("traffic_source", _label(session, "traffic_source"))
-        price = _number(session, "current_price")
-        cart = _number(session, "products_in_cart")
-        t = _number(session, "time_on_page_sec")
-        s = _number(session, "scroll_depth")
-        img = _number(session, "clicked_product_image")
-        mins = _number(session, "session_length_mins")
-        viewed = _number(session, "products_viewed_count")
-        return [
+        return (
+            voc.code("current_category", _label(session, "current_category")),
+            _number(session, "current_price"),
+            _number(session, "products_in_cart"),
+            voc.code("device_type", _label(session, "device_type")),
+            voc.code("traffic_source", _label(session, "traffic_source")),
+            _number(session, "time_on_page_sec"),
+            _number(session, "scroll_depth"),
+            _number(session, "clicked_product_image"),
+            _number(session, "session_length_mins"),
+            _number(session, "products_viewed_count"),
+        )
+
+    def raw(self, session: Mapping[str, Any]) -> tuple[float, ...]:
+        """Everything one page view's features derive from: the session's ten raw
+        numbers, plus (ranking set) the recommended product's category code, price
+        and whether the session already viewed it."""
+        raw = self.session_raw(session)
+        if not self.ranks_products:
+            return raw
+        try:
+            rec = session["recommended_product_id"]
+            rcat, rprice = self._product[rec]
+            seen = (
+                session["current_product_id"],
+                session["prev_product_1"],
+                session["prev_product_2"],
+                session["prev_product_3"],
+            )
+            if (
+                type(seen[0]) is str
+                and type(seen[1]) is str
+                and type(seen[2]) is str
+                and type(seen[3]) is str
+            ):
+                return (*raw, rcat, rprice, 1.0 if rec in seen else 0.0)
+        except (KeyError, TypeError):
+            pass
+        return self.checked_raw(session)
+
+    def checked_raw(self, session: Mapping[str, Any]) -> tuple[float, ...]:
+        """:meth:`raw` with every field validated, raising an InputError that names it."""
+        raw = self._checked_session_raw(session)
+        if not self.ranks_products:
+            return raw
+        viewed = self.viewed_ids(session)
+        rec = _label(session, "recommended_product_id")
+        rcat, rprice = self._product[rec] if rec in self._product else (self.catalog.index(rec), 0)
+        return (*raw, rcat, rprice, 1.0 if rec in viewed else 0.0)
+
+    def expand(self, raw: Sequence[float]) -> list[float]:
+        """The features from :meth:`raw`'s numbers (the C session kernel computes the same)."""
+        cat, price, cart, dev, trf, t, sc, img, mins, viewed = raw[:10]
+        e = t / 300 * sc
+        row = [
             float(cat),
-            price,
-            cart,
+            float(price),
+            float(cart),
             float(dev),
             float(trf),
-            t,
-            s,
-            img,
-            mins,
-            viewed,
-            float(cart > 0),
-            float(t >= 60 and s >= 0.6),
-            float(price > 100),
-            float(price < 30),
-            float(viewed >= 3),
-            min(max(t / 300 * s, 0.0), 1.0),
-            float(mins >= 10 and viewed >= 3),
-            float(t < 30 and s < 0.3),
+            float(t),
+            float(sc),
+            float(img),
+            float(mins),
+            float(viewed),
+            1.0 if cart > 0 else 0.0,
+            1.0 if t >= 60 and sc >= 0.6 else 0.0,
+            1.0 if price > 100 else 0.0,
+            1.0 if price < 30 else 0.0,
+            1.0 if viewed >= 3 else 0.0,
+            0.0 if e < 0.0 else 1.0 if e > 1.0 else float(e),
+            1.0 if mins >= 10 and viewed >= 3 else 0.0,
+            1.0 if t < 30 and sc < 0.3 else 0.0,
             viewed / (mins + 1),
         ]
+        if len(raw) > 10:
+            rcat, rprice, already = raw[10:]
+            row += [
+                float(rcat),
+                float(rprice),
+                1.0 if rcat == cat else 0.0,
+                rprice / (price if price > MIN_PRICE_FOR_RATIO else MIN_PRICE_FOR_RATIO),
+                float(already),
+            ]
+        return row
+
+    def row(self, session: Mapping[str, Any]) -> list[float]:
+        """All features of one page view, in pure Python (about a microsecond)."""
+        return self.expand(self.raw(session))
+
+    def session_row(self, session: Mapping[str, Any]) -> list[float]:
+        """The 19 seed features of one page view."""
+        return self.expand(self.session_raw(session))
 
     def viewed_ids(self, session: Mapping[str, Any]) -> tuple[str, ...]:
         """Products this session has seen (current and previous three), "NONE" excluded."""
         return tuple(v for v in (_label(session, f) for f in VIEWED_FIELDS) if v != NONE_PRODUCT)
-
-    def row(self, session: Mapping[str, Any]) -> list[float]:
-        """All features of one page view, recommended product included."""
-        row = self.session_row(session)
-        if self.ranks_products:
-            viewed = self.viewed_ids(session)
-            rec = _label(session, "recommended_product_id")
-            try:
-                rcat, rprice = self._product[rec]
-            except KeyError:
-                self.catalog.index(rec)  # raises the catalog's InputError
-                raise
-            row += [
-                rcat,
-                rprice,
-                float(rcat == row[0]),
-                rprice / max(row[1], MIN_PRICE_FOR_RATIO),
-                float(rec in viewed),
-            ]
-        return row
 
     # ---- columns -------------------------------------------------------------------------
     def transform(self, columns: Mapping[str, Any], offset: int = 0) -> np.ndarray:
@@ -462,19 +586,28 @@ class FeatureBuilder:
             X[:, 23] = already
         return X
 
-    def candidates(
-        self, session_row: Sequence[float], candidate_idx: np.ndarray, viewed_idx: np.ndarray
+    def candidate_rest(
+        self, session_row: Sequence[float], candidate_idx: np.ndarray, viewed: np.ndarray
     ) -> np.ndarray:
-        """The feature matrix of one session against many products, by broadcasting.
+        """The five candidate features of many products for one session, by broadcasting.
 
-        ``candidate_idx`` and ``viewed_idx`` are catalog positions.
+        ``candidate_idx`` are catalog positions and ``viewed`` a boolean mask over
+        the catalog. With the 19 session features in front, each row equals
+        :meth:`transform` of that session with that recommended product.
         """
-        m = len(candidate_idx)
-        X = np.empty((m, self.n_features), dtype=np.float64)
+        R = np.empty((len(candidate_idx), 5), dtype=np.float64)
+        R[:, :2] = self._cand_static[candidate_idx]
+        np.equal(R[:, 0], session_row[0], out=R[:, 2])
+        np.divide(R[:, 1], max(session_row[1], MIN_PRICE_FOR_RATIO), out=R[:, 3])
+        R[:, 4] = viewed[candidate_idx]
+        return R
+
+    def candidates(
+        self, session_row: Sequence[float], candidate_idx: np.ndarray, viewed: np.ndarray
+    ) -> np.ndarray:
+        """The full feature matrix of one session against many products."""
+        rest = self.candidate_rest(session_row, candidate_idx, viewed)
+        X = np.empty((len(candidate_idx), self.n_features), dtype=np.float64)
         X[:, :19] = session_row
-        X[:, 19] = self._cat_codes[candidate_idx]
-        X[:, 20] = self.catalog.prices[candidate_idx]
-        X[:, 21] = X[:, 19] == session_row[0]
-        X[:, 22] = X[:, 20] / max(session_row[1], MIN_PRICE_FOR_RATIO)
-        X[:, 23] = np.isin(candidate_idx, viewed_idx)
+        X[:, 19:] = rest
         return X

@@ -112,6 +112,7 @@ def build(
             "catalog": CATALOG_FILE,
             "data": {"source": dataset.source, "rows": len(frame)},
         },
+        feature_set=feature_set,
         write_extra=write_extra,
     )
     seconds = time.perf_counter() - start

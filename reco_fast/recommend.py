@@ -140,18 +140,18 @@ def recommend(
         cand = _positions(builder, candidates, "candidates")
         _, first = np.unique(cand, return_index=True)
         cand = cand[np.sort(first)]  # a product listed twice is recommended once
-    drop = []
-    if "viewed" in exclude and viewed_pos.size:
-        drop.append(viewed_pos)
-    if "in_cart" in exclude and cart_pos.size:
-        drop.append(cart_pos)
-    if drop:
-        cand = cand[~np.isin(cand, np.concatenate(drop))]
+    viewed = np.zeros(len(catalog), dtype=bool)
+    viewed[viewed_pos] = True
+    if ("viewed" in exclude and viewed_pos.size) or ("in_cart" in exclude and cart_pos.size):
+        drop = viewed.copy() if "viewed" in exclude else np.zeros(len(catalog), dtype=bool)
+        if "in_cart" in exclude:
+            drop[cart_pos] = True
+        cand = cand[~drop[cand]]
     if k == 0 or cand.size == 0:
         return []
 
-    X = builder.candidates(row, cand, viewed_pos)
-    proba = model._predict_f64(X)
+    rest = builder.candidate_rest(row, cand, viewed)
+    proba = model._predict_prefix(row, rest)
     keep = np.flatnonzero(proba >= threshold)
     if keep.size == 0:
         return []
@@ -162,7 +162,7 @@ def recommend(
         Recommendation(
             str(catalog.product_ids[cand[i]]),
             float(proba[i]),
-            _reason(builder, int(cand[i]), row[0], cart_cats, browsed, float(X[i, 22])),
+            _reason(builder, int(cand[i]), row[0], cart_cats, browsed, float(rest[i, 3])),
         )
         for i in top.tolist()
     ]

@@ -13,6 +13,7 @@ import importlib.util
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,30 @@ def write_catalog(catalog: Catalog, path: Path) -> None:
 BACKENDS = ("flat", "flat-avx2", "flat-portable", "tl2cgen")
 
 
-def _kernels(lib: Any, backend: str) -> tuple[str, Any, Any, Any]:
-    """(resolved name, one-row, float64 batch, float32 batch) entry points of a backend."""
+@dataclass(frozen=True)
+class _Kernels:
+    """The compiled entry points of one backend."""
+
+    backend: str
+    one: Any  # (const double* row) -> probability
+    f64: Any  # (const double* X, n, double* out)
+    f32: Any  # (const float* X, n, double* out)
+    prefix: Any  # (const double* shared, n_shared, const double* rest, n, double* out)
+    session: Any  # (raw numbers of one page view...) -> probability, or None
+
+
+def _kernels(lib: Any, backend: str) -> _Kernels:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
     if backend == "tl2cgen":
-        return backend, lib.rf_predict_one, lib.rf_predict_f64, lib.rf_predict_f32
+        return _Kernels(
+            backend,
+            lib.rf_predict_one,
+            lib.rf_predict_f64,
+            lib.rf_predict_f32,
+            lib.rf_predict_prefix,
+            getattr(lib, "rs_predict_tl2cgen", None),
+        )
     if not hasattr(lib, "rq_predict_one"):
         raise ArtifactError(
             f"backend {backend!r} is not in this artifact (its trees are too deep for the flat "
@@ -78,13 +97,14 @@ def _kernels(lib: Any, backend: str) -> tuple[str, Any, Any, Any]:
     simd = backend == "flat-avx2" or (backend == "flat" and lib.rq_has_avx2())
     if simd and not lib.rq_has_avx2():
         raise ArtifactError("backend 'flat-avx2' needs a CPU with AVX2; use 'flat'")
-    if simd:
-        return "flat-avx2", lib.rq_predict_one, lib.rq_predict_f64_avx2, lib.rq_predict_f32_avx2
-    return (
-        "flat-portable",
+    kind = "avx2" if simd else "portable"
+    return _Kernels(
+        f"flat-{kind}",
         lib.rq_predict_one,
-        lib.rq_predict_f64_portable,
-        (lib.rq_predict_f32_portable),
+        getattr(lib, f"rq_predict_f64_{kind}"),
+        getattr(lib, f"rq_predict_f32_{kind}"),
+        getattr(lib, f"rq_predict_prefix_{kind}"),
+        getattr(lib, "rs_predict_flat", None),
     )
 
 
@@ -121,9 +141,12 @@ class Model:
         self._builder = builder
         self._loaded_catalog = builder.catalog if builder is not None else None
         self._requested_backend = backend
-        self.backend, self._one, self._batch64, self._batch32 = _kernels(
-            self._lib, backend or self.metadata.get("backend", "tl2cgen")
-        )
+        self._use(_kernels(self._lib, backend or self.metadata.get("backend", "tl2cgen")))
+
+    def _use(self, k: _Kernels) -> None:
+        self.backend = k.backend
+        self._one, self._batch64, self._batch32 = k.one, k.f64, k.f32
+        self._prefix, self._session_one = k.prefix, k.session
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -144,7 +167,7 @@ class Model:
         clone = object.__new__(Model)
         clone.__dict__.update(self.__dict__)
         clone._requested_backend = backend
-        clone.backend, clone._one, clone._batch64, clone._batch32 = _kernels(self._lib, backend)
+        clone._use(_kernels(self._lib, backend))
         return clone
 
     @classmethod
@@ -208,6 +231,27 @@ class Model:
             self._batch64(
                 ffi.from_buffer("double[]", X),
                 X.shape[0],
+                ffi.from_buffer("double[]", out, require_writable=True),
+            )
+        return out
+
+    def _predict_prefix(self, prefix: Sequence[float], rest: np.ndarray) -> np.ndarray:
+        """Rows = prefix + each row of rest (C-contiguous float64, validated by the caller)."""
+        n_prefix = len(prefix)
+        if (
+            rest.ndim != 2
+            or rest.shape[1] + n_prefix != self.n_features
+            or (not rest.flags.c_contiguous or rest.dtype != np.float64)
+        ):
+            raise ValueError(f"rest must be C-contiguous float64 (n, {self.n_features - n_prefix})")
+        out = np.empty(rest.shape[0], dtype=np.float64)
+        if rest.shape[0]:
+            ffi = self._ffi
+            self._prefix(
+                prefix,
+                n_prefix,
+                ffi.from_buffer("double[]", rest),
+                rest.shape[0],
                 ffi.from_buffer("double[]", out, require_writable=True),
             )
         return out
@@ -301,6 +345,11 @@ class Model:
         if isinstance(sessions, Mapping):
             first = sessions.get(builder.required_fields[0])
             if first is None or isinstance(first, _SCALAR_TYPES):
+                if self._session_one is not None:
+                    try:
+                        return self._session_one(*builder.raw(sessions))
+                    except TypeError:  # a value C cannot take: the checked path names it
+                        return self._session_one(*builder.checked_raw(sessions))
                 return self._one(builder.row(sessions))
             return self._predict_f64(builder.transform(sessions))
         return self._predict_f64(builder.transform(self._columns(sessions)))
