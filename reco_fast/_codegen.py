@@ -259,7 +259,8 @@ def _avx2_trees(forest: Forest) -> str:
 def _or_tree(terms: list[str]) -> str:
     while len(terms) > 1:
         terms = [
-            f"_mm256_or_si256({a}, {b})" for a, b in zip(terms[0::2], terms[1::2], strict=True)
+            f"_mm256_or_si256({a}, {b})"
+            for a, b in zip(terms[0::2], terms[1::2], strict=False)  # odd: last carried over
         ] + ([terms[-1]] if len(terms) % 2 else [])
     return terms[0]
 

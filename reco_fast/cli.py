@@ -16,6 +16,9 @@ from .errors import ArtifactError, CompileError, InputError
 
 __all__ = ["main"]
 
+BENCH_GATE_FAILED = 3
+"""Exit status of ``reco-fast bench`` when a gate fails (errors exit 1 or 2)."""
+
 
 def _build(args: argparse.Namespace) -> int:
     from .pipeline import build
@@ -63,6 +66,38 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .runtime import load
+
+    model = load(args.artifact, backend=args.backend)
+    progress = None if args.json else (lambda msg: print(f"measuring {msg}", file=sys.stderr))
+    report = bench.run(
+        model,
+        rounds=args.rounds,
+        batch_sizes=args.batch_sizes,
+        threads=args.threads,
+        progress=progress,
+    )
+    results = bench.check(report, {g.option: getattr(args, g.option) for g in bench.GATES})
+    print(bench.to_json(report, results) if args.json else bench.format_table(report, results))
+    return 0 if all(r.passed for r in results) else BENCH_GATE_FAILED
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _sizes(text: str) -> list[int]:
+    return [_positive_int(n) for n in text.split(",") if n.strip()]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reco-fast", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -93,6 +128,57 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="re-check an artifact's checksums and golden outputs")
     v.add_argument("artifact")
     v.set_defaults(func=_verify)
+
+    from .bench import DEFAULT_BATCH_SIZES, DEFAULT_ROUNDS, GATES
+
+    be = sub.add_parser(
+        "bench",
+        help="measure an artifact's latency on this machine; fail when a gate is exceeded",
+        description="Time single page views, feature batches, whole-catalog recommend and "
+        "tracker event + recommend (p50 and p99 of each call, one thread unless stated), "
+        "print the table, and exit non-zero if any gate given below is exceeded.",
+        epilog=f"exit status: 0 every gate given passes, {BENCH_GATE_FAILED} a gate failed "
+        "(or its case does not apply to this artifact), 1 the artifact cannot be loaded, "
+        "2 bad arguments. Progress goes to stderr, the table (or --json) to stdout.",
+    )
+    be.add_argument("artifact")
+    be.add_argument(
+        "--backend",
+        choices=["flat", "flat-avx2", "flat-portable", "tl2cgen"],
+        help="evaluator to measure (default: the artifact's)",
+    )
+    be.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=DEFAULT_ROUNDS,
+        help=f"timed calls per latency case (default {DEFAULT_ROUNDS}); batches of N rows "
+        "get fewer, about rounds*1000/N",
+    )
+    be.add_argument(
+        "--batch-sizes",
+        type=_sizes,
+        default=list(DEFAULT_BATCH_SIZES),
+        metavar="N,N,...",
+        help="comma-separated batch sizes in rows (default "
+        + ",".join(map(str, DEFAULT_BATCH_SIZES))
+        + "); the largest one is the --max-batch-ns case",
+    )
+    be.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="also score the largest batch (if >= 8192 rows) with n_threads=this "
+        "(default: the usable cores; 1: skip)",
+    )
+    be.add_argument("--json", action="store_true", help="print the results as JSON")
+    for gate in GATES:
+        be.add_argument(
+            "--" + gate.option.replace("_", "-"),
+            type=float,
+            metavar=gate.unit.upper().replace("/", "_"),
+            help=f"gate: {gate.help} must be <= this ({gate.unit})",
+        )
+    be.set_defaults(func=_bench)
     return p
 
 

@@ -233,7 +233,7 @@ class Catalog:
         dup = np.flatnonzero(ids[1:] == ids[:-1])
         if dup.size:
             raise InputError(
-                f"catalog has duplicate product_id {ids[dup[0]]!r}", field="product_id"
+                f"catalog has duplicate product_id {str(ids[dup[0]])!r}", field="product_id"
             )
         if np.any(ids == NONE_PRODUCT):
             raise InputError(

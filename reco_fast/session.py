@@ -8,6 +8,8 @@ store is touched, so no event can leave a session half-updated.
 
 Policies (documented and tested):
 - An event older than the session's last event is rejected (out of order).
+  An event without ``ts`` takes the clock's time as it applies, never earlier
+  than the session's last event, so concurrent events cannot be out of order.
 - time_on_page_sec and scroll_depth only grow within a page; a lower value is ignored.
 - device_type and traffic_source are fixed by the session's first page view;
   a later event naming a different one is rejected.

@@ -150,6 +150,14 @@ def main() -> None:
         f"<30: {(catalog['price'] < 30).mean():.2f}  >100: {(catalog['price'] > 100).mean():.2f}"
     )
     df = engineer(log, catalog)
+    prev = log[["prev_product_1", "prev_product_2", "prev_product_3"]]
+    prev_cat = prev.apply(lambda c: c.map(catalog.set_index("product_id")["category"]))
+    print(
+        f"device mix {log['device_type'].value_counts(normalize=True).round(3).to_dict()}\n"
+        f"prev same-category share {prev_cat.eq(log['current_category'], axis=0).sum().sum() / prev.ne('NONE').sum().sum():.3f}  "
+        f"rec same-category {df['rec_same_category'].mean():.3f}  "
+        f"rec already viewed {df['rec_already_viewed'].mean():.3f}"
+    )
     fit_report(df, FEATURE_COLS, "seed model", full=True)
     fit_report(df, FEATURE_COLS + CANDIDATE_COLS, "ranking set", full=True)
 

@@ -1,0 +1,150 @@
+"""A small recommendation service: live session events in, top-k products out.
+
+It uses reco_fast the way any service would: load the artifact once, share one
+SessionTracker between request threads, and turn reco_fast's exceptions into
+HTTP status codes (InputError -> 422, SessionNotFound -> 404,
+StoreUnavailable -> 503).
+
+Configuration (environment):
+    RECO_MODEL       artifact directory (default: artifacts/reco_model)
+    RECO_REDIS_URL   keep sessions in Redis (e.g. redis://localhost:6379/0), so
+                     several replicas behind a load balancer share them;
+                     unset: in this process's memory
+
+Run (needs ``pip install fastapi uvicorn``; build the model first with
+``python build_model.py``):
+    uvicorn examples.service:create_app --factory --port 8000
+
+    curl -X POST localhost:8000/sessions/s1/page_view -H 'content-type: application/json' \
+        -d '{"product_id": "PROD0007", "device_type": "Desktop", "traffic_source": "Organic"}'
+    curl -X POST localhost:8000/sessions/s1/engagement -H 'content-type: application/json' \
+        -d '{"time_on_page_sec": 95, "scroll_depth": 0.85, "clicked_product_image": true}'
+    curl -X POST localhost:8000/sessions/s1/cart -H 'content-type: application/json' \
+        -d '{"product_id": "PROD0054"}'
+    curl 'localhost:8000/sessions/s1/recommendations?k=3&threshold=0.7'
+
+Event times are the server's clock when the event arrives.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+import reco_fast
+from reco_fast import InputError, RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
+
+DEFAULT_MODEL = Path("artifacts") / "reco_model"
+
+
+class PageView(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: str
+    customer_id: str | None = None
+    device_type: str | None = None  # required on a session's first page view
+    traffic_source: str | None = None  # likewise
+
+
+class Engagement(BaseModel):
+    """Signals for the page on screen; time and scroll only grow within a page."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    time_on_page_sec: float | None = None
+    scroll_depth: float | None = None
+    clicked_product_image: bool | int | None = None
+
+
+class CartItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: str
+
+
+class RecommendationOut(BaseModel):
+    product_id: str
+    probability: float
+    reason: str
+
+
+def _error(status: int) -> Any:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        body: dict[str, Any] = {"detail": str(exc)}
+        field = getattr(exc, "field", None)
+        if field is not None:
+            body["field"] = field
+        return JSONResponse(status_code=status, content=body)
+
+    return handler
+
+
+def create_app(
+    model_path: str | os.PathLike[str] | None = None,
+    store: Any = None,
+) -> FastAPI:
+    """Build the app. Arguments override RECO_MODEL and RECO_REDIS_URL."""
+    if model_path is None:
+        model_path = os.environ.get("RECO_MODEL") or DEFAULT_MODEL
+    model = reco_fast.load(model_path)  # verified: checksums, platform, golden outputs
+    if not model.builder.ranks_products:
+        raise ValueError(
+            f"the model at {model_path} was trained without candidate-product features and "
+            "cannot rank products; rebuild it with the default (ranking) feature set"
+        )
+    if store is None and os.environ.get("RECO_REDIS_URL"):
+        store = RedisStore.from_url(os.environ["RECO_REDIS_URL"])
+    tracker = SessionTracker(model, store)  # store None: in memory
+
+    app = FastAPI(title="reco_fast example service")
+    app.state.model = model
+    app.state.tracker = tracker
+    # Starlette picks the handler of the most specific class: SessionNotFound is an InputError.
+    app.add_exception_handler(InputError, _error(422))
+    app.add_exception_handler(SessionNotFound, _error(404))
+    app.add_exception_handler(StoreUnavailable, _error(503))
+
+    # Plain `def` endpoints run in FastAPI's thread pool; the tracker and the
+    # model are thread-safe, and the compiled model releases the GIL.
+    @app.post("/sessions/{session_id}/page_view")
+    def page_view(session_id: str, event: PageView) -> dict[str, Any]:
+        return tracker.page_view(session_id, **event.model_dump())
+
+    @app.post("/sessions/{session_id}/engagement")
+    def engagement(session_id: str, event: Engagement) -> dict[str, Any]:
+        return tracker.engagement(session_id, **event.model_dump())
+
+    @app.post("/sessions/{session_id}/cart")
+    def add_to_cart(session_id: str, item: CartItem) -> dict[str, Any]:
+        return tracker.add_to_cart(session_id, item.product_id)
+
+    @app.delete("/sessions/{session_id}/cart/{product_id}")
+    def remove_from_cart(session_id: str, product_id: str) -> dict[str, Any]:
+        return tracker.remove_from_cart(session_id, product_id)
+
+    @app.get("/sessions/{session_id}")
+    def context(session_id: str) -> dict[str, Any]:
+        return tracker.context(session_id)
+
+    @app.get("/sessions/{session_id}/recommendations")
+    def recommendations(
+        session_id: str, k: int = 3, threshold: float | None = None
+    ) -> list[RecommendationOut]:
+        recs = tracker.recommend(session_id, k=k, threshold=threshold)
+        return [
+            RecommendationOut(product_id=r.product_id, probability=r.probability, reason=r.reason)
+            for r in recs
+        ]
+
+    return app
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    uvicorn.run(create_app(), host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))

@@ -1,0 +1,281 @@
+"""The compiled C model equals scikit-learn's predict_proba to 1e-12, and anything
+the compiler cannot reproduce is refused without writing a directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import Built
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+
+import reco_fast
+import reco_fast.compile
+from reco_fast import CompileError
+from reco_fast.compile import TOLERANCE, adversarial_inputs, tree_thresholds
+
+
+def max_diff(model: reco_fast.Model, estimator, X: np.ndarray) -> float:
+    """Largest |compiled - sklearn| over X fed as float64 and as float32."""
+    worst = 0.0
+    if len(X) == 0:
+        return worst
+    for Xc in (np.asarray(X, dtype=np.float64), np.asarray(X, dtype=np.float32)):
+        got = model.predict_proba_features(Xc)
+        expected = estimator.predict_proba(Xc)[:, 1]
+        assert got.shape == expected.shape == (len(X),)
+        worst = max(worst, float(np.max(np.abs(got - expected), initial=0.0)))
+    return worst
+
+
+def nothing_written(parent: Path, out: Path) -> None:
+    """No artifact, no staging directory left behind (the build lock file may stay)."""
+    assert not out.exists()
+    if parent.exists():
+        left = [p for p in parent.iterdir() if p.is_dir() or not p.name.endswith(".lock")]
+        assert left == [], left
+
+
+# ---- the default build ------------------------------------------------------------------------
+
+
+def test_compiled_equals_sklearn_on_test_split(built: Built) -> None:
+    X_test = built.split.X_test
+    assert X_test.shape == (3000, 24)
+    assert max_diff(built.model, built.estimator, X_test) <= TOLERANCE
+    # and the probabilities are not trivial
+    p = built.model.predict_proba_features(X_test)
+    assert 0.0 < p.min() < 0.2 and 0.8 < p.max() < 1.0
+
+
+def test_compiled_equals_sklearn_on_adversarial_inputs(built: Built) -> None:
+    X = adversarial_inputs(built.estimator, built.split.X_test)
+    thresholds = tree_thresholds(built.estimator)
+    n_thresholds = sum(t.size for t in thresholds)
+    assert n_thresholds > 100
+    assert len(X) >= 4 * n_thresholds
+    # every threshold is hit exactly, and from both sides
+    for f, thr in enumerate(thresholds):
+        col = X[:, f]
+        assert np.isin(thr, col).all(), f
+        assert np.isin(np.nextafter(thr, -np.inf), col).all(), f
+        assert np.isin(np.nextafter(thr, np.inf), col).all(), f
+    assert max_diff(built.model, built.estimator, X) <= TOLERANCE
+
+
+def test_build_metadata_records_verification(built: Built) -> None:
+    v = built.metadata["verification"]
+    assert v["tolerance"] == TOLERANCE == 1e-12
+    assert v["rows"] == 3000
+    assert v["adversarial_rows"] == len(adversarial_inputs(built.estimator, built.split.X_test))
+    assert 0.0 <= v["max_abs_diff"] <= 1e-12
+    assert 0.0 <= v["adversarial_max_abs_diff"] <= 1e-12
+
+
+# ---- random GradientBoostingClassifier shapes --------------------------------------------------
+
+COLUMN_KINDS = ("normal", "integer", "duplicates", "wide", "binary", "decimal", "constant")
+
+
+def make_column(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    if kind == "normal":
+        return rng.normal(0.0, 1.0, n)
+    if kind == "integer":
+        return rng.integers(-3, 12, n).astype(np.float64)
+    if kind == "duplicates":
+        return rng.choice([-1.5, 0.0, 2.25], size=n, p=[0.7, 0.2, 0.1])
+    if kind == "wide":
+        return rng.normal(0.0, 1e6, n)
+    if kind == "binary":
+        return rng.integers(0, 2, n).astype(np.float64)
+    if kind == "decimal":  # values like 0.123 that float32 cannot represent exactly
+        return rng.integers(0, 1000, n) * 0.001
+    return np.full(n, 3.0)
+
+
+@st.composite
+def gbc_problems(draw: st.DrawFn) -> dict:
+    n_features = draw(st.integers(1, 12))
+    return {
+        "kinds": draw(
+            st.lists(st.sampled_from(COLUMN_KINDS), min_size=n_features, max_size=n_features)
+        ),
+        "n_samples": draw(st.integers(40, 300)),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "labels": draw(st.sampled_from([(0, 1), (-1, 1), (3, 7)])),
+        "params": {
+            "n_estimators": draw(st.integers(1, 30)),
+            "max_depth": draw(st.integers(1, 5)),
+            "learning_rate": draw(
+                st.one_of(st.sampled_from([0.01, 0.1, 0.5, 1.0]), st.floats(0.001, 2.0))
+            ),
+            "subsample": draw(st.sampled_from([1.0, 0.8, 0.5])),
+            "min_samples_leaf": draw(st.integers(1, 10)),
+            "max_features": draw(st.sampled_from([None, 0.5, "sqrt"])),
+            "init": draw(st.sampled_from([None, "zero"])),
+            "random_state": draw(st.integers(0, 1000)),
+        },
+    }
+
+
+def make_data(problem: dict, seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([make_column(k, rng, n) for k in problem["kinds"]])
+    scaled = (X - X.mean(axis=0)) / np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
+    logit = scaled @ rng.normal(0.0, 1.0, X.shape[1]) + rng.logistic(size=n)
+    y = (logit > 0).astype(int)
+    y[:2] = [0, 1]  # both classes, always
+    return X, np.asarray(problem["labels"])[y]
+
+
+@settings(max_examples=8, deadline=None)
+@given(problem=gbc_problems())
+def test_random_gbc_compiles_equal_to_sklearn(problem, tmp_path_factory) -> None:
+    X, y = make_data(problem, problem["seed"], problem["n_samples"])
+    estimator = GradientBoostingClassifier(**problem["params"]).fit(X, y)
+    out = tmp_path_factory.mktemp("gbc") / "model"
+    model = reco_fast.compile_model(estimator, out)
+
+    assert model.n_features == X.shape[1]
+    assert model.feature_names == tuple(f"f{i}" for i in range(X.shape[1]))
+    assert model.metadata["n_trees"] == problem["params"]["n_estimators"]
+    assert (out / "metadata.json").is_file()
+
+    fresh, _ = make_data(problem, problem["seed"] + 1, 500)
+    assert max_diff(model, estimator, X) <= TOLERANCE
+    assert max_diff(model, estimator, fresh) <= TOLERANCE
+    assert max_diff(model, estimator, adversarial_inputs(estimator, fresh, seed=3)) <= TOLERANCE
+    # the reloaded artifact is the same model
+    again = reco_fast.load(out)
+    assert np.array_equal(again.predict_proba_features(fresh), model.predict_proba_features(fresh))
+
+
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names")
+def test_feature_names_from_dataframe_and_given(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame(rng.normal(size=(200, 3)), columns=["alpha", "beta", "gamma"])
+    y = (frame["alpha"] + rng.normal(size=200) > 0).astype(int)
+    estimator = GradientBoostingClassifier(n_estimators=5, max_depth=2).fit(frame, y)
+    model = reco_fast.compile_model(estimator, tmp_path / "a")
+    assert model.feature_names == ("alpha", "beta", "gamma")
+    named = reco_fast.compile_model(estimator, tmp_path / "b", ["x", "y", "z"], threshold=0.4)
+    assert named.feature_names == ("x", "y", "z")
+    assert named.threshold == 0.4
+    assert named.metadata["verification"]["rows"] == 2000  # synthesised from thresholds
+    assert max_diff(named, estimator, frame.to_numpy()) <= TOLERANCE
+
+
+@pytest.mark.parametrize(
+    ("max_depth", "n_features"),
+    [(3, 2), (5, 3)],
+    ids=["depth 3, 2 features", "depth 5, 3 features"],
+)
+def test_odd_depths_and_few_features_compile(max_depth: int, n_features: int, tmp_path: Path):
+    """Regressions: odd depths broke the flat evaluator's code generation, and with 2 or 3
+    features GCC 12 -O2 dropped the harness's float32 rounding (adversarial rows caught it)."""
+    rng = np.random.default_rng(max_depth)
+    X = rng.normal(size=(400, n_features))
+    y = (X[:, 0] * X[:, 1] + X[:, -1] + rng.logistic(size=400) * 0.3 > 0).astype(int)
+    estimator = GradientBoostingClassifier(n_estimators=4, max_depth=max_depth).fit(X, y)
+    assert max(t.tree_.max_depth for t in estimator.estimators_[:, 0]) == max_depth
+    model = reco_fast.compile_model(estimator, tmp_path / "m", verify_X=X)
+    assert model.metadata["verification"]["adversarial_rows"] > 0
+    fresh = rng.normal(size=(300, n_features))
+    assert max_diff(model, estimator, fresh) <= TOLERANCE
+    assert max_diff(model, estimator, adversarial_inputs(estimator, fresh)) <= TOLERANCE
+
+
+def test_trees_without_splits_compile(tmp_path: Path) -> None:
+    """Constant features: every tree is a single leaf and there is no adversarial row."""
+    X = np.full((60, 2), 3.0)
+    y = np.r_[np.zeros(20), np.ones(40)].astype(int)
+    estimator = GradientBoostingClassifier(n_estimators=3).fit(X, y)
+    assert estimator.estimators_[0, 0].tree_.node_count == 1
+    model = reco_fast.compile_model(estimator, tmp_path / "m")
+    p = model.predict_proba_features(np.array([[3.0, 3.0], [-1e6, 7.5]]))
+    assert np.max(np.abs(p - 2 / 3)) <= TOLERANCE
+
+
+# ---- refusals: CompileError and no directory ---------------------------------------------------
+
+
+def _data(n_features: int = 3, n: int = 200, classes: int = 2):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, n_features))
+    y = (X[:, 0] > 0).astype(int) + (classes == 3) * (X[:, 1] > 0.5).astype(int)
+    return X, y
+
+
+def _unsupported():
+    X, y = _data()
+    X3, y3 = _data(classes=3)
+    assert len(np.unique(y3)) == 3
+    return {
+        "multiclass": (
+            GradientBoostingClassifier(n_estimators=3).fit(X3, y3),
+            "only binary classifiers",
+        ),
+        "random forest": (
+            RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y),
+            "RandomForestClassifier",
+        ),
+        "unfitted": (GradientBoostingClassifier(), "not fitted"),
+        "custom init": (
+            GradientBoostingClassifier(n_estimators=3, init=LogisticRegression()).fit(X, y),
+            "custom init",
+        ),
+        "exponential loss": (
+            GradientBoostingClassifier(n_estimators=3, loss="exponential").fit(X, y),
+            "exponential",
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["multiclass", "random forest", "unfitted", "custom init", "exponential loss"]
+)
+def test_unsupported_estimators_refused(case: str, tmp_path: Path) -> None:
+    estimator, message = _unsupported()[case]
+    out = tmp_path / "out"
+    with pytest.raises(CompileError, match=message):
+        reco_fast.compile_model(estimator, out)
+    nothing_written(tmp_path, out)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"feature_names": ["a", "b"]}, "2 feature names given, but the model has 3 features"),
+        ({"feature_names": ["a", "b", "c", "d"]}, "4 feature names given"),
+        ({"feature_names": ["a", "a", "b"]}, "unique"),
+        ({"threshold": 1.5}, "threshold must be in"),
+        ({"verify_X": np.full((4, 3), np.nan)}, "verify_X must be finite"),
+    ],
+)
+def test_bad_arguments_refused(kwargs, message, tmp_path: Path) -> None:
+    X, y = _data()
+    estimator = GradientBoostingClassifier(n_estimators=3).fit(X, y)
+    out = tmp_path / "out"
+    with pytest.raises(CompileError, match=message):
+        reco_fast.compile_model(estimator, out, **kwargs)
+    nothing_written(tmp_path, out)
+
+
+def test_verification_catches_what_check_estimator_would_refuse(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without the up-front check, loss='exponential' compiles to the wrong link function:
+    the comparison with scikit-learn is what refuses it, and nothing is written."""
+    monkeypatch.setattr(reco_fast.compile, "check_estimator", lambda estimator: None)
+    X, y = _data()
+    estimator = GradientBoostingClassifier(n_estimators=10, loss="exponential").fit(X, y)
+    out = tmp_path / "out"
+    with pytest.raises(CompileError, match=r"differs from scikit-learn's predict_proba by") as exc:
+        reco_fast.compile_model(estimator, out, verify_X=X)
+    assert "nothing was written" in str(exc.value)
+    nothing_written(tmp_path, out)

@@ -1,0 +1,236 @@
+"""examples/service.py driven through a real HTTP client (FastAPI's TestClient, on httpx)."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+with warnings.catch_warnings():
+    # Starlette 1.x suggests httpx2 for its TestClient; httpx (the test extra) works the same.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+from reco_fast import MemoryStore, RedisStore, StoreUnavailable
+
+SERVICE = Path(__file__).resolve().parents[1] / "examples" / "service.py"
+
+
+@pytest.fixture(scope="module")
+def service() -> Any:
+    """examples/service.py imported from its file, as uvicorn would import it."""
+    spec = importlib.util.spec_from_file_location("reco_fast_example_service", SERVICE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the module's annotations through it
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def built_model(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue("built")
+
+
+@pytest.fixture(scope="module")
+def catalog(built_model: Any) -> dict[str, tuple[str, float]]:
+    return {p: (c, float(pr)) for p, c, pr in built_model.model.builder.catalog.to_rows()}
+
+
+@pytest.fixture
+def client(service: Any, built_model: Any) -> Any:
+    with TestClient(service.create_app(model_path=built_model.path)) as c:
+        yield c
+
+
+def by_category(catalog: dict[str, tuple[str, float]], category: str) -> list[str]:
+    return sorted((p for p, (c, _) in catalog.items() if c == category), key=lambda p: catalog[p])
+
+
+def ok(response: Any) -> Any:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_the_seeds_story_over_http(client, catalog, built_model):
+    model = built_model.model
+    sports = by_category(catalog, "Sports")
+    boots, tent, bag = sports[len(sports) // 2], sports[-1], sports[-2]
+    base = "/sessions/shopper"
+
+    def recs(**params: Any) -> list[dict[str, Any]]:
+        out = ok(client.get(f"{base}/recommendations", params=params))
+        # exactly what the library answers for the session the service holds
+        ctx = ok(client.get(base))
+        expected = model.recommend(ctx, params.get("k", 3), params.get("threshold"))
+        assert out == [
+            {"product_id": r.product_id, "probability": r.probability, "reason": r.reason}
+            for r in expected
+        ]
+        return out
+
+    ctx = ok(
+        client.post(
+            f"{base}/page_view",
+            json={"product_id": boots, "device_type": "Desktop", "traffic_source": "Organic"},
+        )
+    )
+    assert (ctx["current_product_id"], ctx["current_category"]) == (boots, "Sports")
+    assert ctx["current_price"] == catalog[boots][1]
+    landed = recs(k=5, threshold=0.0)
+    assert [catalog[r["product_id"]][0] for r in landed] == ["Sports"] * 5
+    assert recs() == []  # k=3 at the artifact's 0.7: nothing is confident yet
+
+    ok(
+        client.post(
+            f"{base}/engagement",
+            json={"time_on_page_sec": 95, "scroll_depth": 0.85, "clicked_product_image": True},
+        )
+    )
+    engaged = recs(k=5, threshold=0.0)
+    assert engaged[0]["probability"] > landed[0]["probability"]
+    confident = recs(k=3, threshold=0.7)
+    assert 1 <= len(confident) <= 3
+    assert all(r["probability"] >= 0.7 for r in confident)
+
+    ok(client.post(f"{base}/page_view", json={"product_id": tent}))
+    ctx = ok(client.post(f"{base}/cart", json={"product_id": tent}))
+    assert (ctx["products_in_cart"], ctx["prev_product_1"]) == (1, boots)
+    ok(client.post(f"{base}/page_view", json={"product_id": bag}))
+    ok(client.post(f"{base}/engagement", json={"time_on_page_sec": 80, "scroll_depth": 0.9}))
+    browsing = recs(k=5, threshold=0.0)
+    assert [catalog[r["product_id"]][0] for r in browsing] == ["Sports"] * 5
+    assert not {boots, tent, bag} & {r["product_id"] for r in browsing}
+
+    electronics = by_category(catalog, "Electronics")
+    ok(client.post(f"{base}/page_view", json={"product_id": electronics[len(electronics) // 2]}))
+    ok(client.post(f"{base}/engagement", json={"time_on_page_sec": 80, "scroll_depth": 0.9}))
+    moved = recs(k=5, threshold=0.0)
+    assert [catalog[r["product_id"]][0] for r in moved] == ["Electronics"] * 5
+
+    ctx = ok(client.delete(f"{base}/cart/{tent}"))
+    assert (ctx["products_in_cart"], ctx["cart_product_ids"]) == (0, [])
+    assert ok(client.get(base))["products_viewed_count"] == 4
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, mentions",
+    [
+        ("get", "/sessions/nobody", None, 404, "nobody"),
+        ("get", "/sessions/nobody/recommendations", None, 404, "nobody"),
+        ("post", "/sessions/nobody/engagement", {"scroll_depth": 0.5}, 404, "nobody"),
+        ("post", "/sessions/nobody/cart", {"product_id": "{p}"}, 404, "nobody"),
+        ("delete", "/sessions/nobody/cart/{p}", None, 404, "nobody"),
+        ("post", "/sessions/new/page_view", {"product_id": "{p}"}, 422, "device_type"),
+        ("post", "/sessions/s/page_view", {"product_id": "NOPE"}, 422, "NOPE"),
+        (
+            "post",
+            "/sessions/s/page_view",
+            {"product_id": "{p}", "device_type": "Mobile"},
+            422,
+            "device",
+        ),
+        ("post", "/sessions/s/engagement", {"scroll_depth": 1.5}, 422, "scroll_depth"),
+        ("post", "/sessions/s/engagement", {"time_on_page_sec": -3}, 422, "time_on_page_sec"),
+        ("post", "/sessions/s/engagement", {"clicked_product_image": 2}, 422, "clicked"),
+        ("post", "/sessions/s/engagement", {"scroll": 0.5}, 422, ""),  # unknown field
+        ("post", "/sessions/s/cart", {"product_id": "NOPE"}, 422, "NOPE"),
+        ("post", "/sessions/s/cart", {}, 422, ""),
+        ("delete", "/sessions/s/cart/{p}", None, 422, "not in the cart"),
+        ("get", "/sessions/s/recommendations?k=-1", None, 422, "k must be"),
+        ("get", "/sessions/s/recommendations?k=many", None, 422, ""),
+        ("get", "/sessions/s/recommendations?threshold=2", None, 422, "threshold"),
+    ],
+)
+def test_error_codes(client, catalog, method, path, body, status, mentions):
+    p = sorted(catalog)[0]
+    ok(
+        client.post(
+            "/sessions/s/page_view",
+            json={"product_id": p, "device_type": "Desktop", "traffic_source": "Direct"},
+        )
+    )
+    before = ok(client.get("/sessions/s"))
+    path = path.replace("{p}", p)
+    if body is not None:
+        body = {k: v.replace("{p}", p) if isinstance(v, str) else v for k, v in body.items()}
+    response = client.request(method.upper(), path, json=body)
+    assert response.status_code == status, response.text
+    assert mentions in response.text
+    assert ok(client.get("/sessions/s")) == before  # a refused request changed nothing
+    assert client.get("/sessions/new").status_code == 404
+
+
+class DownStore:
+    """A session store whose backend is unreachable."""
+
+    ttl = 60.0
+
+    def get(self, session_id: str) -> Any:
+        raise StoreUnavailable("session store unavailable: connection refused")
+
+    def update(self, session_id: str, fn: Any) -> Any:
+        raise StoreUnavailable("session store unavailable: connection refused")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["fake", "redis"])
+def test_store_unavailable_is_503(service, built_model, catalog, kind):
+    if kind == "redis":
+        pytest.importorskip("redis")
+        store = RedisStore.from_url(f"redis://127.0.0.1:{_closed_port()}/0")
+    else:
+        store = DownStore()
+    p = sorted(catalog)[0]
+    with TestClient(service.create_app(model_path=built_model.path, store=store)) as client:
+        r = client.post(
+            "/sessions/s/page_view",
+            json={"product_id": p, "device_type": "Desktop", "traffic_source": "Direct"},
+        )
+        assert r.status_code == 503, r.text
+        assert "unavailable" in r.json()["detail"]
+        assert client.get("/sessions/s").status_code == 503
+        assert client.get("/sessions/s/recommendations").status_code == 503
+        # bad input is still a 422: it is refused before the store is asked
+        r = client.post("/sessions/s/page_view", json={"product_id": "NOPE"})
+        assert r.status_code == 422
+
+
+def test_configuration_from_the_environment(service, built_model, monkeypatch):
+    monkeypatch.setenv("RECO_MODEL", str(built_model.path))
+    monkeypatch.delenv("RECO_REDIS_URL", raising=False)
+    app = service.create_app()
+    assert app.state.model.path == Path(built_model.path).resolve()
+    assert isinstance(app.state.tracker.store, MemoryStore)
+
+    pytest.importorskip("redis")
+    monkeypatch.setenv("RECO_REDIS_URL", "redis://127.0.0.1:6390/3")  # connects lazily
+    store = service.create_app().state.tracker.store
+    assert isinstance(store, RedisStore)
+    assert store.client.connection_pool.connection_kwargs["db"] == 3
+
+    monkeypatch.setenv("RECO_MODEL", str(Path(built_model.path) / "missing"))
+    with pytest.raises(Exception, match="missing"):
+        service.create_app()
+
+
+def test_a_model_that_cannot_rank_is_refused_at_startup(service, request):
+    seed = request.getfixturevalue("seed_built")
+    with pytest.raises(ValueError, match="cannot rank products"):
+        service.create_app(model_path=seed.path)

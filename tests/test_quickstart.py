@@ -1,0 +1,88 @@
+"""The README quick start, run the way a user runs it: a fresh interpreter in another
+directory that imports reco_fast, loads the artifact and scores a page view, without
+ever importing the build-time stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import Built, subprocess_env
+
+HEAVY = ("sklearn", "treelite", "tl2cgen", "pandas", "scipy")
+
+SCRIPT = """
+import json, sys
+
+def heavy():
+    return sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY))
+
+HEAVY = json.loads(sys.argv[3])
+import reco_fast
+after_import = heavy()
+
+model = reco_fast.load(sys.argv[1])
+session = json.loads(sys.argv[2])
+p = model.predict_proba(session)
+batch = model.predict_proba([session, session])
+columns = model.predict_proba({k: [v] for k, v in session.items()})
+features = model.predict_proba_features(model.features(session))
+
+print(json.dumps({
+    "p": p,
+    "type": type(p).__name__,
+    "batch": batch.tolist(),
+    "columns": columns.tolist(),
+    "features": features.tolist(),
+    "after_import": after_import,
+    "after_scoring": heavy(),
+    "module_file": reco_fast.__file__,
+}))
+"""
+
+
+def _run(built: Built, session: dict, cwd: Path) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(built.path), json.dumps(session), json.dumps(HEAVY)],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_quickstart_scores_without_build_dependencies(
+    built: Built, sample_session, tmp_path: Path
+) -> None:
+    out = _run(built, sample_session, tmp_path)
+    assert out["type"] == "float"
+    p = out["p"]
+    assert 0.0 <= p <= 1.0
+    assert out["batch"] == [p, p]
+    assert out["columns"] == [p]
+    assert out["features"] == [p]
+    assert out["after_import"] == []
+    assert out["after_scoring"] == []
+    assert Path(out["module_file"]).resolve().parent == (Path(__file__).parents[1] / "reco_fast")
+    # the number is scikit-learn's (checked here, in the process that may import it)
+    X = built.model.features(sample_session)
+    assert abs(p - built.estimator.predict_proba(X)[0, 1]) <= 1e-12
+    assert p == built.model.predict_proba(sample_session)
+    assert list(tmp_path.iterdir()) == []  # scoring writes nothing to the working directory
+
+
+def test_quickstart_on_several_sessions(built: Built, tmp_path: Path) -> None:
+    """Different page views give the seed model's different answers in the fresh process too."""
+    rows = built.log.iloc[[0, 1, 2, 3, 4]]
+    expected = built.estimator.predict_proba(built.model.features(rows))[:, 1]
+    assert np.ptp(expected) > 0.05
+    for (_, row), want in zip(rows.iterrows(), expected, strict=True):
+        session = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+        out = _run(built, session, tmp_path)
+        assert abs(out["p"] - want) <= 1e-12
