@@ -32,16 +32,16 @@ int rf_num_feature(void);
 double rf_predict_one(const double* x);
 void rf_predict_prefix(const double* prefix, size_t n_prefix, const double* rest,
                        size_t n_rows, double* out);
-void rf_predict_f64(const double* X, size_t n_rows, double* out);
-void rf_predict_f32(const float* X, size_t n_rows, double* out);
+ptrdiff_t rf_predict_f64(const double* X, size_t n_rows, double* out);
+ptrdiff_t rf_predict_f32(const float* X, size_t n_rows, double* out);
 """
 CDEF_FLAT = """
 int rq_has_avx2(void);
 double rq_predict_one(const double* x);
-void rq_predict_f64_portable(const double* X, size_t n_rows, double* out);
-void rq_predict_f32_portable(const float* X, size_t n_rows, double* out);
-void rq_predict_f64_avx2(const double* X, size_t n_rows, double* out);
-void rq_predict_f32_avx2(const float* X, size_t n_rows, double* out);
+ptrdiff_t rq_predict_f64_portable(const double* X, size_t n_rows, double* out);
+ptrdiff_t rq_predict_f32_portable(const float* X, size_t n_rows, double* out);
+ptrdiff_t rq_predict_f64_avx2(const double* X, size_t n_rows, double* out);
+ptrdiff_t rq_predict_f32_avx2(const float* X, size_t n_rows, double* out);
 void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const double* rest,
                                 size_t n_rows, double* out);
 void rq_predict_prefix_avx2(const double* prefix, size_t n_prefix, const double* rest,
@@ -52,6 +52,8 @@ COMPILE_ARGS = ["-O2", "-fno-fast-math", "-ffp-contract=off", "-Wno-unused-varia
 
 HARNESS = """
 #include <stddef.h>
+#include <math.h>
+#include <float.h>
 #include "header.h"
 
 #define RF_NFEAT {n_features}
@@ -70,8 +72,16 @@ int rf_num_feature(void) {{ return RF_NFEAT; }}
 
 double rf_predict_one(const double* x) {{ return rf_row_f64(x); }}
 
-void rf_predict_f64(const double* X, size_t n_rows, double* out) {{
-  for (size_t i = 0; i < n_rows; ++i) out[i] = rf_row_f64(X + i * RF_NFEAT);
+/* Batch entry points return the flat index of the first value that is not finite or
+   not within float32's range, or -1; they stop there. */
+ptrdiff_t rf_predict_f64(const double* X, size_t n_rows, double* out) {{
+  for (size_t i = 0; i < n_rows; ++i) {{
+    const double* x = X + i * RF_NFEAT;
+    for (int j = 0; j < RF_NFEAT; ++j)
+      if (!(fabs(x[j]) <= (double)FLT_MAX)) return (ptrdiff_t)(i * RF_NFEAT + j);
+    out[i] = rf_row_f64(x);
+  }}
+  return -1;
 }}
 
 void rf_predict_prefix(const double* prefix, size_t n_prefix, const double* rest,
@@ -85,15 +95,19 @@ void rf_predict_prefix(const double* prefix, size_t n_prefix, const double* rest
   }}
 }}
 
-void rf_predict_f32(const float* X, size_t n_rows, double* out) {{
+ptrdiff_t rf_predict_f32(const float* X, size_t n_rows, double* out) {{
   union Entry data[RF_NFEAT];
   for (size_t i = 0; i < n_rows; ++i) {{
     const float* x = X + i * RF_NFEAT;
-    for (int j = 0; j < RF_NFEAT; ++j) data[j].fvalue = (double)x[j];
+    for (int j = 0; j < RF_NFEAT; ++j) {{
+      if (!(fabs((double)x[j]) <= (double)FLT_MAX)) return (ptrdiff_t)(i * RF_NFEAT + j);
+      data[j].fvalue = (double)x[j];
+    }}
     double result = 0.0;
     predict(data, 0, &result);
     out[i] = result;
   }}
+  return -1;
 }}
 """
 

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <math.h>
+#include <float.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define RQ_X86 1
@@ -66,19 +67,28 @@ double rq_predict_one(const double* x) {
   return rq_sigmoid(rq_margin_row(xf));
 }
 
+/* Batch entry points check every value as they convert it (finite and within float32's
+ * range) and return the flat index of the first bad one, or -1: validation costs no
+ * extra pass over the input. */
+#define RQ_BAD(v) (!(fabs((double)(v)) <= (double)FLT_MAX))
+
 #define RQ_PORTABLE(NAME, T)                                                          \
-  void NAME(const T* X, size_t n_rows, double* out) {                                 \
+  ptrdiff_t NAME(const T* X, size_t n_rows, double* out) {                            \
     float xb[RQ_BLOCK * RQ_NF];                                                       \
     double m[RQ_BLOCK];                                                               \
     for (size_t i = 0; i < n_rows; i += RQ_BLOCK) {                                   \
       const size_t k = n_rows - i < RQ_BLOCK ? n_rows - i : RQ_BLOCK;                 \
       for (size_t r = 0; r < RQ_BLOCK; ++r) {                                         \
         const T* x = X + (i + (r < k ? r : k - 1)) * RQ_NF;                           \
-        for (int j = 0; j < RQ_NF; ++j) xb[r * RQ_NF + j] = (float)x[j];              \
+        for (int j = 0; j < RQ_NF; ++j) {                                             \
+          if (RQ_BAD(x[j])) return (ptrdiff_t)((i + (r < k ? r : k - 1)) * RQ_NF + j); \
+          xb[r * RQ_NF + j] = (float)x[j];                                            \
+        }                                                                             \
       }                                                                               \
       rq_margin_block(xb, m);                                                         \
       for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r]);                   \
     }                                                                                 \
+    return -1;                                                                        \
   }
 RQ_PORTABLE(rq_predict_f64_portable, double)
 RQ_PORTABLE(rq_predict_f32_portable, float)
@@ -126,18 +136,23 @@ __attribute__((target("avx2"))) static void rq_block_avx2(const float* xT /* [RQ
 }
 
 #define RQ_AVX2(NAME, T)                                                              \
-  __attribute__((target("avx2"))) void NAME(const T* X, size_t n_rows, double* out) { \
+  __attribute__((target("avx2"))) ptrdiff_t NAME(const T* X, size_t n_rows,           \
+                                                 double* out) {                       \
     float xT[RQ_NF * 8] __attribute__((aligned(32)));                                 \
     double m[8];                                                                      \
     for (size_t i = 0; i < n_rows; i += 8) {                                          \
       const size_t k = n_rows - i < 8 ? n_rows - i : 8;                               \
       for (size_t r = 0; r < 8; ++r) {                                                \
         const T* x = X + (i + (r < k ? r : k - 1)) * RQ_NF;                           \
-        for (int j = 0; j < RQ_NF; ++j) xT[j * 8 + r] = (float)x[j];                  \
+        for (int j = 0; j < RQ_NF; ++j) {                                             \
+          if (RQ_BAD(x[j])) return (ptrdiff_t)((i + (r < k ? r : k - 1)) * RQ_NF + j); \
+          xT[j * 8 + r] = (float)x[j];                                                \
+        }                                                                             \
       }                                                                               \
       rq_block_avx2(xT, m);                                                           \
       for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r] + rq_base);         \
     }                                                                                 \
+    return -1;                                                                        \
   }
 RQ_AVX2(rq_predict_f64_avx2, double)
 RQ_AVX2(rq_predict_f32_avx2, float)
@@ -166,11 +181,11 @@ int rq_has_avx2(void) {
   return __builtin_cpu_supports("avx2") ? 1 : 0;
 }
 #else
-void rq_predict_f64_avx2(const double* X, size_t n_rows, double* out) {
-  rq_predict_f64_portable(X, n_rows, out);
+ptrdiff_t rq_predict_f64_avx2(const double* X, size_t n_rows, double* out) {
+  return rq_predict_f64_portable(X, n_rows, out);
 }
-void rq_predict_f32_avx2(const float* X, size_t n_rows, double* out) {
-  rq_predict_f32_portable(X, n_rows, out);
+ptrdiff_t rq_predict_f32_avx2(const float* X, size_t n_rows, double* out) {
+  return rq_predict_f32_portable(X, n_rows, out);
 }
 void rq_predict_prefix_avx2(const double* prefix, size_t n_prefix, const double* rest,
                             size_t n_rows, double* out) {

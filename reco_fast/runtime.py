@@ -23,7 +23,6 @@ from .artifact import CATALOG_FILE, read_metadata
 from .errors import ArtifactError, InputError
 from .features import Catalog, FeatureBuilder, Vocabulary
 from .recommend import Recommendation, recommend
-from .schema import FLOAT32_MAX
 
 __all__ = ["Model", "load"]
 
@@ -224,16 +223,43 @@ class Model:
         )
 
     # ---- raw compiled calls (validated inputs only) ----------------------------------------
-    def _predict_f64(self, X: np.ndarray) -> np.ndarray:
+    def _run(self, kernel: Any, ctype: str, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
+        """Call a batch kernel on a C-contiguous (n, n_features) array of its type.
+
+        The kernel checks each value while converting it and reports the first
+        that is not finite or does not fit float32; that becomes an InputError.
+        """
         out = np.empty(X.shape[0], dtype=np.float64)
         if X.shape[0]:
             ffi = self._ffi
-            self._batch64(
-                ffi.from_buffer("double[]", X),
+            bad = kernel(
+                ffi.from_buffer(ctype, X),
                 X.shape[0],
                 ffi.from_buffer("double[]", out, require_writable=True),
             )
+            if bad >= 0:
+                self._raise_bad_value(X, int(bad), row_offset)
         return out
+
+    def _raise_bad_value(self, X: np.ndarray, flat: int, row_offset: int) -> None:
+        r, c = divmod(flat, self.n_features)
+        v = float(X[r, c])
+        what = (
+            "is NaN"
+            if v != v
+            else "is infinite"
+            if abs(v) == np.inf
+            else ("is too large for float32")
+        )
+        name = self.feature_names[c]
+        row = r + row_offset
+        raise InputError(f"X[{row}, {c}] ({name!r}) {what}", field=name, rows=[row])
+
+    def _predict_f64(self, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
+        return self._run(self._batch64, "double[]", X, row_offset)
+
+    def _predict_f32(self, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
+        return self._run(self._batch32, "float[]", X, row_offset)
 
     def _predict_prefix(self, prefix: Sequence[float], rest: np.ndarray) -> np.ndarray:
         """Rows = prefix + each row of rest (C-contiguous float64, validated by the caller)."""
@@ -252,17 +278,6 @@ class Model:
                 n_prefix,
                 ffi.from_buffer("double[]", rest),
                 rest.shape[0],
-                ffi.from_buffer("double[]", out, require_writable=True),
-            )
-        return out
-
-    def _predict_f32(self, X: np.ndarray) -> np.ndarray:
-        out = np.empty(X.shape[0], dtype=np.float64)
-        if X.shape[0]:
-            ffi = self._ffi
-            self._batch32(
-                ffi.from_buffer("float[]", X),
-                X.shape[0],
                 ffi.from_buffer("double[]", out, require_writable=True),
             )
         return out
@@ -294,19 +309,6 @@ class Model:
             arr = np.ascontiguousarray(arr, dtype=np.float64)
         else:
             arr = np.ascontiguousarray(arr)
-        bad = ~np.isfinite(arr) | (np.abs(arr) > FLOAT32_MAX)
-        if bad.any():
-            r, c = (int(i) for i in np.argwhere(bad)[0])
-            v = float(arr[r, c])
-            what = (
-                "is NaN"
-                if v != v
-                else "is infinite"
-                if abs(v) == np.inf
-                else "is too large for float32"
-            )
-            name = self.feature_names[c]
-            raise InputError(f"X[{r}, {c}] ({name!r}) {what}", field=name, rows=[r])
         return arr
 
     def predict_proba_features(self, X: Any, *, n_threads: int = 1) -> np.ndarray:
@@ -321,9 +323,13 @@ class Model:
         n = arr.shape[0]
         if n_threads <= 1 or n < 2 * 4096:
             return run(arr)
-        parts = np.array_split(np.arange(n), n_threads)
+        bounds = np.linspace(0, n, n_threads + 1).astype(int)
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            outs = list(pool.map(lambda idx: run(arr[idx[0] : idx[-1] + 1]), parts))
+            outs = list(
+                pool.map(
+                    lambda i: run(arr[bounds[i] : bounds[i + 1]], int(bounds[i])), range(n_threads)
+                )
+            )
         return np.concatenate(outs)
 
     # ---- raw sessions ----------------------------------------------------------------------
