@@ -67,10 +67,10 @@ class Peer:
         return np.asarray(self._score(X), dtype=np.float64).reshape(-1)
 
     def _predict_prefix(self, prefix: Any, rest: np.ndarray) -> np.ndarray:
-        n_prefix = len(prefix)
-        X = np.empty((rest.shape[0], n_prefix + rest.shape[1]), dtype=np.float64)
+        n_prefix = len(prefix)  # rest is feature-major: (n_rest_features, n_rows)
+        X = np.empty((rest.shape[1], n_prefix + rest.shape[0]), dtype=np.float64)
         X[:, :n_prefix] = prefix
-        X[:, n_prefix:] = rest
+        X[:, n_prefix:] = rest.T
         return self._predict_f64(X)
 
     def predict_proba(self, session: dict[str, Any]) -> float:

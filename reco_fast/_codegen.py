@@ -46,6 +46,11 @@ void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const dou
                                 size_t n_rows, double* out);
 void rq_predict_prefix_avx2(const double* prefix, size_t n_prefix, const double* rest,
                             size_t n_rows, double* out);
+int rq_has_avx512(void);
+ptrdiff_t rq_predict_f64_avx512(const double* X, size_t n_rows, double* out);
+ptrdiff_t rq_predict_f32_avx512(const float* X, size_t n_rows, double* out);
+void rq_predict_prefix_avx512(const double* prefix, size_t n_prefix, const double* rest,
+                              size_t n_rows, double* out);
 """
 # -ffp-contract=off: no fused multiply-add may change a rounding the verification relies on.
 COMPILE_ARGS = ["-O2", "-fno-fast-math", "-ffp-contract=off", "-Wno-unused-variable"]
@@ -86,11 +91,11 @@ ptrdiff_t rf_predict_f64(const double* X, size_t n_rows, double* out) {{
 
 void rf_predict_prefix(const double* prefix, size_t n_prefix, const double* rest,
                        size_t n_rows, double* out) {{
+  /* rest is feature-major: rest[j * n_rows + i] */
   double x[RF_NFEAT];
-  const size_t n_rest = RF_NFEAT - n_prefix;
   for (size_t j = 0; j < n_prefix; ++j) x[j] = prefix[j];
   for (size_t i = 0; i < n_rows; ++i) {{
-    for (size_t j = 0; j < n_rest; ++j) x[n_prefix + j] = rest[i * n_rest + j];
+    for (size_t j = n_prefix; j < RF_NFEAT; ++j) x[j] = rest[(j - n_prefix) * n_rows + i];
     out[i] = rf_row_f64(x);
   }}
 }}
@@ -222,16 +227,47 @@ def generate_c(
     return sources
 
 
-def _avx2_trees(forest: Forest) -> str:
-    """Straight-line AVX2 code per tree: every node compared, the path chosen by blends.
+QS_MAX_DEPTH = 5
+"""QuickScorer keeps a tree's leaves as bits of one 32-bit lane: up to 32 leaves."""
+
+
+def _f32(v: float) -> str:
+    return float(v).hex() + "f"
+
+
+def _qs_trees(forest: Forest, width: int) -> str:
+    """QuickScorer code per tree: false nodes clear their left subtree's leaf bits."""
+    depth = forest.depth
+    everything = (1 << (1 << depth)) - 1
+    lines = []
+    for t in range(forest.n_trees):
+        body = [
+            f"__m{32 * width}i v = _mm{'512' if width == 16 else '256'}_set1_epi32("
+            f"(int){everything:#x}u);"
+        ]
+        for level in range(depth):
+            span = 1 << (depth - level)
+            for p in range(1 << level):
+                node = (1 << level) - 1 + p
+                if math.isinf(forest.threshold[t, node]):
+                    continue  # padding: always goes left
+                left = ((1 << (span // 2)) - 1) << (p * span)
+                body.append(
+                    f"RQ{width}_CUT({forest.feature[t, node]}, "
+                    f"{_f32(forest.threshold[t, node])}, {left:#x}u);"
+                )
+        body.append(f"const __m{32 * width}i i = RQ{width}_LOWEST(v);")
+        body.append(f"RQ{width}_ADD(g{t % 4}, {t}, i);")
+        lines.append("  { " + "\n    ".join(body) + " }")
+    return "\n".join(lines)
+
+
+def _blend_trees(forest: Forest) -> str:
+    """AVX2 code per tree for deep trees: every node compared, the path chosen by blends.
 
     A padded node (threshold +inf) never goes right, so its compare is the
     constant zero and blends of equal arms disappear; sparse trees cost less.
     """
-
-    def f32(v: float) -> str:
-        return float(v).hex() + "f"
-
     lines = []
     depth = forest.depth
     for t in range(forest.n_trees):
@@ -240,32 +276,20 @@ def _avx2_trees(forest: Forest) -> str:
         for level in range(depth):
             base = (1 << level) - 1
             arms = [
-                "RQ_Z"
+                "RQ8_Z"
                 if math.isinf(thr[base + n])
-                else f"RQ_GT({feat[base + n]}, {f32(thr[base + n])})"
+                else f"RQ8_GT({feat[base + n]}, {_f32(thr[base + n])})"
                 for n in range(1 << level)
             ]
             for k in range(level - 1, -1, -1):
                 arms = [
-                    a if a == b else f"RQ_SEL({a}, {b}, b{k})"
+                    a if a == b else f"RQ8_SEL({a}, {b}, b{k})"
                     for a, b in zip(arms[0::2], arms[1::2], strict=True)
                 ]
             body.append(f"const __m256 b{level} = {arms[0]};")
-        index = " | ".join(f"RQ_BIT(b{lv}, {1 << (depth - 1 - lv)})" for lv in range(depth))
-        acc = 2 * (t % 4)
-        body.append(
-            f"const __m256i i = _mm256_or_si256({index}, _mm256_setzero_si256());"
-            if depth == 1
-            else f"const __m256i i = {_or_tree(index.split(' | '))};"
-        )
-        body.append(
-            f"a{acc} = _mm256_add_pd(a{acc}, _mm256_i32gather_pd(rq_leaf + {t * (1 << depth)}, "
-            "_mm256_castsi256_si128(i), 8));"
-        )
-        body.append(
-            f"a{acc + 1} = _mm256_add_pd(a{acc + 1}, _mm256_i32gather_pd(rq_leaf + "
-            f"{t * (1 << depth)}, _mm256_extracti128_si256(i, 1), 8));"
-        )
+        bits = [f"RQ8_BIT(b{lv}, {1 << (depth - 1 - lv)})" for lv in range(depth)]
+        body.append(f"const __m256i i = {_or_tree(bits)};")
+        body.append(f"RQ8_ADD(g{t % 4}, {t}, i);")
         lines.append("  { " + "\n    ".join(body) + " }")
     return "\n".join(lines)
 
@@ -283,7 +307,7 @@ def flat_source(forest: Forest) -> str:
     """C for the flat evaluator: the forest's arrays as exact hex literals in the template."""
 
     def f32(v: float) -> str:
-        return "INFINITY" if math.isinf(v) else float(v).hex() + "f"
+        return "INFINITY" if math.isinf(v) else _f32(v)
 
     template = (Path(__file__).parent / "_flat_template.c").read_text()
     fields = {
@@ -294,7 +318,11 @@ def flat_source(forest: Forest) -> str:
         "THRESHOLDS": ",".join(f32(v) for v in forest.threshold.ravel().tolist()),
         "LEAVES": ",".join(float(v).hex() for v in forest.leaf.ravel().tolist()),
         "BASE": float(forest.base_score).hex(),
-        "AVX2_TREES": _avx2_trees(forest),
+        "AVX2_TREES": _qs_trees(forest, 8)
+        if forest.depth <= QS_MAX_DEPTH
+        else _blend_trees(forest),
+        "HAVE_AVX512": "1" if forest.depth <= QS_MAX_DEPTH else "0",
+        "AVX512_TREES": _qs_trees(forest, 16) if forest.depth <= QS_MAX_DEPTH else "",
     }
     for key, value in fields.items():
         template = template.replace(f"@{key}@", value)

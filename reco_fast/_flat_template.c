@@ -16,6 +16,7 @@
 #define RQ_NN ((1 << RQ_D) - 1)
 #define RQ_NL (1 << RQ_D)
 #define RQ_BLOCK 8
+#define RQ_HAVE_AVX512 @HAVE_AVX512@
 
 static const int32_t rq_feature[RQ_NT * RQ_NN] = {@FEATURES@};
 static const float rq_threshold[RQ_NT * RQ_NN] = {@THRESHOLDS@};
@@ -94,93 +95,156 @@ RQ_PORTABLE(rq_predict_f64_portable, double)
 RQ_PORTABLE(rq_predict_f32_portable, float)
 
 /* Rows that share their first n_prefix features (one session against many products):
- * the shared part is converted once, only the rest is read per row. */
+ * the shared part is converted once; the rest comes feature-major, rest[j * n_rows + i]. */
 void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const double* rest,
                                 size_t n_rows, double* out) {
   float xb[RQ_BLOCK * RQ_NF];
   double m[RQ_BLOCK];
-  const size_t n_rest = RQ_NF - n_prefix;
   for (size_t r = 0; r < RQ_BLOCK; ++r)
     for (size_t j = 0; j < n_prefix; ++j) xb[r * RQ_NF + j] = (float)prefix[j];
   for (size_t i = 0; i < n_rows; i += RQ_BLOCK) {
     const size_t k = n_rows - i < RQ_BLOCK ? n_rows - i : RQ_BLOCK;
-    for (size_t r = 0; r < RQ_BLOCK; ++r) {
-      const double* x = rest + (i + (r < k ? r : k - 1)) * n_rest;
-      for (size_t j = 0; j < n_rest; ++j) xb[r * RQ_NF + n_prefix + j] = (float)x[j];
-    }
+    for (size_t r = 0; r < RQ_BLOCK; ++r)
+      for (size_t j = n_prefix; j < RQ_NF; ++j)
+        xb[r * RQ_NF + j] = (float)rest[(j - n_prefix) * n_rows + i + (r < k ? r : k - 1)];
     rq_margin_block(xb, m);
     for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r]);
   }
 }
 
-/* ---- AVX2: 8 rows per register, every node compared, the path picked by blends --------- */
+/* ---- SIMD: AVX2 (8 rows per register) and AVX-512 (16), chosen at run time ---------- */
 #ifdef RQ_X86
-#define RQ_GT(F, T) _mm256_cmp_ps(_mm256_load_ps(xT + 8 * (F)), _mm256_set1_ps(T), _CMP_GT_OQ)
-#define RQ_SEL(A, B, M) _mm256_blendv_ps((A), (B), (M))
-#define RQ_Z _mm256_setzero_ps()
-#define RQ_BIT(M, W) _mm256_and_si256(_mm256_castps_si256(M), _mm256_set1_epi32(W))
+/* Two ways to walk a tree for a block of rows, both branch-free:
+ * - QuickScorer (depth <= 5, leaves fit a 32-bit lane): every node whose test is false
+ *   (x > t, go right) clears its left subtree's leaves from a bit vector; the exit leaf is
+ *   the lowest bit left. Padded nodes never go right and emit no code.
+ * - blends (deeper trees): every node compared, the path picked level by level.
+ * Tree t adds into accumulator group t % 4; the groups are summed as
+ * (g0 + g1) + (g2 + g3), as in every other flat path. */
+#define RQ8_GT(F, T) _mm256_cmp_ps(_mm256_load_ps(xT + 8 * (F)), _mm256_set1_ps(T), _CMP_GT_OQ)
+#define RQ8_SEL(A, B, M) _mm256_blendv_ps((A), (B), (M))
+#define RQ8_Z _mm256_setzero_ps()
+#define RQ8_BIT(M, W) _mm256_and_si256(_mm256_castps_si256(M), _mm256_set1_epi32(W))
+#define RQ8_CUT(F, T, L) \
+  v = _mm256_andnot_si256(_mm256_and_si256(_mm256_castps_si256(RQ8_GT(F, T)), \
+                                           _mm256_set1_epi32((int)(L))), v)
+#define RQ8_LOWEST(V) \
+  _mm256_sub_epi32( \
+      _mm256_and_si256( \
+          _mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(_mm256_and_si256( \
+                                (V), _mm256_sub_epi32(_mm256_setzero_si256(), (V))))), 23), \
+          _mm256_set1_epi32(0xFF)), \
+      _mm256_set1_epi32(127))
+#define RQ8_ADD(G, TREE, I) \
+  G##lo = _mm256_add_pd(G##lo, _mm256_i32gather_pd(rq_leaf + (TREE) * RQ_NL, \
+                                                   _mm256_castsi256_si128(I), 8)); \
+  G##hi = _mm256_add_pd(G##hi, _mm256_i32gather_pd(rq_leaf + (TREE) * RQ_NL, \
+                                                   _mm256_extracti128_si256(I, 1), 8))
 
-/* One straight-line block per tree, constants inlined; four accumulator pairs
- * (tree t adds into pair t % 4) so the additions do not serialise. */
 __attribute__((target("avx2"))) static void rq_block_avx2(const float* xT /* [RQ_NF][8] */,
                                                            double* out) {
-  __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd(), a2 = _mm256_setzero_pd(),
-          a3 = _mm256_setzero_pd(), a4 = _mm256_setzero_pd(), a5 = _mm256_setzero_pd(),
-          a6 = _mm256_setzero_pd(), a7 = _mm256_setzero_pd();
+  __m256d g0lo = _mm256_setzero_pd(), g0hi = g0lo, g1lo = g0lo, g1hi = g0lo, g2lo = g0lo,
+          g2hi = g0lo, g3lo = g0lo, g3hi = g0lo;
 @AVX2_TREES@
-  a0 = _mm256_add_pd(_mm256_add_pd(a0, a2), _mm256_add_pd(a4, a6));
-  a1 = _mm256_add_pd(_mm256_add_pd(a1, a3), _mm256_add_pd(a5, a7));
-  /* (g0 + g1) + (g2 + g3): a0/a2/a4/a6 hold groups 0..3 of rows 0-3 */
-  _mm256_storeu_pd(out, a0);
-  _mm256_storeu_pd(out + 4, a1);
+  _mm256_storeu_pd(out, _mm256_add_pd(_mm256_add_pd(g0lo, g1lo), _mm256_add_pd(g2lo, g3lo)));
+  _mm256_storeu_pd(out + 4, _mm256_add_pd(_mm256_add_pd(g0hi, g1hi), _mm256_add_pd(g2hi, g3hi)));
 }
 
-#define RQ_AVX2(NAME, T)                                                              \
-  __attribute__((target("avx2"))) ptrdiff_t NAME(const T* X, size_t n_rows,           \
+#if RQ_HAVE_AVX512
+#define RQ16_CUT(F, T, L) \
+  v = _mm512_mask_andnot_epi32( \
+      v, _mm512_cmp_ps_mask(_mm512_load_ps(xT + 16 * (F)), _mm512_set1_ps(T), _CMP_GT_OQ), \
+      _mm512_set1_epi32((int)(L)), v)
+#define RQ16_LOWEST(V) \
+  _mm512_sub_epi32( \
+      _mm512_and_si512( \
+          _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_and_si512( \
+                                (V), _mm512_sub_epi32(_mm512_setzero_si512(), (V))))), 23), \
+          _mm512_set1_epi32(0xFF)), \
+      _mm512_set1_epi32(127))
+#define RQ16_ADD(G, TREE, I) \
+  G##lo = _mm512_add_pd(G##lo, _mm512_i32gather_pd(_mm512_castsi512_si256(I), \
+                                                   rq_leaf + (TREE) * RQ_NL, 8)); \
+  G##hi = _mm512_add_pd(G##hi, _mm512_i32gather_pd(_mm512_extracti64x4_epi64(I, 1), \
+                                                   rq_leaf + (TREE) * RQ_NL, 8))
+
+__attribute__((target("avx512f"))) static void rq_block_avx512(
+    const float* xT /* [RQ_NF][16] */, double* out) {
+  __m512d g0lo = _mm512_setzero_pd(), g0hi = g0lo, g1lo = g0lo, g1hi = g0lo, g2lo = g0lo,
+          g2hi = g0lo, g3lo = g0lo, g3hi = g0lo;
+@AVX512_TREES@
+  _mm512_storeu_pd(out, _mm512_add_pd(_mm512_add_pd(g0lo, g1lo), _mm512_add_pd(g2lo, g3lo)));
+  _mm512_storeu_pd(out + 8, _mm512_add_pd(_mm512_add_pd(g0hi, g1hi), _mm512_add_pd(g2hi, g3hi)));
+}
+#endif
+
+/* Drivers: transpose a block of rows to feature-major float32 (checking each value),
+ * evaluate, apply the sigmoid. */
+#define RQ_SIMD_BATCH(NAME, T, W, BLOCK, TARGET)                                      \
+  __attribute__((target(TARGET))) ptrdiff_t NAME(const T* X, size_t n_rows,            \
                                                  double* out) {                       \
-    float xT[RQ_NF * 8] __attribute__((aligned(32)));                                 \
-    double m[8];                                                                      \
-    for (size_t i = 0; i < n_rows; i += 8) {                                          \
-      const size_t k = n_rows - i < 8 ? n_rows - i : 8;                               \
-      for (size_t r = 0; r < 8; ++r) {                                                \
-        const T* x = X + (i + (r < k ? r : k - 1)) * RQ_NF;                           \
+    float xT[RQ_NF * W] __attribute__((aligned(64)));                                 \
+    double m[W];                                                                      \
+    for (size_t i = 0; i < n_rows; i += W) {                                          \
+      const size_t k = n_rows - i < W ? n_rows - i : W;                               \
+      for (size_t r = 0; r < W; ++r) {                                                \
+        const size_t row = i + (r < k ? r : k - 1);                                   \
+        const T* x = X + row * RQ_NF;                                                 \
         for (int j = 0; j < RQ_NF; ++j) {                                             \
-          if (RQ_BAD(x[j])) return (ptrdiff_t)((i + (r < k ? r : k - 1)) * RQ_NF + j); \
-          xT[j * 8 + r] = (float)x[j];                                                \
+          if (RQ_BAD(x[j])) return (ptrdiff_t)(row * RQ_NF + j);                      \
+          xT[j * W + r] = (float)x[j];                                                \
         }                                                                             \
       }                                                                               \
-      rq_block_avx2(xT, m);                                                           \
+      BLOCK(xT, m);                                                                   \
       for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r] + rq_base);         \
     }                                                                                 \
     return -1;                                                                        \
   }
-RQ_AVX2(rq_predict_f64_avx2, double)
-RQ_AVX2(rq_predict_f32_avx2, float)
 
-__attribute__((target("avx2"))) void rq_predict_prefix_avx2(const double* prefix,
-                                                            size_t n_prefix, const double* rest,
-                                                            size_t n_rows, double* out) {
-  float xT[RQ_NF * 8] __attribute__((aligned(32)));
-  double m[8];
-  const size_t n_rest = RQ_NF - n_prefix;
-  for (size_t j = 0; j < n_prefix; ++j)
-    for (size_t r = 0; r < 8; ++r) xT[j * 8 + r] = (float)prefix[j];
-  for (size_t i = 0; i < n_rows; i += 8) {
-    const size_t k = n_rows - i < 8 ? n_rows - i : 8;
-    for (size_t r = 0; r < 8; ++r) {
-      const double* x = rest + (i + (r < k ? r : k - 1)) * n_rest;
-      for (size_t j = 0; j < n_rest; ++j) xT[(n_prefix + j) * 8 + r] = (float)x[j];
-    }
-    rq_block_avx2(xT, m);
-    for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r] + rq_base);
+#define RQ_SIMD_PREFIX(NAME, W, BLOCK, TARGET)                                        \
+  __attribute__((target(TARGET))) void NAME(const double* prefix, size_t n_prefix,     \
+                                            const double* rest, size_t n_rows,        \
+                                            double* out) {                            \
+    float xT[RQ_NF * W] __attribute__((aligned(64)));                                 \
+    double m[W];                                                                      \
+    for (size_t j = 0; j < n_prefix; ++j)                                             \
+      for (size_t r = 0; r < W; ++r) xT[j * W + r] = (float)prefix[j];                \
+    for (size_t i = 0; i < n_rows; i += W) {                                          \
+      const size_t k = n_rows - i < W ? n_rows - i : W;                               \
+      for (size_t j = n_prefix; j < RQ_NF; ++j) {                                     \
+        const double* col = rest + (j - n_prefix) * n_rows;                           \
+        for (size_t r = 0; r < W; ++r) xT[j * W + r] = (float)col[i + (r < k ? r : k - 1)]; \
+      }                                                                               \
+      BLOCK(xT, m);                                                                   \
+      for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r] + rq_base);         \
+    }                                                                                 \
   }
-}
+
+RQ_SIMD_BATCH(rq_predict_f64_avx2, double, 8, rq_block_avx2, "avx2")
+RQ_SIMD_BATCH(rq_predict_f32_avx2, float, 8, rq_block_avx2, "avx2")
+RQ_SIMD_PREFIX(rq_predict_prefix_avx2, 8, rq_block_avx2, "avx2")
 
 int rq_has_avx2(void) {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") ? 1 : 0;
 }
-#else
+
+#if RQ_HAVE_AVX512
+RQ_SIMD_BATCH(rq_predict_f64_avx512, double, 16, rq_block_avx512, "avx512f")
+RQ_SIMD_BATCH(rq_predict_f32_avx512, float, 16, rq_block_avx512, "avx512f")
+RQ_SIMD_PREFIX(rq_predict_prefix_avx512, 16, rq_block_avx512, "avx512f")
+
+int rq_has_avx512(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") ? 1 : 0;
+}
+#endif
+#endif
+
+/* Without the instruction set (another architecture, or trees too deep for the AVX-512
+ * evaluator), the SIMD entry points exist and say so; Python never selects them. */
+#if !defined(RQ_X86)
+int rq_has_avx2(void) { return 0; }
 ptrdiff_t rq_predict_f64_avx2(const double* X, size_t n_rows, double* out) {
   return rq_predict_f64_portable(X, n_rows, out);
 }
@@ -191,5 +255,17 @@ void rq_predict_prefix_avx2(const double* prefix, size_t n_prefix, const double*
                             size_t n_rows, double* out) {
   rq_predict_prefix_portable(prefix, n_prefix, rest, n_rows, out);
 }
-int rq_has_avx2(void) { return 0; }
+#endif
+#if !defined(RQ_X86) || !RQ_HAVE_AVX512
+int rq_has_avx512(void) { return 0; }
+ptrdiff_t rq_predict_f64_avx512(const double* X, size_t n_rows, double* out) {
+  return rq_predict_f64_portable(X, n_rows, out);
+}
+ptrdiff_t rq_predict_f32_avx512(const float* X, size_t n_rows, double* out) {
+  return rq_predict_f32_portable(X, n_rows, out);
+}
+void rq_predict_prefix_avx512(const double* prefix, size_t n_prefix, const double* rest,
+                              size_t n_rows, double* out) {
+  rq_predict_prefix_portable(prefix, n_prefix, rest, n_rows, out);
+}
 #endif

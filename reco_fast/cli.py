@@ -144,7 +144,7 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("artifact")
     be.add_argument(
         "--backend",
-        choices=["flat", "flat-avx2", "flat-portable", "tl2cgen"],
+        choices=["flat", "flat-avx512", "flat-avx2", "flat-portable", "tl2cgen"],
         help="evaluator to measure (default: the artifact's)",
     )
     be.add_argument(

@@ -363,8 +363,6 @@ class FeatureBuilder:
             cat_codes = vocabulary.codes("current_category", catalog.categories)
             self._cat_codes = cat_codes.astype(np.float64)
             self._cat_codes.setflags(write=False)
-            self._cand_static = np.column_stack([self._cat_codes, catalog.prices])
-            self._cand_static.setflags(write=False)
             self.all_positions = np.arange(len(catalog), dtype=np.intp)
             self.all_positions.setflags(write=False)
             self._product = {
@@ -589,25 +587,28 @@ class FeatureBuilder:
     def candidate_rest(
         self, session_row: Sequence[float], candidate_idx: np.ndarray, viewed: np.ndarray
     ) -> np.ndarray:
-        """The five candidate features of many products for one session, by broadcasting.
+        """The five candidate features of many products for one session, feature-major.
 
-        ``candidate_idx`` are catalog positions and ``viewed`` a boolean mask over
-        the catalog. With the 19 session features in front, each row equals
+        Returns shape (5, n_candidates): each row of numpy work is contiguous,
+        and the compiled prefix kernel reads it column by column. ``candidate_idx``
+        are catalog positions and ``viewed`` a boolean mask over the catalog.
+        With the 19 session features in front, candidate i's features equal
         :meth:`transform` of that session with that recommended product.
         """
-        R = np.empty((len(candidate_idx), 5), dtype=np.float64)
-        R[:, :2] = self._cand_static[candidate_idx]
-        np.equal(R[:, 0], session_row[0], out=R[:, 2])
-        np.divide(R[:, 1], max(session_row[1], MIN_PRICE_FOR_RATIO), out=R[:, 3])
-        R[:, 4] = viewed[candidate_idx]
+        R = np.empty((5, len(candidate_idx)), dtype=np.float64)
+        np.take(self._cat_codes, candidate_idx, out=R[0])
+        np.take(self.catalog.prices, candidate_idx, out=R[1])
+        np.equal(R[0], session_row[0], out=R[2])
+        np.divide(R[1], max(session_row[1], MIN_PRICE_FOR_RATIO), out=R[3])
+        R[4] = viewed[candidate_idx]
         return R
 
     def candidates(
         self, session_row: Sequence[float], candidate_idx: np.ndarray, viewed: np.ndarray
     ) -> np.ndarray:
-        """The full feature matrix of one session against many products."""
+        """The full (n_candidates, n_features) matrix of one session against many products."""
         rest = self.candidate_rest(session_row, candidate_idx, viewed)
         X = np.empty((len(candidate_idx), self.n_features), dtype=np.float64)
         X[:, :19] = session_row
-        X[:, 19:] = rest
+        X[:, 19:] = rest.T
         return X

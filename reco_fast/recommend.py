@@ -162,7 +162,7 @@ def recommend(
         Recommendation(
             str(catalog.product_ids[cand[i]]),
             float(proba[i]),
-            _reason(builder, int(cand[i]), row[0], cart_cats, browsed, float(rest[i, 3])),
+            _reason(builder, int(cand[i]), row[0], cart_cats, browsed, float(rest[3, i])),
         )
         for i in top.tolist()
     ]

@@ -61,7 +61,7 @@ def write_catalog(catalog: Catalog, path: Path) -> None:
             w.writerow([pid, cat, repr(float(price))])
 
 
-BACKENDS = ("flat", "flat-avx2", "flat-portable", "tl2cgen")
+BACKENDS = ("flat", "flat-avx512", "flat-avx2", "flat-portable", "tl2cgen")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,16 @@ class _Kernels:
     f32: Any  # (const float* X, n, double* out)
     prefix: Any  # (const double* shared, n_shared, const double* rest, n, double* out)
     session: Any  # (raw numbers of one page view...) -> probability, or None
+
+
+def _flat_kinds(lib: Any) -> list[str]:
+    """Flat evaluator variants this CPU can run, best first."""
+    kinds = []
+    if getattr(lib, "rq_has_avx512", lambda: 0)():
+        kinds.append("avx512")
+    if lib.rq_has_avx2():
+        kinds.append("avx2")
+    return [*kinds, "portable"]
 
 
 def _kernels(lib: Any, backend: str) -> _Kernels:
@@ -93,10 +103,13 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
             f"backend {backend!r} is not in this artifact (its trees are too deep for the flat "
             "evaluator); use backend='tl2cgen'"
         )
-    simd = backend == "flat-avx2" or (backend == "flat" and lib.rq_has_avx2())
-    if simd and not lib.rq_has_avx2():
-        raise ArtifactError("backend 'flat-avx2' needs a CPU with AVX2; use 'flat'")
-    kind = "avx2" if simd else "portable"
+    supported = _flat_kinds(lib)
+    kind = supported[0] if backend == "flat" else backend.removeprefix("flat-")
+    if kind not in supported:
+        raise ArtifactError(
+            f"backend {backend!r} is not available here (this CPU and artifact support "
+            f"{['flat-' + k for k in supported]}); use 'flat' to pick the best"
+        )
     return _Kernels(
         f"flat-{kind}",
         lib.rq_predict_one,
@@ -159,7 +172,7 @@ class Model:
         lib = self._lib
         if not hasattr(lib, "rq_predict_one"):
             return ("tl2cgen",)
-        return ("tl2cgen", "flat-portable") + (("flat-avx2",) if lib.rq_has_avx2() else ())
+        return ("tl2cgen", *("flat-" + k for k in reversed(_flat_kinds(lib))))
 
     def using(self, backend: str) -> Model:
         """The same model evaluated by another backend (for comparisons and benchmarks)."""
@@ -175,7 +188,7 @@ class Model:
 
         ``backend`` overrides the artifact's default evaluator: "flat" (the
         branch-free evaluator, AVX2 when the CPU has it), "flat-portable",
-        "flat-avx2" or "tl2cgen" (tl2cgen's reference code). Every backend the
+        "flat-avx512", "flat-avx2" or "tl2cgen" (tl2cgen's reference code). Every backend the
         CPU supports is checked against the golden outputs.
         """
         root, meta = read_metadata(path)
@@ -262,22 +275,28 @@ class Model:
         return self._run(self._batch32, "float[]", X, row_offset)
 
     def _predict_prefix(self, prefix: Sequence[float], rest: np.ndarray) -> np.ndarray:
-        """Rows = prefix + each row of rest (C-contiguous float64, validated by the caller)."""
+        """Row i = prefix + rest[:, i]: one session's features in front of each candidate's.
+
+        ``rest`` is feature-major, C-contiguous float64 of shape
+        (n_features - len(prefix), n_rows), built and validated by the caller.
+        """
         n_prefix = len(prefix)
         if (
             rest.ndim != 2
-            or rest.shape[1] + n_prefix != self.n_features
+            or rest.shape[0] + n_prefix != self.n_features
             or (not rest.flags.c_contiguous or rest.dtype != np.float64)
         ):
-            raise ValueError(f"rest must be C-contiguous float64 (n, {self.n_features - n_prefix})")
-        out = np.empty(rest.shape[0], dtype=np.float64)
-        if rest.shape[0]:
+            raise ValueError(
+                f"rest must be C-contiguous float64 ({self.n_features - n_prefix}, n_rows)"
+            )
+        out = np.empty(rest.shape[1], dtype=np.float64)
+        if rest.shape[1]:
             ffi = self._ffi
             self._prefix(
                 prefix,
                 n_prefix,
                 ffi.from_buffer("double[]", rest),
-                rest.shape[0],
+                rest.shape[1],
                 ffi.from_buffer("double[]", out, require_writable=True),
             )
         return out

@@ -190,6 +190,38 @@ def test_odd_depths_and_few_features_compile(max_depth: int, n_features: int, tm
     assert max_diff(model, estimator, adversarial_inputs(estimator, fresh)) <= TOLERANCE
 
 
+@pytest.mark.parametrize(
+    ("max_depth", "flat"),
+    [(5, True), (7, True), (9, False)],
+    ids=["depth 5: QuickScorer", "depth 7: blend evaluator", "depth 9: tl2cgen only"],
+)
+def test_every_backend_equals_sklearn_at_each_evaluator_depth(
+    max_depth: int, flat: bool, tmp_path: Path
+) -> None:
+    """Depth <= 5 uses the QuickScorer kernels (AVX2 and AVX-512), 6-8 the AVX2 blend
+    kernel, deeper trees tl2cgen's code alone; each backend the CPU has must equal sklearn,
+    and all flat variants must agree bit for bit."""
+    rng = np.random.default_rng(max_depth)
+    X = rng.normal(size=(3000, 6))
+    y = (np.sin(3 * X[:, 0]) * X[:, 1] + X[:, 2] * X[:, 3] + rng.logistic(size=3000) * 0.2 > 0)
+    estimator = GradientBoostingClassifier(
+        n_estimators=6, max_depth=max_depth, min_samples_leaf=1, random_state=0
+    ).fit(X, y.astype(int))
+    model = reco_fast.compile_model(estimator, tmp_path / "m", verify_X=X)
+    backends = model.available_backends()
+    assert ("flat-portable" in backends) == flat
+    if not flat:
+        assert model.backend == "tl2cgen"
+    fresh = np.concatenate([rng.normal(size=(500, 6)), adversarial_inputs(estimator, X[:200])])
+    outputs = {}
+    for name in backends:
+        other = model.using(name)
+        assert max_diff(other, estimator, fresh) <= TOLERANCE, name
+        outputs[name] = other.predict_proba_features(fresh)
+    flats = [v for k, v in outputs.items() if k.startswith("flat")]
+    assert all(np.array_equal(flats[0], v) for v in flats[1:])
+
+
 def test_trees_without_splits_compile(tmp_path: Path) -> None:
     """Constant features: every tree is a single leaf and there is no adversarial row."""
     X = np.full((60, 2), 3.0)
