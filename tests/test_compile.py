@@ -203,7 +203,7 @@ def test_every_backend_equals_sklearn_at_each_evaluator_depth(
     and all flat variants must agree bit for bit."""
     rng = np.random.default_rng(max_depth)
     X = rng.normal(size=(3000, 6))
-    y = (np.sin(3 * X[:, 0]) * X[:, 1] + X[:, 2] * X[:, 3] + rng.logistic(size=3000) * 0.2 > 0)
+    y = np.sin(3 * X[:, 0]) * X[:, 1] + X[:, 2] * X[:, 3] + rng.logistic(size=3000) * 0.2 > 0
     estimator = GradientBoostingClassifier(
         n_estimators=6, max_depth=max_depth, min_samples_leaf=1, random_state=0
     ).fit(X, y.astype(int))
