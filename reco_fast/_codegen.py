@@ -57,6 +57,7 @@ COMPILE_ARGS = ["-O2", "-fno-fast-math", "-ffp-contract=off", "-Wno-unused-varia
 
 HARNESS = """
 #include <stddef.h>
+#include <stdint.h>
 #include <math.h>
 #include <float.h>
 #include "header.h"
@@ -168,7 +169,7 @@ def native_output(what: str) -> Iterator[list[str]]:
 
 def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str, str]:
     """C and cdef for one page view from its raw numbers: ``rs_predict_<backend>(...)``."""
-    from .features import FEATURE_SETS, session_kernel_c
+    from .features import CANDIDATE_KERNEL_C, FEATURE_SETS, session_kernel_c
 
     if len(FEATURE_SETS[feature_set]) != n_features:
         raise ValueError(
@@ -186,7 +187,42 @@ def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str,
             f"  rs_features({args}, x);\n  return {one}(x);\n}}\n"
         )
         cdef += f"double rs_predict_{backend}({params});\n"
+    if feature_set == "ranking":
+        source += CANDIDATE_KERNEL_C + TOPK_C
+        kinds = [("tl2cgen", "rf_predict_prefix")] + (
+            [(k, f"rq_predict_prefix_{k}") for k in ("portable", "avx2", "avx512")] if flat else []
+        )
+        for kind, prefix in kinds:
+            signature = (
+                f"size_t rs_recommend_{kind}(const double* row, const double* cat_codes, "
+                "const double* prices, const int64_t* cand, size_t m, const uint8_t* viewed, "
+                "double threshold, size_t k, double* rest, double* proba, int64_t* top)"
+            )
+            source += (
+                f"{signature} {{\n"
+                "  rs_candidate_rest(row, cat_codes, prices, cand, m, viewed, rest);\n"
+                f"  {prefix}(row, 19, rest, m, proba);\n"
+                "  return rs_top_k(proba, m, threshold, k, top);\n}\n"
+            )
+            cdef += signature + ";\n"
     return source, cdef
+
+
+TOPK_C = """
+/* The k best rows at or above the threshold, by probability then position: an insertion
+   into a k-long list, cheaper than any sort for the few recommendations a page shows. */
+static size_t rs_top_k(const double* p, size_t n, double threshold, size_t k, int64_t* top) {
+  size_t count = 0;
+  for (size_t i = 0; i < n && k > 0; ++i) {
+    if (!(p[i] >= threshold)) continue;
+    if (count == k && !(p[i] > p[top[k - 1]])) continue;
+    size_t j = count < k ? count++ : k - 1;
+    while (j > 0 && p[top[j - 1]] < p[i]) { top[j] = top[j - 1]; --j; }
+    top[j] = (int64_t)i;
+  }
+  return count;
+}
+"""
 
 
 def generate_c(

@@ -124,6 +124,25 @@ def session_kernel_c(feature_set: str) -> tuple[str, str]:
     return f"{head} {{{body}}}\n", ", ".join(args)
 
 
+CANDIDATE_KERNEL_C = """
+/* FeatureBuilder.candidate_rest in C: the five candidate features of m catalog products
+   for one session (row = its 19 features), feature-major: rest[j * m + i]. */
+static void rs_candidate_rest(const double* row, const double* cat_codes,
+                              const double* prices, const int64_t* cand, size_t m,
+                              const uint8_t* viewed, double* rest) {
+  const double denominator = row[1] > 0.01 ? row[1] : 0.01;
+  for (size_t i = 0; i < m; ++i) {
+    const int64_t p = cand[i];
+    rest[i] = cat_codes[p];
+    rest[m + i] = prices[p];
+    rest[2 * m + i] = cat_codes[p] == row[0];
+    rest[3 * m + i] = prices[p] / denominator;
+    rest[4 * m + i] = viewed[p] ? 1.0 : 0.0;
+  }
+}
+"""
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """Label vocabularies, sorted as scikit-learn's LabelEncoder sorts them.
@@ -363,7 +382,11 @@ class FeatureBuilder:
             cat_codes = vocabulary.codes("current_category", catalog.categories)
             self._cat_codes = cat_codes.astype(np.float64)
             self._cat_codes.setflags(write=False)
-            self.all_positions = np.arange(len(catalog), dtype=np.intp)
+            self._buffers: dict[Any, tuple[Any, Any]] = {}
+            self.category_codes: list[float] = self._cat_codes.tolist()
+            self.product_id_list: list[str] = catalog.product_ids.tolist()
+            self.price_list: list[float] = catalog.prices.tolist()
+            self.all_positions = np.arange(len(catalog), dtype=np.int64)
             self.all_positions.setflags(write=False)
             self._product = {
                 p: (float(c), float(pr))
@@ -378,6 +401,17 @@ class FeatureBuilder:
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    def catalog_buffers(self, ffi: Any) -> tuple[Any, Any]:
+        """cffi views of the catalog's category codes and prices, made once per builder."""
+        cached = self._buffers.get(ffi)
+        if cached is None:
+            cached = (
+                ffi.from_buffer("double[]", self._cat_codes),
+                ffi.from_buffer("double[]", self.catalog.prices),
+            )
+            self._buffers[ffi] = cached
+        return cached
 
     def candidate_category_code(self, position: int) -> float:
         """Category code of the catalog product at this position."""

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import InputError
-from .features import FeatureBuilder
+from .features import MIN_PRICE_FOR_RATIO
 
 if TYPE_CHECKING:
     from .runtime import Model
@@ -37,7 +37,20 @@ class Recommendation:
     reason: str
 
 
-def _check_args(k: Any, threshold: Any, exclude: Iterable[str]) -> tuple[int, float, set[str]]:
+_DEFAULT_EXCLUDE = frozenset(EXCLUDABLE)
+
+
+def _check_args(
+    k: Any, threshold: Any, exclude: Iterable[str]
+) -> tuple[int, float, frozenset[str] | set[str]]:
+    if (
+        type(k) is int
+        and k >= 0
+        and type(threshold) is float
+        and 0.0 <= threshold <= 1.0
+        and exclude is EXCLUDABLE
+    ):
+        return k, threshold, _DEFAULT_EXCLUDE  # the common call, checked in a few comparisons
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise InputError(f"k must be a non-negative integer, got {k!r}", field="k")
     try:
@@ -71,20 +84,13 @@ def _check_args(k: Any, threshold: Any, exclude: Iterable[str]) -> tuple[int, fl
     return int(k), t, exclude
 
 
-def _positions(builder: FeatureBuilder, ids: Sequence[Any], field: str) -> np.ndarray:
-    index = builder.catalog.index
-    return np.fromiter((index(p, field) for p in ids), dtype=np.intp, count=len(ids))
-
-
 def _reason(
-    builder: FeatureBuilder,
-    pos: int,
+    cat: float,
     session_cat: float,
     cart_cats: set[float],
     browsed_cats: set[float],
     price_ratio: float,
 ) -> str:
-    cat = builder.candidate_category_code(pos)
     if cat == session_cat:
         return "same category as the viewed product"
     if cat in cart_cats:
@@ -123,46 +129,58 @@ def recommend(
         raise TypeError(f"a session must be a mapping, got {type(session).__name__}")
     row = builder.session_row(session)
     catalog = builder.catalog
-    viewed_pos = np.asarray(
-        [catalog._index[p] for p in builder.viewed_ids(session) if p in catalog._index],
-        dtype=np.intp,
-    )
+    index = catalog._index
+    viewed_pos = [index[p] for p in builder.viewed_ids(session) if p in index]
     cart_ids = session.get(CART_FIELD) or ()
     if isinstance(cart_ids, str) or not isinstance(cart_ids, Sequence):
         raise InputError(f"{CART_FIELD!r} must be a list of product ids", field=CART_FIELD)
-    cart_pos = _positions(builder, cart_ids, CART_FIELD)
+    cart_pos = [catalog.index(p, CART_FIELD) for p in cart_ids]
 
+    n = len(catalog)
+    viewed = np.zeros(n, dtype=bool)
+    viewed[viewed_pos] = True
+    drop = None
+    if "viewed" in exclude and viewed_pos:
+        drop = viewed.copy()
+    if "in_cart" in exclude and cart_pos:
+        if drop is None:
+            drop = np.zeros(n, dtype=bool)
+        drop[cart_pos] = True
     if candidates is None:
-        cand = builder.all_positions
+        cand = builder.all_positions if drop is None else np.flatnonzero(~drop).astype(np.int64)
     else:
         if isinstance(candidates, str) or not isinstance(candidates, Sequence):
             raise InputError("candidates must be a list of product ids", field="candidates")
-        cand = _positions(builder, candidates, "candidates")
+        cand = np.fromiter(
+            (catalog.index(p, "candidates") for p in candidates),
+            dtype=np.int64,
+            count=len(candidates),
+        )
         _, first = np.unique(cand, return_index=True)
         cand = cand[np.sort(first)]  # a product listed twice is recommended once
-    viewed = np.zeros(len(catalog), dtype=bool)
-    viewed[viewed_pos] = True
-    if ("viewed" in exclude and viewed_pos.size) or ("in_cart" in exclude and cart_pos.size):
-        drop = viewed.copy() if "viewed" in exclude else np.zeros(len(catalog), dtype=bool)
-        if "in_cart" in exclude:
-            drop[cart_pos] = True
-        cand = cand[~drop[cand]]
+        if drop is not None:
+            cand = cand[~drop[cand]]
     if k == 0 or cand.size == 0:
         return []
 
-    rest = builder.candidate_rest(row, cand, viewed)
-    proba = model._predict_prefix(row, rest)
-    keep = np.flatnonzero(proba >= threshold)
-    if keep.size == 0:
-        return []
-    top = keep[np.argsort(-proba[keep], kind="stable")[:k]]
-    cart_cats = {builder.candidate_category_code(int(p)) for p in cart_pos.tolist()}
-    browsed = {builder.candidate_category_code(int(p)) for p in viewed_pos.tolist()}
-    return [
-        Recommendation(
-            str(catalog.product_ids[cand[i]]),
-            float(proba[i]),
-            _reason(builder, int(cand[i]), row[0], cart_cats, browsed, float(rest[3, i])),
-        )
-        for i in top.tolist()
-    ]
+    picked = model._top_candidates(row, cand, viewed, threshold, k)
+    if picked is None:  # no compiled recommend kernel: the same steps in numpy
+        rest = builder.candidate_rest(row, cand, viewed)
+        proba = model._predict_prefix(row, rest)
+        keep = np.flatnonzero(proba >= threshold)
+        if keep.size > k:
+            keep = keep[np.argpartition(-proba[keep], k - 1)[:k]]
+        top = sorted(keep.tolist(), key=lambda i: (-proba[i], i))
+        picked = (top, proba[top].tolist())
+    codes = builder.category_codes
+    ids = builder.product_id_list
+    prices = builder.price_list
+    cart_cats = {codes[p] for p in cart_pos}
+    browsed = {codes[p] for p in viewed_pos}
+    denominator = max(row[1], MIN_PRICE_FOR_RATIO)
+    out = []
+    for i, p in zip(*picked, strict=True):
+        pos = int(cand[i])
+        reason = _reason(codes[pos], row[0], cart_cats, browsed, prices[pos] / denominator)
+        out.append(Recommendation(ids[pos], p, reason))
+    return out

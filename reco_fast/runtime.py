@@ -74,6 +74,7 @@ class _Kernels:
     f32: Any  # (const float* X, n, double* out)
     prefix: Any  # (const double* shared, n_shared, const double* rest, n, double* out)
     session: Any  # (raw numbers of one page view...) -> probability, or None
+    recommend: Any  # (session row, catalog arrays, candidates...) -> top-k, or None
 
 
 def _flat_kinds(lib: Any) -> list[str]:
@@ -97,6 +98,7 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
             lib.rf_predict_f32,
             lib.rf_predict_prefix,
             getattr(lib, "rs_predict_tl2cgen", None),
+            getattr(lib, "rs_recommend_tl2cgen", None),
         )
     if not hasattr(lib, "rq_predict_one"):
         raise ArtifactError(
@@ -117,6 +119,7 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
         getattr(lib, f"rq_predict_f32_{kind}"),
         getattr(lib, f"rq_predict_prefix_{kind}"),
         getattr(lib, "rs_predict_flat", None),
+        getattr(lib, f"rs_recommend_{kind}", None),
     )
 
 
@@ -159,6 +162,7 @@ class Model:
         self.backend = k.backend
         self._one, self._batch64, self._batch32 = k.one, k.f64, k.f32
         self._prefix, self._session_one = k.prefix, k.session
+        self._recommend_kernel = k.recommend
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -273,6 +277,41 @@ class Model:
 
     def _predict_f32(self, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
         return self._run(self._batch32, "float[]", X, row_offset)
+
+    def _top_candidates(
+        self, row: Sequence[float], cand: np.ndarray, viewed: np.ndarray, threshold: float, k: int
+    ) -> tuple[list[int], list[float]] | None:
+        """Score candidates for one session and pick the top k in one compiled call.
+
+        ``cand`` holds int64 catalog positions and ``viewed`` a bool mask over the
+        catalog. Returns (positions into ``cand``, probabilities), best first, or None
+        when the artifact has no recommend kernel (the caller then uses numpy).
+        """
+        kernel = self._recommend_kernel
+        builder = self._builder
+        if kernel is None or builder is None or builder.catalog is None:
+            return None
+        m = len(cand)
+        ffi = self._ffi
+        cat_codes, prices = builder.catalog_buffers(ffi)
+        rest = np.empty(5 * m, dtype=np.float64)
+        proba = np.empty(m, dtype=np.float64)
+        top = np.empty(max(k, 1), dtype=np.int64)
+        count = kernel(
+            row,
+            cat_codes,
+            prices,
+            ffi.from_buffer("int64_t[]", cand),
+            m,
+            ffi.from_buffer("uint8_t[]", viewed),
+            threshold,
+            k,
+            ffi.from_buffer("double[]", rest, require_writable=True),
+            ffi.from_buffer("double[]", proba, require_writable=True),
+            ffi.from_buffer("int64_t[]", top, require_writable=True),
+        )
+        chosen = top[:count].tolist()
+        return chosen, proba[chosen].tolist()
 
     def _predict_prefix(self, prefix: Sequence[float], rest: np.ndarray) -> np.ndarray:
         """Row i = prefix + rest[:, i]: one session's features in front of each candidate's.

@@ -402,3 +402,20 @@ def test_the_seeds_story(model, catalog):
         assert r.probability == pytest.approx(
             model.predict_proba(dict(ctx, recommended_product_id=r.product_id)), abs=1e-15
         )
+
+
+@pytest.mark.parametrize("backend", ["tl2cgen", "flat"])
+def test_compiled_top_k_equals_the_numpy_path(model, sessions, backend):
+    """The one-call C kernel (candidate features, scores, top k) against the same steps in
+    numpy, used for artifacts without that kernel: identical answers, ties included."""
+    compiled = model.using(backend)
+    assert compiled._recommend_kernel is not None
+    fallback = model.using(backend)
+    fallback._recommend_kernel = None
+    for session in sessions:
+        for k, threshold in ((3, 0.7), (10, 0.0), (250, 0.5), (1, 0.9)):
+            kwargs = {"k": k, "threshold": threshold}
+            assert compiled.recommend(session, **kwargs) == fallback.recommend(session, **kwargs)
+        for exclude in ((), ("viewed",), ("in_cart",)):
+            got = compiled.recommend(session, k=20, threshold=0.0, exclude=exclude)
+            assert got == fallback.recommend(session, k=20, threshold=0.0, exclude=exclude)
