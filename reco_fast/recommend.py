@@ -167,10 +167,8 @@ def recommend(
     if picked is None:  # no compiled recommend kernel: the same steps in numpy
         rest = builder.candidate_rest(row, cand, viewed)
         proba = model._predict_prefix(row, rest)
-        keep = np.flatnonzero(proba >= threshold)
-        if keep.size > k:
-            keep = keep[np.argpartition(-proba[keep], k - 1)[:k]]
-        top = sorted(keep.tolist(), key=lambda i: (-proba[i], i))
+        keep = np.flatnonzero(proba >= threshold).tolist()
+        top = sorted(keep, key=lambda i: (-proba[i], i))[:k]  # ties: catalog order
         picked = (top, proba[top].tolist())
     codes = builder.category_codes
     ids = builder.product_id_list
