@@ -405,6 +405,15 @@ class Model:
 
         Many may be a list of dicts, a dict of columns or a pandas DataFrame.
         """
+        builder = self._builder
+        kernel = self._session_one
+        if kernel is not None and type(sessions) is dict:
+            # the hot path: one page view as a plain dict (a category is a str)
+            if type(sessions.get("current_category")) is str:
+                try:
+                    return kernel(*builder.raw(sessions))
+                except TypeError:  # a value C cannot take: the checked path names it
+                    return kernel(*builder.checked_raw(sessions))
         builder = self.builder
         if isinstance(sessions, Mapping):
             first = sessions.get(builder.required_fields[0])
