@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from .errors import ArtifactError, CompileError, InputError
 from .features import Catalog
+from .handle import ModelHandle
 from .recommend import Recommendation
 from .runtime import Model, load
 from .session import MemoryStore, RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
@@ -33,6 +34,7 @@ __all__ = [
     "InputError",
     "MemoryStore",
     "Model",
+    "ModelHandle",
     "Recommendation",
     "RedisStore",
     "SessionNotFound",

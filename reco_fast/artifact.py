@@ -8,6 +8,7 @@ platform and Python ABI must match, and nothing is ever unpickled.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -79,13 +80,23 @@ def staging_dir(out_dir: Path) -> Path:
 def publish(staging: Path, out_dir: Path) -> None:
     """Move a sealed staging directory into place, replacing any previous artifact.
 
-    The previous artifact is renamed aside first and removed only once the new
-    one is in place, so a crash leaves one complete artifact (or the old one).
+    Where the kernel and filesystem support it (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``), the new directory and the previous artifact trade
+    places in one atomic step, so ``out_dir`` always names one complete
+    artifact. Elsewhere the previous artifact is renamed aside first and removed
+    only once the new one is in place; a crash between the two renames leaves
+    the previous artifact in ``.NAME.old-*``, which the next build (under the
+    build lock) moves back (:func:`recover`).
     """
     if out_dir.exists() and not (out_dir / METADATA_FILE).is_file() and any(out_dir.iterdir()):
         raise ArtifactError(
             f"{out_dir} exists and is not a reco_fast artifact; refusing to replace it"
         )
+    _fsync_files(staging)  # the data reaches the disk before the rename that publishes it
+    if out_dir.exists() and _exchange(staging, out_dir):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the previous artifact
+        _fsync_dir(out_dir.parent)
+        return
     old = None
     if out_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
@@ -100,6 +111,84 @@ def publish(staging: Path, out_dir: Path) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(out_dir.parent)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # this filesystem cannot exchange: use the two-rename fallback
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def recover(out_dir: Path) -> list[Path]:
+    """Clean up after builds that crashed; call with the build lock held.
+
+    Under the lock no other build of ``out_dir`` runs, so every
+    ``.NAME.staging-*`` and ``.NAME.old-*`` directory beside it is left over
+    from a build that was killed. If ``out_dir`` itself is missing (a crash
+    between the fallback's two renames), the newest complete ``.NAME.old-*``
+    artifact is moved back first. Returns the directories removed.
+    """
+    parent = out_dir.parent
+    if not parent.is_dir():
+        return []
+    olds = sorted(
+        (p for p in parent.glob(f".{out_dir.name}.old-*") if p.is_dir()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    if not out_dir.exists():
+        for old in olds:
+            if (old / METADATA_FILE).is_file():
+                os.replace(old, out_dir)
+                olds.remove(old)
+                break
+    removed = []
+    for stale in [*parent.glob(f".{out_dir.name}.staging-*"), *olds]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+def write_error(out_dir: Path, exc: OSError) -> ArtifactError:
+    """A clear error for a build that could not write its artifact (disk full, read-only...)."""
+    reason = exc.strerror or str(exc)
+    return ArtifactError(
+        f"cannot write artifact to {out_dir}: {reason}"
+        + (f" ({exc.filename})" if exc.filename else "")
+        + "; nothing was written, the previous artifact (if any) is unchanged"
+    )
+
+
+def _fsync_files(staging: Path) -> None:
+    for p in staging.iterdir():
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(staging)
 
 
 def _fsync_dir(path: Path) -> None:

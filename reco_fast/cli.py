@@ -1,4 +1,4 @@
-"""``reco-fast``: build, inspect and verify model artifacts from the shell.
+"""``reco-fast``: build, inspect, verify, benchmark and use model artifacts from the shell.
 
 Every failure exits non-zero with a one-line error, so a deploy pipeline can
 refuse a model without parsing a traceback.
@@ -10,7 +10,10 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from .errors import ArtifactError, CompileError, InputError
 
@@ -82,6 +85,74 @@ def _bench(args: argparse.Namespace) -> int:
     results = bench.check(report, {g.option: getattr(args, g.option) for g in bench.GATES})
     print(bench.to_json(report, results) if args.json else bench.format_table(report, results))
     return 0 if all(r.passed for r in results) else BENCH_GATE_FAILED
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .runtime import load
+    from .score import score_file
+
+    model = load(args.artifact)
+    start = time.perf_counter()
+    rows = score_file(
+        model,
+        args.input,
+        args.output,
+        chunksize=args.chunksize,
+        on_invalid=args.on_invalid,
+        progress=None if args.quiet else sys.stderr,
+    )
+    seconds = time.perf_counter() - start
+    if not args.quiet:
+        print(
+            f"wrote {args.output}: {rows:,} rows in {seconds:.1f} s "
+            f"({rows / seconds if seconds else 0:,.0f} rows/s)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _read_session(text: str) -> Any:
+    """--session: inline JSON, @file.json, or @- for stdin."""
+    source = "--session"
+    if text.startswith("@"):
+        name = text[1:]
+        source = name if name != "-" else "stdin"
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read the session from {name}: {exc}") from None
+    try:
+        session = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source} is not valid JSON: {exc}") from None
+    if not isinstance(session, dict):
+        raise InputError(
+            f"{source} must be a JSON object (one page view), got {type(session).__name__}"
+        )
+    return session
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from .runtime import load
+
+    session = _read_session(args.session)
+    model = load(args.artifact)
+    threshold = model.threshold if args.threshold is None else args.threshold
+    recs = model.recommend(session, k=args.k, threshold=threshold)
+    print(
+        json.dumps(
+            {
+                "k": args.k,
+                "threshold": threshold,
+                "recommendations": [
+                    {"product_id": r.product_id, "probability": r.probability, "reason": r.reason}
+                    for r in recs
+                ],
+            },
+            indent=2,
+        )
+    )
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -179,6 +250,61 @@ def parser() -> argparse.ArgumentParser:
             help=f"gate: {gate.help} must be <= this ({gate.unit})",
         )
     be.set_defaults(func=_bench)
+
+    from .score import DEFAULT_CHUNKSIZE, ON_INVALID
+
+    sc = sub.add_parser(
+        "score",
+        help="score a CSV (or Parquet) file of page views in chunks, in constant memory",
+        description="Read page views in the seed's schema chunk by chunk, score each chunk "
+        "with the compiled model and write the rows with an added click_probability column "
+        "to a CSV file. Memory is bounded by --chunksize, not by the input. Needs pandas "
+        "(the build extra); Parquet input needs pyarrow.",
+        epilog="Progress ('scored N rows (P%%)') goes to stderr. The output appears only "
+        "when every row has been scored.",
+    )
+    sc.add_argument("artifact")
+    sc.add_argument("--input", required=True, metavar="FILE", help="page views: .csv or .parquet")
+    sc.add_argument("--output", required=True, metavar="FILE", help="scored rows (CSV)")
+    sc.add_argument(
+        "--chunksize",
+        type=_positive_int,
+        default=DEFAULT_CHUNKSIZE,
+        metavar="N",
+        help=f"rows per chunk (default {DEFAULT_CHUNKSIZE:,})",
+    )
+    sc.add_argument(
+        "--on-invalid",
+        choices=list(ON_INVALID),
+        default="raise",
+        help="an invalid row stops the run with its row number (raise, default) or is "
+        "scored as NaN (nan; needs a reco_fast whose predict_proba has on_invalid)",
+    )
+    sc.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    sc.set_defaults(func=_score)
+
+    r = sub.add_parser(
+        "recommend",
+        help="the top products for one page view, as JSON",
+        description="Score the artifact's catalog against one session (a JSON object in "
+        "the seed's schema, recommended_product_id not needed) and print at most k "
+        "recommendations at or above the threshold as JSON. An empty list is a valid answer.",
+    )
+    r.add_argument("artifact")
+    r.add_argument(
+        "--session",
+        required=True,
+        metavar="JSON|@FILE",
+        help="the session as inline JSON, @file.json, or @- for stdin",
+    )
+    r.add_argument("-k", type=int, default=3, help="at most this many (default 3)")
+    r.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="minimum click probability (default: the artifact's, usually 0.7)",
+    )
+    r.set_defaults(func=_recommend)
     return p
 
 
@@ -192,9 +318,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (InputError, ArtifactError, CompileError, ValueError, OSError) as exc:
-        print(f"reco-fast {args.command}: error: {exc}", file=sys.stderr)
+    except (
+        InputError,
+        ArtifactError,
+        CompileError,
+        ValueError,
+        TypeError,
+        OSError,
+        ImportError,
+    ) as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"reco-fast {args.command}: error: {message}", file=sys.stderr)
         return 2 if isinstance(exc, InputError) else 1
+    except KeyboardInterrupt:
+        print(f"reco-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

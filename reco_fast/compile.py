@@ -12,7 +12,9 @@ real outputs can say it did not this time.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import logging
+import os
 import platform
 import shutil
 import tempfile
@@ -31,16 +33,19 @@ from .artifact import (
     build_lock,
     platform_tag,
     publish,
+    recover,
     staging_dir,
+    write_error,
     write_metadata,
 )
-from .errors import CompileError
+from .errors import ArtifactError, CompileError
 
 __all__ = ["TOLERANCE", "adversarial_inputs", "compile_model"]
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-12
+_NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
 N_GOLDEN = 64
 
 
@@ -256,88 +261,102 @@ def compile_model(
     if not np.all(np.isfinite(base)):
         raise CompileError("verify_X must be finite")
 
-    with build_lock(out_dir):
-        staging = staging_dir(out_dir)
-        try:
-            log.info("importing the estimator into treelite")
-            tl_model = _import_treelite(estimator)
+    try:
+        with build_lock(out_dir):
+            stale = recover(out_dir)  # left by killed builds; none can be running
+            if stale:
+                log.info("removed %d stale staging directories", len(stale))
+            staging = staging_dir(out_dir)
             try:
-                forest = from_treelite(tl_model)
-            except UnsupportedForest as exc:
-                log.warning("flat evaluator not generated (%s); serving with tl2cgen's code", exc)
-                forest = None
-            work = Path(tempfile.mkdtemp(prefix="build-", dir=staging))
-            log.info(
-                "generating C: tl2cgen's reference code%s",
-                " and the flat evaluator" if forest is not None else "",
-            )
-            sources = generate_c(tl_model, n_features, work, forest, feature_set)
-            log.info("compiling the C library with cffi")
-            lib_path = build_library(sources, work, staging)
-            for name in sources:
-                shutil.copyfile(work / name, staging / name)
-            shutil.rmtree(work)
+                log.info("importing the estimator into treelite")
+                tl_model = _import_treelite(estimator)
+                try:
+                    forest = from_treelite(tl_model)
+                except UnsupportedForest as exc:
+                    log.warning(
+                        "flat evaluator not generated (%s); serving with tl2cgen's code", exc
+                    )
+                    forest = None
+                work = Path(tempfile.mkdtemp(prefix="build-", dir=staging))
+                log.info(
+                    "generating C: tl2cgen's reference code%s",
+                    " and the flat evaluator" if forest is not None else "",
+                )
+                sources = generate_c(tl_model, n_features, work, forest, feature_set)
+                log.info("compiling the C library with cffi")
+                lib_path = build_library(sources, work, staging)
+                for name in sources:
+                    shutil.copyfile(work / name, staging / name)
+                shutil.rmtree(work)
 
-            model = Model._from_library(staging, lib_path, module_name(sources), feature_names)
-            log.info("verifying every backend against scikit-learn")
-            adversarial = adversarial_inputs(estimator, base)
-            checks = {}
-            for name in model.available_backends():
-                backend = model.using(name)
-                checks[name] = {
-                    "test": verify(estimator, backend, base),
-                    "adversarial": verify(estimator, backend, adversarial),
+                model = Model._from_library(staging, lib_path, module_name(sources), feature_names)
+                log.info("verifying every backend against scikit-learn")
+                adversarial = adversarial_inputs(estimator, base)
+                checks = {}
+                for name in model.available_backends():
+                    backend = model.using(name)
+                    checks[name] = {
+                        "test": verify(estimator, backend, base),
+                        "adversarial": verify(estimator, backend, adversarial),
+                    }
+                report_base = max(
+                    (c["test"] for c in checks.values()), key=lambda r: r["max_abs_diff"]
+                )
+                report_adv = max(
+                    (c["adversarial"] for c in checks.values()), key=lambda r: r["max_abs_diff"]
+                )
+                timings = {name: _ns_per_row(model.using(name), base) for name in checks}
+                default = (
+                    "flat"
+                    if forest is not None and min(timings, key=timings.get) != "tl2cgen"
+                    else "tl2cgen"
+                )
+                model = model.using(default)
+                golden_X = np.concatenate([base[: N_GOLDEN // 2], adversarial[: N_GOLDEN // 2]])
+                golden_p = estimator.predict_proba(golden_X)[:, 1]
+
+                meta: dict[str, Any] = {
+                    "format": "reco_fast",
+                    "format_version": FORMAT_VERSION,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "library": lib_path.name,
+                    "module": module_name(sources),
+                    "feature_names": feature_names,
+                    "feature_set": None,
+                    "threshold": float(threshold),
+                    "estimator": {
+                        k: v
+                        for k, v in estimator.get_params().items()
+                        if isinstance(v, (int, float, str, bool, type(None)))
+                    },
+                    "n_trees": int(estimator.n_estimators_),
+                    "backend": default,
+                    "backends": {name: {"ns_per_row": timings[name]} for name in checks},
+                    "versions": _versions(),
+                    "platform": platform_tag(),
+                    "verification": {
+                        "tolerance": TOLERANCE,
+                        "backends": sorted(checks),
+                        "rows": report_base["rows"],
+                        "max_abs_diff": report_base["max_abs_diff"],
+                        "adversarial_rows": report_adv["rows"],
+                        "adversarial_max_abs_diff": report_adv["max_abs_diff"],
+                    },
+                    "golden": {"X": golden_X.tolist(), "proba": golden_p.tolist()},
                 }
-            report_base = max((c["test"] for c in checks.values()), key=lambda r: r["max_abs_diff"])
-            report_adv = max(
-                (c["adversarial"] for c in checks.values()), key=lambda r: r["max_abs_diff"]
-            )
-            timings = {name: _ns_per_row(model.using(name), base) for name in checks}
-            default = (
-                "flat"
-                if forest is not None and min(timings, key=timings.get) != "tl2cgen"
-                else "tl2cgen"
-            )
-            model = model.using(default)
-            golden_X = np.concatenate([base[: N_GOLDEN // 2], adversarial[: N_GOLDEN // 2]])
-            golden_p = estimator.predict_proba(golden_X)[:, 1]
-
-            meta: dict[str, Any] = {
-                "format": "reco_fast",
-                "format_version": FORMAT_VERSION,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "library": lib_path.name,
-                "module": module_name(sources),
-                "feature_names": feature_names,
-                "feature_set": None,
-                "threshold": float(threshold),
-                "estimator": {
-                    k: v
-                    for k, v in estimator.get_params().items()
-                    if isinstance(v, (int, float, str, bool, type(None)))
-                },
-                "n_trees": int(estimator.n_estimators_),
-                "backend": default,
-                "backends": {name: {"ns_per_row": timings[name]} for name in checks},
-                "versions": _versions(),
-                "platform": platform_tag(),
-                "verification": {
-                    "tolerance": TOLERANCE,
-                    "backends": sorted(checks),
-                    "rows": report_base["rows"],
-                    "max_abs_diff": report_base["max_abs_diff"],
-                    "adversarial_rows": report_adv["rows"],
-                    "adversarial_max_abs_diff": report_adv["max_abs_diff"],
-                },
-                "golden": {"X": golden_X.tolist(), "proba": golden_p.tolist()},
-            }
-            meta.update(metadata or {})
-            if write_extra is not None:
-                write_extra(staging, model)
-            write_metadata(staging, meta)
-            publish(staging, out_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+                meta.update(metadata or {})
+                if write_extra is not None:
+                    write_extra(staging, model)
+                write_metadata(staging, meta)
+                publish(staging, out_dir)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            log.info("wrote %s", out_dir)
+            return Model.load(out_dir)  # under the lock: this build's artifact
+    except OSError as exc:  # disk full, read-only or vanished output directory
+        raise write_error(out_dir, exc) from exc
+    except RuntimeError as exc:  # the C compiler could not write its output
+        if isinstance(exc, (ArtifactError, CompileError)) or _NO_SPACE not in str(exc):
             raise
-    log.info("wrote %s", out_dir)
-    return Model.load(out_dir)
+        raise write_error(out_dir, OSError(errno.ENOSPC, _NO_SPACE)) from exc

@@ -21,10 +21,13 @@ from .schema import (
     FLOAT32_MAX,
     NONE_PRODUCT,
     NUMERIC_FIELDS,
+    RowErrors,
+    as_column,
     as_float_array,
     as_str_array,
     describe_numeric_problem,
     raise_rows,
+    reject,
     validate_numeric,
 )
 
@@ -210,18 +213,28 @@ class Vocabulary:
                 field=field_name,
             ) from None
 
-    def codes(self, field_name: str, values: np.ndarray, offset: int = 0) -> np.ndarray:
-        """Vectorised lookup: the code is the position in the sorted vocabulary."""
+    def codes(
+        self,
+        field_name: str,
+        values: np.ndarray,
+        offset: int = 0,
+        errors: RowErrors | None = None,
+    ) -> np.ndarray:
+        """Vectorised lookup: the code is the position in the sorted vocabulary.
+
+        Unknown values raise, or (with ``errors``) are recorded and get code 0.
+        """
         vocab = np.asarray(self.values(field_name))
         pos = np.searchsorted(vocab, values).clip(0, len(vocab) - 1)
         bad = np.flatnonzero(vocab[pos] != values)
-        if bad.size:
-            raise_rows(
-                field_name,
-                bad,
-                f"has unknown value {str(values[bad[0]])!r}; the model knows {vocab.tolist()}",
-                offset,
-            )
+        reject(
+            field_name,
+            bad,
+            lambda r: f"has unknown value {str(values[r])!r}; the model knows {vocab.tolist()}",
+            offset,
+            errors,
+        )
+        pos[bad] = 0
         return pos
 
 
@@ -247,6 +260,10 @@ class Catalog:
         bad = np.flatnonzero(~np.isfinite(prices) | (prices < 0) | (prices > FLOAT32_MAX))
         if bad.size:
             raise_rows("price", bad, "must be a finite, non-negative price")
+        # rec_price_ratio divides a price by as little as 0.01: keep it within float32
+        bad = np.flatnonzero(prices / MIN_PRICE_FOR_RATIO > FLOAT32_MAX)
+        if bad.size:
+            raise_rows("price", bad, f"must be at most {FLOAT32_MAX * MIN_PRICE_FOR_RATIO:.6g}")
         order = np.argsort(ids, kind="stable")
         ids, cats, prices = ids[order], cats[order], prices[order]
         dup = np.flatnonzero(ids[1:] == ids[:-1])
@@ -301,17 +318,24 @@ class Catalog:
             ) from None
 
     def indices(
-        self, ids: np.ndarray, field_name: str = "recommended_product_id", offset: int = 0
+        self,
+        ids: np.ndarray,
+        field_name: str = "recommended_product_id",
+        offset: int = 0,
+        errors: RowErrors | None = None,
     ) -> np.ndarray:
+        """Catalog positions of ``ids``; unknown ids raise, or (with ``errors``) are
+        recorded and get position 0."""
         pos = np.searchsorted(self.product_ids, ids).clip(0, len(self) - 1)
         bad = np.flatnonzero(self.product_ids[pos] != ids)
-        if bad.size:
-            raise_rows(
-                field_name,
-                bad,
-                f"{str(ids[bad[0]])!r} is not in the catalog ({len(self)} products)",
-                offset,
-            )
+        reject(
+            field_name,
+            bad,
+            lambda r: f"{str(ids[r])!r} is not in the catalog ({len(self)} products)",
+            offset,
+            errors,
+        )
+        pos[bad] = 0
         return pos
 
     def to_rows(self) -> list[tuple[str, str, float]]:
@@ -566,20 +590,48 @@ class FeatureBuilder:
         return tuple(v for v in (_label(session, f) for f in VIEWED_FIELDS) if v != NONE_PRODUCT)
 
     # ---- columns -------------------------------------------------------------------------
-    def transform(self, columns: Mapping[str, Any], offset: int = 0) -> np.ndarray:
-        """The (n, n_features) float64 matrix of a batch given as columns, validated by row."""
+    def placeholder(self, field_name: str) -> Any:
+        """A value every check accepts for this field (stands in for a missing or bad one
+        while the rest of an invalid row is still checked)."""
+        if field_name in NUMERIC_FIELDS:
+            return 0.0
+        if field_name in _CODE_FIELD:
+            return self.vocabulary.values(field_name)[0]
+        if field_name == "recommended_product_id":
+            return str(self.catalog.product_ids[0])
+        return NONE_PRODUCT
+
+    def transform(
+        self, columns: Mapping[str, Any], offset: int = 0, errors: RowErrors | None = None
+    ) -> np.ndarray:
+        """The (n, n_features) float64 matrix of a batch given as columns, validated by row.
+
+        Without ``errors`` the first invalid rows raise an InputError naming the
+        field and the rows (counted from ``offset``). With a :class:`RowErrors`,
+        every invalid row is recorded there (one entry per bad field) and filled
+        with valid placeholders, so the matrix is complete; the caller must not
+        use those rows (``errors.invalid(n)``). A missing column or columns of
+        different lengths concern the whole batch and always raise.
+        """
         missing = [f for f in self.required_fields if f not in columns]
         if missing:
             raise InputError(f"missing field {missing[0]!r}", field=missing[0])
-        n = len(np.asarray(columns[self.required_fields[0]]).reshape(-1))
+        first = self.required_fields[0]
+        n = as_column(first, columns[first]).shape[0]
         voc = self.vocabulary
         num = {}
         for name in SESSION_NUMERIC:
-            x = as_float_array(name, columns[name], n)
-            validate_numeric(name, x, offset)
-            num[name] = x
+            x = as_float_array(name, columns[name], n, errors, offset)
+            num[name] = validate_numeric(name, x, offset, errors)
         codes = {
-            name: voc.codes(name, as_str_array(name, columns[name], n), offset).astype(np.float64)
+            name: voc.codes(
+                name,
+                as_str_array(
+                    name, columns[name], n, errors, offset, self.placeholder(name), objects=True
+                ),
+                offset,
+                errors,
+            ).astype(np.float64)
             for name in CATEGORICAL_FIELDS
         }
         price, cart = num["current_price"], num["products_in_cart"]
@@ -606,11 +658,15 @@ class FeatureBuilder:
         X[:, 17] = (t < 30) & (s < 0.3)
         X[:, 18] = viewed / (mins + 1)
         if self.ranks_products:
-            rec = as_str_array("recommended_product_id", columns["recommended_product_id"], n)
-            idx = self.catalog.indices(rec, "recommended_product_id", offset)
+            name = "recommended_product_id"
+            rec = as_str_array(
+                name, columns[name], n, errors, offset, self.placeholder(name), objects=True
+            )
+            idx = self.catalog.indices(rec, name, offset, errors)
             already = np.zeros(n, dtype=bool)
             for f in VIEWED_FIELDS:
-                already |= as_str_array(f, columns[f], n) == rec
+                seen = as_str_array(f, columns[f], n, errors, offset, NONE_PRODUCT, objects=True)
+                already |= seen == rec
             X[:, 19] = self._cat_codes[idx]
             X[:, 20] = self.catalog.prices[idx]
             X[:, 21] = X[:, 19] == X[:, 0]

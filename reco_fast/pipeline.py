@@ -17,6 +17,7 @@ from .artifact import CATALOG_FILE
 from .data import DEFAULT_SEED, generate_default, load
 from .features import FEATURE_SETS, FeatureBuilder, Vocabulary
 from .report import build_report, predictions_frame, render_markdown
+from .report_html import curves, render_html
 from .runtime import Model, write_catalog
 from .schema import LABEL
 from .train import fit, split
@@ -94,6 +95,9 @@ def build(
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(markdown)
         proba = estimator.predict_proba(parts.X_test)[:, 1]
+        (staging / "report.html").write_text(
+            render_html(report, curves(parts.y_test, proba, threshold)), encoding="utf-8"
+        )
         predictions_frame(frame, parts, proba, threshold).to_csv(
             staging / PREDICTIONS_FILE, index=False
         )

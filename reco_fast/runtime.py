@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,8 +24,12 @@ from .artifact import CATALOG_FILE, read_metadata
 from .errors import ArtifactError, InputError
 from .features import Catalog, FeatureBuilder, Vocabulary
 from .recommend import Recommendation, recommend
+from .schema import FLOAT32_MAX, RowError, RowErrors
 
-__all__ = ["Model", "load"]
+__all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
+
+ON_INVALID = ("raise", "nan")
+"""What a batch does with a row it cannot score: raise an InputError, or score NaN."""
 
 _SCALAR_TYPES = (str, bytes, int, float, bool, np.generic)
 GOLDEN_TOLERANCE = 1e-12
@@ -59,6 +64,33 @@ def write_catalog(catalog: Catalog, path: Path) -> None:
         w.writerow(["product_id", "category", "price"])
         for pid, cat, price in catalog.to_rows():
             w.writerow([pid, cat, repr(float(price))])
+
+
+def _check_on_invalid(on_invalid: Any) -> None:
+    if not (isinstance(on_invalid, str) and on_invalid in ON_INVALID):
+        raise ValueError(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r:.60}")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What :meth:`Model.score_batch` returns: a probability per row, NaN where the row
+    could not be scored, and every problem found, by row.
+
+    ``errors`` holds one :class:`RowError` (``row``, ``field``, ``message``) per bad
+    field of each invalid row, sorted by row; ``field`` is None when the row is not
+    a dict at all. A valid row's probability is exactly what scoring it alone gives.
+    """
+
+    probabilities: np.ndarray
+    errors: list[RowError]
+
+    @property
+    def invalid_rows(self) -> list[int]:
+        """The rows that were not scored (NaN), ascending."""
+        return sorted({e.row for e in self.errors})
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
 
 
 BACKENDS = ("flat", "flat-avx512", "flat-avx2", "flat-portable", "tl2cgen")
@@ -292,6 +324,7 @@ class Model:
         if kernel is None or builder is None or builder.catalog is None:
             return None
         m = len(cand)
+        k = min(k, m)  # no more than the candidates (and a huge k must not size a buffer)
         ffi = self._ffi
         cat_codes, prices = builder.catalog_buffers(ffi)
         rest = np.empty(5 * m, dtype=np.float64)
@@ -343,12 +376,15 @@ class Model:
     # ---- feature matrices ------------------------------------------------------------------
     def _check_features(self, X: Any) -> np.ndarray:
         """scikit-learn-style validation of an (n, n_features) matrix."""
-        arr = np.asarray(X)
+        try:
+            arr = np.asarray(X)
+        except (TypeError, ValueError) as exc:  # ragged nested lists
+            raise InputError(f"X must be a 2D numeric array: {exc}", field="X") from None
         if arr.dtype.kind not in "biuf":
             if arr.dtype.kind == "O":
                 try:
                     arr = arr.astype(np.float64)
-                except (TypeError, ValueError) as exc:
+                except (TypeError, ValueError, OverflowError) as exc:
                     raise InputError(f"X must be numeric: {exc}", field="X") from None
             else:
                 raise InputError(f"X must be numeric, got dtype {arr.dtype}", field="X")
@@ -369,13 +405,28 @@ class Model:
             arr = np.ascontiguousarray(arr)
         return arr
 
-    def predict_proba_features(self, X: Any, *, n_threads: int = 1) -> np.ndarray:
+    def predict_proba_features(
+        self, X: Any, *, n_threads: int = 1, on_invalid: str = "raise"
+    ) -> np.ndarray:
         """Click probability for each row of X, columns in ``feature_names`` order.
 
         Inputs are rounded through float32 before they reach the trees, exactly
         as scikit-learn does. ``n_threads`` > 1 splits the rows over threads; the
         compiled loop runs without the GIL.
+
+        ``on_invalid="raise"`` (the default) raises an InputError for the first row
+        with a NaN, an infinity or a value too large for float32; ``"nan"`` gives
+        those rows NaN and scores the others. A wrong shape or a non-numeric
+        dtype concerns the whole matrix and raises either way.
         """
+        _check_on_invalid(on_invalid)
+        if on_invalid == "nan":
+            arr = self._check_features(X)
+            errors = RowErrors()
+            self._feature_errors(arr, errors)
+            if errors.errors:
+                return self._score_valid(arr, errors.invalid(arr.shape[0]), n_threads)
+            X = arr
         arr = self._check_features(X)
         run = self._predict_f32 if arr.dtype == np.float32 else self._predict_f64
         n = arr.shape[0]
@@ -400,24 +451,38 @@ class Model:
             )
         return self._builder
 
-    def predict_proba(self, sessions: Any) -> float | np.ndarray:
+    def predict_proba(self, sessions: Any, on_invalid: str = "raise") -> float | np.ndarray:
         """Click probability of one page view (a dict -> float) or of many (-> ndarray).
 
         Many may be a list of dicts, a dict of columns or a pandas DataFrame.
+
+        ``on_invalid="raise"`` (the default) raises an InputError naming the field
+        and the first bad rows. ``on_invalid="nan"`` is for offline scoring of
+        dirty logs: the valid rows are scored and the invalid ones get NaN (a
+        single page view returns ``nan``); use :meth:`score_batch` to also get
+        what was wrong with each. Problems of the batch as a whole (not a batch, a
+        missing column, columns of different lengths) raise either way.
         """
         builder = self._builder
         kernel = self._session_one
-        if kernel is not None and type(sessions) is dict:
+        if kernel is not None and type(sessions) is dict and on_invalid == "raise":
             # the hot path: one page view as a plain dict (a category is a str)
             if type(sessions.get("current_category")) is str:
                 try:
                     return kernel(*builder.raw(sessions))
                 except TypeError:  # a value C cannot take: the checked path names it
                     return kernel(*builder.checked_raw(sessions))
+        _check_on_invalid(on_invalid)
         builder = self.builder
+        if on_invalid == "nan":
+            if self._is_single(sessions):
+                try:
+                    return self.predict_proba(sessions)
+                except InputError:
+                    return math.nan
+            return self.score_batch(sessions, on_invalid="nan").probabilities
         if isinstance(sessions, Mapping):
-            first = sessions.get(builder.required_fields[0])
-            if first is None or isinstance(first, _SCALAR_TYPES):
+            if self._is_single(sessions):
                 if self._session_one is not None:
                     try:
                         return self._session_one(*builder.raw(sessions))
@@ -426,6 +491,64 @@ class Model:
                 return self._one(builder.row(sessions))
             return self._predict_f64(builder.transform(sessions))
         return self._predict_f64(builder.transform(self._columns(sessions)))
+
+    def score_batch(self, sessions: Any, on_invalid: str = "nan") -> BatchResult:
+        """Score a batch of page views, keeping going past invalid rows.
+
+        ``sessions`` is a list of dicts, a dict of columns or a DataFrame (one dict
+        is a batch of one). Returns a :class:`BatchResult`: ``probabilities`` (an
+        ndarray, NaN for each invalid row; the others equal ``predict_proba``) and
+        ``errors``, a list of :class:`RowError` ``(row, field, message)`` naming
+        every problem of every invalid row. Validation is vectorised per column:
+        each check finds all of a column's bad rows at once, and only valid rows
+        reach the compiled model. With ``on_invalid="raise"`` the first invalid rows
+        raise an InputError instead (and ``errors`` is empty).
+        """
+        _check_on_invalid(on_invalid)
+        builder = self.builder
+        errors = RowErrors() if on_invalid == "nan" else None
+        if isinstance(sessions, Mapping) and not self._is_single(sessions):
+            columns: Mapping[str, Any] = sessions
+        else:
+            if isinstance(sessions, Mapping):
+                sessions = [sessions]
+            columns = self._columns(sessions, errors)
+        X = builder.transform(columns, errors=errors)
+        if errors is None:
+            return BatchResult(self._predict_f64(X), [])
+        self._feature_errors(X, errors)
+        proba = self._score_valid(X, errors.invalid(X.shape[0]))
+        return BatchResult(proba, errors.sorted_errors())
+
+    def _is_single(self, sessions: Any) -> bool:
+        """A mapping whose first field is a scalar is one page view, not a dict of columns."""
+        if not isinstance(sessions, Mapping):
+            return False
+        for name in self.builder.required_fields:  # the first field present decides
+            if name in sessions:
+                value = sessions[name]
+                return value is None or isinstance(value, _SCALAR_TYPES)
+        return True
+
+    def _feature_errors(self, X: np.ndarray, errors: RowErrors) -> None:
+        """Record rows of a feature matrix the compiled model refuses (NaN, inf, > float32)."""
+        ok = np.abs(X) <= (np.float32(FLOAT32_MAX) if X.dtype == np.float32 else FLOAT32_MAX)
+        bad_rows = np.flatnonzero(~ok.all(axis=1))
+        for r in bad_rows.tolist():
+            c = int(np.flatnonzero(~ok[r])[0])
+            v = float(X[r, c])
+            what = "is NaN" if v != v else "is infinite" if abs(v) == math.inf else None
+            errors.add(self.feature_names[c], r, what or "is too large for float32")
+
+    def _score_valid(self, X: np.ndarray, invalid: np.ndarray, n_threads: int = 1) -> np.ndarray:
+        """Probabilities of the rows not marked invalid; NaN for the others."""
+        if not invalid.any():
+            return self.predict_proba_features(X, n_threads=n_threads)
+        out = np.full(X.shape[0], np.nan)
+        keep = ~invalid
+        if keep.any():
+            out[keep] = self.predict_proba_features(X[keep], n_threads=n_threads)
+        return out
 
     def features(self, sessions: Any) -> np.ndarray:
         """The feature matrix the model scores for these sessions (for inspection)."""
@@ -464,8 +587,14 @@ class Model:
         clone._builder = builder.with_catalog(catalog)
         return clone
 
-    def _columns(self, sessions: Any) -> Mapping[str, Any]:
-        fields = self.builder.required_fields
+    def _columns(self, sessions: Any, errors: RowErrors | None = None) -> Mapping[str, Any]:
+        """A list of dicts or a DataFrame as columns of the required fields.
+
+        With ``errors``, a row that is not a dict or lacks a field is recorded
+        there and gets valid placeholders, so the other rows are still scored.
+        """
+        builder = self.builder
+        fields = builder.required_fields
         if hasattr(sessions, "columns") and hasattr(sessions, "iloc"):  # a pandas DataFrame
             missing = [f for f in fields if f not in sessions.columns]
             if missing:
@@ -476,18 +605,28 @@ class Model:
                 "sessions must be a dict, a list of dicts, a dict of columns or a DataFrame; "
                 f"got {type(sessions).__name__}"
             )
-        for i, s in enumerate(sessions):
+        rows = list(sessions)
+        for i, s in enumerate(rows):
             if not isinstance(s, Mapping):
-                raise InputError(f"row {i} is a {type(s).__name__}, not a dict", rows=[i])
+                if errors is None:
+                    raise InputError(f"row {i} is a {type(s).__name__}, not a dict", rows=[i])
+                errors.add(None, i, f"is a {type(s).__name__}, not a dict")
+                rows[i] = {f: builder.placeholder(f) for f in fields}
         cols = {}
         for f in fields:
             col = []
-            for i, s in enumerate(sessions):
+            for i, s in enumerate(rows):
                 try:
                     col.append(s[f])
                 except KeyError:
-                    raise InputError(f"missing field {f!r} (row {i})", field=f, rows=[i]) from None
-            cols[f] = np.asarray(col, dtype=object) if col else np.empty(0)
+                    if errors is None:
+                        raise InputError(
+                            f"missing field {f!r} (row {i})", field=f, rows=[i]
+                        ) from None
+                    errors.add(f, i, "is missing")
+                    col.append(builder.placeholder(f))
+            # one item per row, even when every item is a list of the same length
+            cols[f] = np.fromiter(col, dtype=object, count=len(col)) if col else np.empty(0)
         return cols
 
 

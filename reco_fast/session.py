@@ -2,7 +2,7 @@
 
 Every event is a pure function from the stored state to the next state,
 applied atomically by a store: in memory (a lock, a TTL and a size bound) or
-in Redis (optimistic WATCH/MULTI transactions, so replicas behind a load
+in Redis (optimistic check-and-set transactions, so replicas behind a load
 balancer never lose each other's updates). A rejected event raises before the
 store is touched, so no event can leave a session half-updated.
 
@@ -23,6 +23,7 @@ import json
 import math
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,7 +56,12 @@ class SessionNotFound(InputError):
 
 
 class StoreUnavailable(RuntimeError):
-    """The session store (Redis) cannot be reached; the event was not applied."""
+    """The session store (Redis) cannot be reached.
+
+    The message says whether the event was not applied or, when the connection
+    dropped after the transaction was sent and retrying failed too, that it may
+    or may not have been applied.
+    """
 
 
 class SessionStore(Protocol):
@@ -125,11 +131,63 @@ class MemoryStore:
             return new
 
 
+# Check-and-set: write the new value only if the key still holds the value the update
+# read ('' = absent), and mark the event applied (a key that expires). Unlike a
+# WATCH/MULTI/EXEC, which redis-py resends on a new connection, no longer watched,
+# after a dropped reply (overwriting any concurrent update), a resent check-and-set
+# is still conditional.
+_CAS_LUA = """
+local cur = redis.call('GET', KEYS[1])
+if (cur == false and ARGV[1] == '') or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[4])
+  return 1
+end
+return 0
+"""
+
+
+def _fast_retry() -> Any:
+    """redis-py's retry policy for a live service: a few quick reconnects, then fail fast."""
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    return Retry(ExponentialBackoff(cap=0.1, base=0.01), 3)
+
+
 class RedisStore:
     """Session state in Redis, one JSON value per session, expiring after the TTL.
 
-    Each update is a WATCH/GET/MULTI/SET/EXEC transaction retried on conflict,
-    so concurrent updates of one session from several replicas all apply.
+    Each update is optimistic and atomic: read the value, compute the next state,
+    then write it with a server-side check-and-set (a Lua script: set only if
+    the value is still the one read), re-read and retry on conflict. Concurrent
+    updates of one session from several replicas all apply.
+
+    Faults (tested against a real server that is stopped, restarted and whose
+    connections are killed, tests/test_redis_faults.py):
+
+    - The server cannot be reached: :class:`StoreUnavailable` (within about a
+      second with :meth:`from_url`'s client). Nothing is half written (a
+      check-and-set applies whole or not at all). The same store reconnects by
+      itself once the server is back: it keeps no connection state between
+      updates, and redis-py reopens dropped connections.
+    - A connection drops mid-update: the update is retried on a new connection
+      (by redis-py, then ``reconnect_retries`` more times, default 1). Each update
+      has a random event id; the write that applies it also sets a marker key
+      ``<prefix without ':'>~event:<id>`` that expires after
+      ``idempotency_window`` seconds (default 120), and every attempt checks it
+      first. So a retry of an update that was applied but whose reply was lost
+      does not apply the event again, and a resent check-and-set cannot overwrite
+      another replica's update: no acknowledged event is lost, none is applied
+      twice. If the retries fail too, StoreUnavailable says whether the event was
+      not applied or "may or may not have been applied" (the write was sent, its
+      outcome is unknown).
+    - Session state is a cache with a TTL: a server that restarts without
+      persistence (``--save ""``) comes back empty, and sessions start again with
+      their next page view (other events raise SessionNotFound).
+
+    The script touches two keys, so on Redis Cluster give ``prefix`` a hash tag
+    (e.g. ``"{reco}:session:"``) to keep them in one slot.
     """
 
     def __init__(
@@ -138,18 +196,28 @@ class RedisStore:
         ttl: float = DEFAULT_TTL_SECONDS,
         prefix: str = "reco_fast:session:",
         max_retries: int = 50,
+        reconnect_retries: int = 1,
+        idempotency_window: float = 120.0,
     ):
         self.client = client
         self.ttl = float(ttl)
         self.prefix = prefix
+        self.event_prefix = prefix.rstrip(":") + "~event:"  # never matches prefix + "*"
         self.max_retries = max_retries
+        self.reconnect_retries = reconnect_retries
+        self.idempotency_window = float(idempotency_window)
+        self._cas = client.register_script(_CAS_LUA)  # no round trip: loaded on first use
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
+        """A store with its own client: 2 s socket timeouts, a few quick reconnects."""
         import redis
 
         return cls(
-            redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0), **kwargs
+            redis.Redis.from_url(
+                url, socket_timeout=2.0, socket_connect_timeout=2.0, retry=_fast_retry()
+            ),
+            **kwargs,
         )
 
     def _errors(self) -> tuple[type[BaseException], ...]:
@@ -165,27 +233,39 @@ class RedisStore:
         return None if raw is None else json.loads(raw)
 
     def update(self, session_id: str, fn: Callable[[State | None], State]) -> State:
-        import redis
-
         key = self.prefix + session_id
+        marker = self.event_prefix + uuid.uuid4().hex
         ttl_ms = max(1, int(self.ttl * 1000))
-        try:
-            with self.client.pipeline() as pipe:
-                for _ in range(self.max_retries):
-                    try:
-                        pipe.watch(key)
-                        raw = pipe.get(key)
-                        new = fn(None if raw is None else json.loads(raw))
-                        pipe.multi()
-                        pipe.set(key, json.dumps(new, separators=(",", ":")), px=ttl_ms)
-                        pipe.execute()
-                        return new
-                    except redis.WatchError:
-                        continue
-                    finally:
-                        pipe.reset()
-        except self._errors() as exc:
-            raise StoreUnavailable(f"session store unavailable: {exc}") from exc
+        window_ms = max(1, int(self.idempotency_window * 1000))
+        write_sent = False  # a write went out whose outcome may be unknown
+        failures = 0
+        conflicts = 0
+        while conflicts < self.max_retries:
+            try:
+                raw, applied = self.client.mget(key, marker)
+                if applied is not None:  # an earlier attempt applied it; its reply was lost
+                    if raw is None:
+                        raise StoreUnavailable(
+                            f"session {session_id!r} expired right after the event was applied"
+                        )
+                    return json.loads(raw)
+                new = fn(None if raw is None else json.loads(raw))
+                value = json.dumps(new, separators=(",", ":"))
+                write_sent = True
+                old = b"" if raw is None else raw
+                if self._cas(keys=[key, marker], args=[old, value, ttl_ms, window_ms]):
+                    return new
+                conflicts += 1  # another update came first (or this one, resent): re-read
+            except self._errors() as exc:
+                failures += 1
+                if failures <= self.reconnect_retries:
+                    continue  # same event id: a retry cannot apply the event twice
+                outcome = (
+                    "the event may or may not have been applied"
+                    if write_sent
+                    else "the event was not applied"
+                )
+                raise StoreUnavailable(f"session store unavailable ({outcome}): {exc}") from exc
         raise StoreUnavailable(
             f"session {session_id!r} is too contended: "
             f"{self.max_retries} conflicting updates in a row"

@@ -1,0 +1,316 @@
+"""``reco-fast`` subcommands, run as a user runs them: a child process per call.
+
+Every subcommand has ``--help``; every failure exits non-zero with one line on
+stderr (no traceback); ``score`` streams a file in chunks into a CSV that keeps
+each input line and adds ``click_probability``; ``recommend`` prints JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import subprocess_env
+
+from reco_fast.score import supports_on_invalid
+
+SUBCOMMANDS = ("build", "verify", "info", "bench", "score", "recommend")
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "reco_fast.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        input=stdin,
+        timeout=300,
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], command: str) -> str:
+    """The failure contract: non-zero exit, no traceback, one 'reco-fast CMD: error:' line."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("reco-fast ")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith(f"reco-fast {command}: error: "), proc.stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def session_json(built) -> dict:
+    row = built.log[built.log["prev_product_1"] != "NONE"].iloc[3]
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
+
+
+# ---- --help and the shared error contract ----------------------------------------------------
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command):
+    proc = run(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: reco-fast {command}")
+
+
+def test_top_level_help_lists_every_subcommand():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for command in SUBCOMMANDS:
+        assert command in proc.stdout
+
+
+def test_verify_and_info(built):
+    proc = run("verify", built.path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok: ")
+    proc = run("info", built.path)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["feature_names"] == list(built.model.feature_names)
+    assert "golden" not in info
+
+
+@pytest.mark.parametrize("command", ["verify", "info", "score", "recommend", "bench"])
+def test_a_missing_artifact_is_a_one_line_error(command, tmp_path):
+    extra = {
+        "score": ["--input", tmp_path / "x.csv", "--output", tmp_path / "y.csv"],
+        "recommend": ["--session", "{}"],
+    }.get(command, [])
+    proc = run(command, tmp_path / "nothing", *extra)
+    assert "is not a directory" in one_line_error(proc, command)
+
+
+def test_build_with_a_missing_data_file_is_a_one_line_error(tmp_path):
+    proc = run("build", "--data", tmp_path / "missing.csv", "--out", tmp_path / "a", "-q")
+    assert "missing.csv" in one_line_error(proc, "build")
+    assert not (tmp_path / "a").exists()
+
+
+# ---- score -----------------------------------------------------------------------------------
+
+
+def test_score_streams_in_chunks_and_matches_the_model(built, small_csv, tmp_path):
+    out = tmp_path / "scored.csv"
+    proc = run("score", built.path, "--input", small_csv, "--output", out, "--chunksize", "700")
+    assert proc.returncode == 0, proc.stderr
+    assert "scored 3,000 rows (100%)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines_in = small_csv.read_text().splitlines()
+    lines_out = out.read_text().splitlines()
+    assert lines_out[0] == lines_in[0] + ",click_probability"
+    assert len(lines_out) == len(lines_in)
+    for a, b in zip(lines_in[1:], lines_out[1:], strict=True):  # every input line, verbatim
+        assert b.rsplit(",", 1)[0] == a
+    scored = pd.read_csv(out)
+    expected = built.model.predict_proba(pd.read_csv(small_csv))
+    assert np.array_equal(scored["click_probability"].to_numpy(), expected)  # exact: repr
+
+
+def test_score_keeps_quoted_fields_that_span_lines(built, small_csv, tmp_path):
+    frame = pd.read_csv(small_csv, nrows=40)
+    frame["session_id"] = [f'S "{i}"\nsecond line, with comma' for i in range(40)]
+    src, out = tmp_path / "quoted.csv", tmp_path / "scored.csv"
+    frame.to_csv(src, index=False)
+    proc = run("score", built.path, "--input", src, "--output", out, "--chunksize", "7", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    scored = pd.read_csv(out)
+    assert scored["session_id"].tolist() == frame["session_id"].tolist()
+    assert np.array_equal(scored["click_probability"].to_numpy(), built.model.predict_proba(frame))
+
+
+@pytest.mark.parametrize(
+    "column, cell, message",
+    [
+        ("scroll_depth", "1.5", "'scroll_depth' must be <= 1, got 1.5 (row 2345)"),
+        (
+            "time_on_page_sec",
+            "abc",
+            "'time_on_page_sec' must be a number, got str 'abc' (row 2345)",
+        ),
+        ("device_type", "Fridge", "(row 2345)"),
+    ],
+)
+def test_score_names_the_bad_row_counted_from_the_start_of_the_file(
+    built, small_csv, tmp_path, column, cell, message
+):
+    frame = pd.read_csv(small_csv, dtype=str, keep_default_na=False)
+    frame.loc[2345, column] = cell
+    src, out = tmp_path / "bad.csv", tmp_path / "scored.csv"
+    frame.to_csv(src, index=False)
+    proc = run("score", built.path, "--input", src, "--output", out, "--chunksize", "1000")
+    line = one_line_error(proc, "score")
+    assert message in line
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == [src]  # no partial output left behind
+
+
+def test_score_on_invalid_nan(built, small_csv, tmp_path):
+    frame = pd.read_csv(small_csv, dtype=str, keep_default_na=False).head(500)
+    frame.loc[123, "time_on_page_sec"] = "abc"
+    src, out = tmp_path / "bad.csv", tmp_path / "scored.csv"
+    frame.to_csv(src, index=False)
+    proc = run("score", built.path, "--input", src, "--output", out, "--on-invalid", "nan")
+    if not supports_on_invalid(built.model):
+        assert "--on-invalid nan" in one_line_error(proc, "score")
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert "1 invalid" in proc.stderr
+    scored = pd.read_csv(out)
+    p = scored["click_probability"].to_numpy()
+    assert math.isnan(p[123]) and np.isfinite(np.delete(p, 123)).all()
+    good = pd.read_csv(small_csv).head(500).drop(index=123)
+    assert np.array_equal(np.delete(p, 123), built.model.predict_proba(good))
+
+
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("missing-input", "no such file"),
+        ("missing-column", "missing column 'scroll_depth'"),
+        ("empty", "empty"),
+        ("header-only", "no rows"),
+        ("parquet-output", "written as CSV"),
+    ],
+)
+def test_score_errors(built, small_csv, tmp_path, problem, expected):
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    text = small_csv.read_text()
+    if problem == "missing-column":
+        pd.read_csv(small_csv).drop(columns="scroll_depth").to_csv(src, index=False)
+    elif problem == "empty":
+        src.write_text("")
+    elif problem == "header-only":
+        src.write_text(text.splitlines(keepends=True)[0])
+    elif problem == "parquet-output":
+        src.write_text(text)
+        out = tmp_path / "out.parquet"
+    proc = run("score", built.path, "--input", src, "--output", out)
+    assert expected in one_line_error(proc, "score")
+    assert not out.exists()
+
+
+def test_score_bad_arguments_exit_2(built, small_csv, tmp_path):
+    out = tmp_path / "o.csv"
+    for bad in (["--chunksize", "0"], ["--on-invalid", "skip"]):
+        proc = run("score", built.path, "--input", small_csv, "--output", out, *bad)
+        assert proc.returncode == 2
+        assert "Traceback" not in proc.stderr
+
+
+def test_score_parquet(built, small_csv, tmp_path):
+    src, out = tmp_path / "in.parquet", tmp_path / "out.csv"
+    if importlib.util.find_spec("pyarrow") is None:
+        src.write_bytes(b"PAR1")
+        proc = run("score", built.path, "--input", src, "--output", out)
+        assert "needs pyarrow" in one_line_error(proc, "score")
+        return
+    frame = pd.read_csv(small_csv, dtype={"current_product_id": str})
+    frame.to_parquet(src)
+    proc = run("score", built.path, "--input", src, "--output", out, "--chunksize", "999")
+    assert proc.returncode == 0, proc.stderr
+    scored = pd.read_csv(out)
+    assert np.array_equal(scored["click_probability"].to_numpy(), built.model.predict_proba(frame))
+
+
+# ---- recommend -------------------------------------------------------------------------------
+
+
+def _expected(built, session, k=3, threshold=None):
+    recs = built.model.recommend(session, k=k, threshold=threshold)
+    return [
+        {"product_id": r.product_id, "probability": r.probability, "reason": r.reason} for r in recs
+    ]
+
+
+def test_recommend_inline_json_file_and_stdin(built, session_json, tmp_path):
+    path = tmp_path / "session.json"
+    path.write_text(json.dumps(session_json))
+    for args, stdin in (
+        (["--session", json.dumps(session_json)], None),
+        (["--session", f"@{path}"], None),
+        (["--session", "@-"], json.dumps(session_json)),
+    ):
+        proc = run("recommend", built.path, *args, "-k", "5", "--threshold", "0.2", stdin=stdin)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout)
+        assert got["k"] == 5 and got["threshold"] == 0.2
+        assert got["recommendations"] == _expected(built, session_json, 5, 0.2)
+        assert got["recommendations"], "a low threshold should recommend something"
+
+
+def test_recommend_defaults_to_the_artifacts_threshold(built, session_json):
+    proc = run("recommend", built.path, "--session", json.dumps(session_json))
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["threshold"] == built.model.threshold == 0.7
+    assert got["recommendations"] == _expected(built, session_json)
+    assert len(got["recommendations"]) <= 3
+
+
+@pytest.mark.parametrize(
+    "session, expected",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"current_product_id": "PROD0001"}', "missing field"),
+        ("@/nonexistent/session.json", "cannot read the session"),
+    ],
+)
+def test_recommend_errors(built, session, expected):
+    proc = run("recommend", built.path, "--session", session)
+    assert expected in one_line_error(proc, "recommend")
+
+
+def test_recommend_bad_k_and_threshold(built, session_json):
+    s = json.dumps(session_json)
+    assert "k must be" in one_line_error(
+        run("recommend", built.path, "--session", s, "-k", "-1"), "recommend"
+    )
+    assert "threshold must be" in one_line_error(
+        run("recommend", built.path, "--session", s, "--threshold", "1.5"), "recommend"
+    )
+
+
+def test_help_mentions_the_output_column_and_progress():
+    text = run("score", "--help").stdout
+    assert "click_probability" in text and "stderr" in text
+    assert "@file.json" in run("recommend", "--help").stdout
+
+
+def test_score_output_is_readable_by_csv_module(built, small_csv, tmp_path):
+    out = tmp_path / "scored.csv"
+    assert run("score", built.path, "--input", small_csv, "--output", out, "-q").returncode == 0
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][-1] == "click_probability"
+    assert all(len(r) == len(rows[0]) for r in rows)
+    assert Path(out).stat().st_mode & 0o044  # readable like a normal file, not mkstemp's 0600
+
+
+def test_score_without_pandas_is_a_one_line_error(built, small_csv, tmp_path):
+    code = (
+        "import sys; sys.modules['pandas'] = None; from reco_fast.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    out = tmp_path / "o.csv"
+    args = ["score", str(built.path), "--input", str(small_csv), "--output", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert "needs pandas" in one_line_error(proc, "score")
+    assert not out.exists()
