@@ -12,7 +12,7 @@ from .errors import ArtifactError, CompileError, InputError
 from .features import Catalog
 from .handle import ModelHandle
 from .recommend import Recommendation
-from .runtime import Model, load
+from .runtime import BatchResult, Model, RowError, load
 from .session import MemoryStore, RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
 
 
@@ -29,6 +29,7 @@ def compile_model(estimator, out_dir, feature_names=None, **kwargs):  # type: ig
 
 __all__ = [
     "ArtifactError",
+    "BatchResult",
     "Catalog",
     "CompileError",
     "InputError",
@@ -37,6 +38,7 @@ __all__ = [
     "ModelHandle",
     "Recommendation",
     "RedisStore",
+    "RowError",
     "SessionNotFound",
     "SessionTracker",
     "StoreUnavailable",

@@ -437,10 +437,6 @@ class FeatureBuilder:
             self._buffers[ffi] = cached
         return cached
 
-    def candidate_category_code(self, position: int) -> float:
-        """Category code of the catalog product at this position."""
-        return float(self._cat_codes[position])
-
     def with_catalog(self, catalog: Catalog) -> FeatureBuilder:
         return FeatureBuilder(self.feature_set, self.vocabulary, catalog)
 
@@ -692,13 +688,3 @@ class FeatureBuilder:
         np.divide(R[1], max(session_row[1], MIN_PRICE_FOR_RATIO), out=R[3])
         R[4] = viewed[candidate_idx]
         return R
-
-    def candidates(
-        self, session_row: Sequence[float], candidate_idx: np.ndarray, viewed: np.ndarray
-    ) -> np.ndarray:
-        """The full (n_candidates, n_features) matrix of one session against many products."""
-        rest = self.candidate_rest(session_row, candidate_idx, viewed)
-        X = np.empty((len(candidate_idx), self.n_features), dtype=np.float64)
-        X[:, :19] = session_row
-        X[:, 19:] = rest.T
-        return X

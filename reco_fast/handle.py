@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,21 +76,14 @@ class ModelHandle:
         """The artifact directory the current model came from (what ``reload`` re-opens)."""
         return self._path
 
-    def predict_proba(self, sessions: Any) -> Any:
-        return self._model.predict_proba(sessions)
+    def predict_proba(self, sessions: Any, **kwargs: Any) -> Any:
+        return self._model.predict_proba(sessions, **kwargs)
 
-    def predict_proba_features(self, X: Any, *, n_threads: int = 1) -> Any:
-        return self._model.predict_proba_features(X, n_threads=n_threads)
+    def predict_proba_features(self, X: Any, **kwargs: Any) -> Any:
+        return self._model.predict_proba_features(X, **kwargs)
 
-    def recommend(
-        self,
-        session: Any,
-        k: int = 3,
-        threshold: float | None = None,
-        candidates: Sequence[str] | None = None,
-        exclude: Iterable[str] = ("viewed", "in_cart"),
-    ) -> list[Recommendation]:
-        return self._model.recommend(session, k, threshold, candidates, exclude)
+    def recommend(self, session: Any, *args: Any, **kwargs: Any) -> list[Recommendation]:
+        return self._model.recommend(session, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         # only reached for names the handle does not define: builder, features, threshold...

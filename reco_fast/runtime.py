@@ -23,7 +23,7 @@ import numpy as np
 from .artifact import CATALOG_FILE, read_metadata
 from .errors import ArtifactError, InputError
 from .features import Catalog, FeatureBuilder, Vocabulary
-from .recommend import Recommendation, recommend
+from .recommend import EXCLUDABLE, Recommendation, recommend
 from .schema import FLOAT32_MAX, RowError, RowErrors
 
 __all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
@@ -566,7 +566,7 @@ class Model:
         k: int = 3,
         threshold: float | None = None,
         candidates: Sequence[str] | None = None,
-        exclude: Iterable[str] = ("viewed", "in_cart"),
+        exclude: Iterable[str] = EXCLUDABLE,
     ) -> list[Recommendation]:
         """The top k products for this session at or above ``threshold`` (default: the
         artifact's, 0.7). See :func:`reco_fast.recommend.recommend`."""

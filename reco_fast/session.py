@@ -393,7 +393,7 @@ class SessionTracker:
             ("device_type", device_type, self._cat.devices),
             ("traffic_source", traffic_source, self._cat.traffic_sources),
         ):
-            if value is not None and value not in allowed:
+            if value is not None and (not isinstance(value, str) or value not in allowed):
                 raise InputError(
                     f"{name!r} has unknown value {value!r}; the model knows {sorted(allowed)}",
                     field=name,
@@ -539,7 +539,11 @@ class SessionTracker:
 
     # -- reading --
     def context(self, session_id: str) -> dict[str, Any]:
-        """The current page view in the seed's schema, ready for predict_proba / recommend."""
+        """The current page view in the seed's schema, ready for ``Model.recommend``.
+
+        To score one particular product with ``predict_proba``, add its
+        ``recommended_product_id`` to the dict.
+        """
         _check_id("session_id", session_id)
         state = self.store.get(session_id)
         if state is None:
