@@ -66,6 +66,9 @@ class Peer:
     def _predict_f64(self, X: np.ndarray) -> np.ndarray:
         return np.asarray(self._score(X), dtype=np.float64).reshape(-1)
 
+    def _top_candidates(self, *args: Any) -> None:
+        return None  # no compiled top-k: recommend() scores through _predict_prefix
+
     def _predict_prefix(self, prefix: Any, rest: np.ndarray) -> np.ndarray:
         n_prefix = len(prefix)  # rest is feature-major: (n_rest_features, n_rows)
         X = np.empty((rest.shape[1], n_prefix + rest.shape[0]), dtype=np.float64)
