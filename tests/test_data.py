@@ -355,3 +355,28 @@ def test_build_model_cli_bad_csv(text_log, built: Built, tmp_path: Path) -> None
     assert "'scroll_depth' must be <= 1, got 1.5 (row 4)" in errors[0]
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_seed_model_on_the_default_data_reproduces_the_seed_results() -> None:
+    """The seed's notebook on the generated data: high-confidence (>= 0.7) click rate about
+    71% (the seed's 71.2%), engagement score the strongest feature, and time on page, price
+    and scroll depth among the strongest (the seed's top five hold all four)."""
+    from reco_fast._generate import generate
+    from reco_fast.features import FeatureBuilder, Vocabulary
+    from reco_fast.train import fit, split
+
+    log, _ = generate(seed=42)
+    vocabulary = Vocabulary.fit(log["current_category"], log["device_type"], log["traffic_source"])
+    builder = FeatureBuilder("seed", vocabulary)
+    X = builder.transform({c: log[c].to_numpy() for c in log.columns})
+    y = log["recommendation_clicked"].to_numpy()
+    parts = split(X, y)
+    estimator, _ = fit(parts.X_train, parts.y_train)
+    proba = estimator.predict_proba(parts.X_test)[:, 1]
+    shown = proba >= 0.7
+    assert shown.sum() >= 200
+    ctr = parts.y_test[shown].mean()
+    assert 0.69 <= ctr <= 0.74, ctr
+    order = [builder.feature_names[i] for i in np.argsort(-estimator.feature_importances_)]
+    assert order[0] == "engagement_score"
+    assert {"time_on_page_sec", "current_price", "scroll_depth"} <= set(order[:7]), order[:7]
