@@ -2,8 +2,9 @@
 
 Needs numpy and cffi only. The compiled entry points are called through cffi's
 API mode, which releases the GIL for the duration of each call, so batches can
-be split across threads. Every shape and value is validated here, in Python,
-before any pointer reaches C.
+be split across threads. Every shape and dtype is validated here, in Python,
+before any pointer reaches C; batch values are checked by the compiled loops as
+they convert them (finite, within float32), which costs no extra pass.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ class Model:
         """Load an artifact after checking checksums, platform and golden outputs.
 
         ``backend`` overrides the artifact's default evaluator: "flat" (the
-        branch-free evaluator, AVX2 when the CPU has it), "flat-portable",
+        branch-free evaluator, AVX-512 or AVX2 when the CPU has it), "flat-portable",
         "flat-avx512", "flat-avx2" or "tl2cgen" (tl2cgen's reference code). Every backend the
         CPU supports is checked against the golden outputs.
         """
