@@ -583,6 +583,22 @@ class FeatureBuilder:
 
     def viewed_ids(self, session: Mapping[str, Any]) -> tuple[str, ...]:
         """Products this session has seen (current and previous three), "NONE" excluded."""
+        try:
+            ids = (
+                session["current_product_id"],
+                session["prev_product_1"],
+                session["prev_product_2"],
+                session["prev_product_3"],
+            )
+            if (
+                type(ids[0]) is str
+                and type(ids[1]) is str
+                and type(ids[2]) is str
+                and type(ids[3]) is str
+            ):
+                return tuple(v for v in ids if v != NONE_PRODUCT)
+        except (KeyError, TypeError):
+            pass
         return tuple(v for v in (_label(session, f) for f in VIEWED_FIELDS) if v != NONE_PRODUCT)
 
     # ---- columns -------------------------------------------------------------------------
