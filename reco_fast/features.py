@@ -380,6 +380,23 @@ def _label(session: Mapping[str, Any], name: str) -> str:
     return v
 
 
+def _viewed_strings(session: Mapping[str, Any]) -> tuple[str, str, str, str] | None:
+    """The current and previous three product ids ("NONE" kept), or None if any is missing
+    or not a string (the caller's checked path then names the field)."""
+    try:
+        ids = (
+            session["current_product_id"],
+            session["prev_product_1"],
+            session["prev_product_2"],
+            session["prev_product_3"],
+        )
+    except (KeyError, TypeError):
+        return None
+    if type(ids[0]) is str and type(ids[1]) is str and type(ids[2]) is str and type(ids[3]) is str:
+        return ids
+    return None
+
+
 class FeatureBuilder:
     """Turns raw page views into the model's feature matrix.
 
@@ -507,24 +524,14 @@ class FeatureBuilder:
         raw = self.session_raw(session)
         if not self.ranks_products:
             return raw
-        try:
-            rec = session["recommended_product_id"]
-            rcat, rprice = self._product[rec]
-            seen = (
-                session["current_product_id"],
-                session["prev_product_1"],
-                session["prev_product_2"],
-                session["prev_product_3"],
-            )
-            if (
-                type(seen[0]) is str
-                and type(seen[1]) is str
-                and type(seen[2]) is str
-                and type(seen[3]) is str
-            ):
+        seen = _viewed_strings(session)
+        if seen is not None:
+            try:
+                rec = session["recommended_product_id"]
+                rcat, rprice = self._product[rec]
                 return (*raw, rcat, rprice, 1.0 if rec in seen else 0.0)
-        except (KeyError, TypeError):
-            pass
+            except (KeyError, TypeError):
+                pass
         return self.checked_raw(session)
 
     def checked_raw(self, session: Mapping[str, Any]) -> tuple[float, ...]:
@@ -583,22 +590,9 @@ class FeatureBuilder:
 
     def viewed_ids(self, session: Mapping[str, Any]) -> tuple[str, ...]:
         """Products this session has seen (current and previous three), "NONE" excluded."""
-        try:
-            ids = (
-                session["current_product_id"],
-                session["prev_product_1"],
-                session["prev_product_2"],
-                session["prev_product_3"],
-            )
-            if (
-                type(ids[0]) is str
-                and type(ids[1]) is str
-                and type(ids[2]) is str
-                and type(ids[3]) is str
-            ):
-                return tuple(v for v in ids if v != NONE_PRODUCT)
-        except (KeyError, TypeError):
-            pass
+        ids = _viewed_strings(session)
+        if ids is not None:
+            return tuple(v for v in ids if v != NONE_PRODUCT)
         return tuple(v for v in (_label(session, f) for f in VIEWED_FIELDS) if v != NONE_PRODUCT)
 
     # ---- columns -------------------------------------------------------------------------
