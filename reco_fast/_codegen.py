@@ -188,25 +188,70 @@ def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str,
         )
         cdef += f"double rs_predict_{backend}({params});\n"
     if feature_set == "ranking":
-        source += CANDIDATE_KERNEL_C + TOPK_C
+        source += CANDIDATE_KERNEL_C + TOPK_C + RECOMMEND_C
         kinds = [("tl2cgen", "rf_predict_prefix")] + (
             [(k, f"rq_predict_prefix_{k}") for k in ("portable", "avx2", "avx512")] if flat else []
         )
         for kind, prefix in kinds:
             signature = (
-                f"size_t rs_recommend_{kind}(const double* row, const double* cat_codes, "
-                "const double* prices, const int64_t* cand, size_t m, const uint8_t* viewed, "
-                "double threshold, size_t k, double* rest, double* proba, int64_t* top)"
+                f"int64_t rs_recommend_{kind}(const double* row, const double* cat_codes, "
+                "const double* prices, size_t n_catalog, const int64_t* viewed_pos, "
+                "size_t n_viewed, const int64_t* drop_pos, size_t n_drop, const int64_t* cand, "
+                "size_t n_cand, double threshold, size_t k, int64_t* top_pos, double* top_p)"
             )
             source += (
                 f"{signature} {{\n"
-                "  rs_candidate_rest(row, cat_codes, prices, cand, m, viewed, rest);\n"
-                f"  {prefix}(row, 19, rest, m, proba);\n"
-                "  return rs_top_k(proba, m, threshold, k, top);\n}\n"
+                "  return rs_recommend(row, cat_codes, prices, n_catalog, viewed_pos, n_viewed,\n"
+                "                      drop_pos, n_drop, cand, n_cand, threshold, k, top_pos,\n"
+                f"                      top_p, {prefix});\n}}\n"
             )
             cdef += signature + ";\n"
     return source, cdef
 
+
+RECOMMEND_C = """
+#include <stdlib.h>
+typedef void (*rs_prefix_fn)(const double*, size_t, const double*, size_t, double*);
+
+/* One session against the catalog (or the caller's candidates, deduplicated and
+   validated by the caller), in one call: drop excluded products, build the candidate
+   features, score, keep the top k. Returns how many were kept, or -1 if out of memory. */
+static int64_t rs_recommend(const double* row, const double* cat_codes, const double* prices,
+                            size_t n_catalog, const int64_t* viewed_pos, size_t n_viewed,
+                            const int64_t* drop_pos, size_t n_drop, const int64_t* cand,
+                            size_t n_cand, double threshold, size_t k, int64_t* top_pos,
+                            double* top_p, rs_prefix_fn prefix) {
+  const size_t m_max = cand ? n_cand : n_catalog;
+  uint8_t* flags = calloc(n_catalog ? n_catalog : 1, 2);
+  int64_t* kept = malloc((m_max ? m_max : 1) * (2 * sizeof(int64_t) + 6 * sizeof(double)));
+  if (!flags || !kept) { free(flags); free(kept); return -1; }
+  uint8_t* viewed = flags;
+  uint8_t* dropped = flags + n_catalog;
+  for (size_t i = 0; i < n_viewed; ++i) viewed[viewed_pos[i]] = 1;
+  for (size_t i = 0; i < n_drop; ++i) dropped[drop_pos[i]] = 1;
+  size_t m = 0;
+  for (size_t i = 0; i < m_max; ++i) {
+    const int64_t p = cand ? cand[i] : (int64_t)i;
+    if (!dropped[p]) kept[m++] = p;
+  }
+  int64_t* order = kept + m_max;
+  double* rest = (double*)(order + m_max);
+  double* proba = rest + 5 * m_max;
+  size_t count = 0;
+  if (m > 0) {
+    rs_candidate_rest(row, cat_codes, prices, kept, m, viewed, rest);
+    prefix(row, 19, rest, m, proba);
+    count = rs_top_k(proba, m, threshold, k, order);
+    for (size_t j = 0; j < count; ++j) {
+      top_pos[j] = kept[order[j]];
+      top_p[j] = proba[order[j]];
+    }
+  }
+  free(flags);
+  free(kept);
+  return (int64_t)count;
+}
+"""
 
 TOPK_C = """
 /* The k best rows at or above the threshold, by probability then position: an insertion

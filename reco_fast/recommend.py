@@ -136,19 +136,11 @@ def recommend(
         raise InputError(f"{CART_FIELD!r} must be a list of product ids", field=CART_FIELD)
     cart_pos = [catalog.index(p, CART_FIELD) for p in cart_ids]
 
-    n = len(catalog)
-    viewed = np.zeros(n, dtype=bool)
-    viewed[viewed_pos] = True
-    drop = None
-    if "viewed" in exclude and viewed_pos:
-        drop = viewed.copy()
-    if "in_cart" in exclude and cart_pos:
-        if drop is None:
-            drop = np.zeros(n, dtype=bool)
-        drop[cart_pos] = True
-    if candidates is None:
-        cand = builder.all_positions if drop is None else np.flatnonzero(~drop).astype(np.int64)
-    else:
+    drop_pos = (viewed_pos if "viewed" in exclude else []) + (
+        cart_pos if "in_cart" in exclude else []
+    )
+    cand = None
+    if candidates is not None:
         if isinstance(candidates, str) or not isinstance(candidates, Sequence):
             raise InputError("candidates must be a list of product ids", field="candidates")
         cand = np.fromiter(
@@ -158,18 +150,23 @@ def recommend(
         )
         _, first = np.unique(cand, return_index=True)
         cand = cand[np.sort(first)]  # a product listed twice is recommended once
-        if drop is not None:
-            cand = cand[~drop[cand]]
-    if k == 0 or cand.size == 0:
+    if k == 0 or (cand is not None and cand.size == 0):
         return []
 
-    picked = model._top_candidates(row, cand, viewed, threshold, k)
+    picked = model._top_candidates(row, viewed_pos, drop_pos, cand, threshold, k)
     if picked is None:  # no compiled recommend kernel: the same steps in numpy
-        rest = builder.candidate_rest(row, cand, viewed)
+        n = len(catalog)
+        viewed = np.zeros(n, dtype=bool)
+        viewed[viewed_pos] = True
+        drop = np.zeros(n, dtype=bool)
+        drop[drop_pos] = True
+        pool = builder.all_positions if cand is None else cand
+        pool = pool[~drop[pool]]
+        rest = builder.candidate_rest(row, pool, viewed)
         proba = model._predict_prefix(row, rest)
         keep = np.flatnonzero(proba >= threshold).tolist()
         top = sorted(keep, key=lambda i: (-proba[i], i))[:k]  # ties: catalog order
-        picked = (top, proba[top].tolist())
+        picked = (pool[top].tolist(), proba[top].tolist())
     codes = builder.category_codes
     ids = builder.product_id_list
     prices = builder.price_list
@@ -177,8 +174,7 @@ def recommend(
     browsed = {codes[p] for p in viewed_pos}
     denominator = max(row[1], MIN_PRICE_FOR_RATIO)
     out = []
-    for i, p in zip(*picked, strict=True):
-        pos = int(cand[i])
+    for pos, p in zip(*picked, strict=True):
         reason = _reason(codes[pos], row[0], cart_cats, browsed, prices[pos] / denominator)
         out.append(Recommendation(ids[pos], p, reason))
     return out

@@ -312,40 +312,52 @@ class Model:
         return self._run(self._batch32, "float[]", X, row_offset)
 
     def _top_candidates(
-        self, row: Sequence[float], cand: np.ndarray, viewed: np.ndarray, threshold: float, k: int
+        self,
+        row: Sequence[float],
+        viewed_pos: list[int],
+        drop_pos: list[int],
+        cand: np.ndarray | None,
+        threshold: float,
+        k: int,
     ) -> tuple[list[int], list[float]] | None:
         """Score candidates for one session and pick the top k in one compiled call.
 
-        ``cand`` holds int64 catalog positions and ``viewed`` a bool mask over the
-        catalog. Returns (positions into ``cand``, probabilities), best first, or None
-        when the artifact has no recommend kernel (the caller then uses numpy).
+        ``viewed_pos`` and ``drop_pos`` are catalog positions (viewed; excluded),
+        ``cand`` the caller's deduplicated int64 candidate positions or None for
+        the whole catalog. Returns (catalog positions, probabilities), best first,
+        or None when the artifact has no recommend kernel (the caller uses numpy).
         """
         kernel = self._recommend_kernel
         builder = self._builder
         if kernel is None or builder is None or builder.catalog is None:
             return None
-        m = len(cand)
-        k = min(k, m)  # no more than the candidates (and a huge k must not size a buffer)
+        n_catalog = len(builder.catalog)
+        k = min(k, n_catalog if cand is None else len(cand))  # a huge k must not size a buffer
+        if k <= 0:
+            return [], []
         ffi = self._ffi
         cat_codes, prices = builder.catalog_buffers(ffi)
-        rest = np.empty(5 * m, dtype=np.float64)
-        proba = np.empty(m, dtype=np.float64)
-        top = np.empty(max(k, 1), dtype=np.int64)
+        top_pos = ffi.new("int64_t[]", k)
+        top_p = ffi.new("double[]", k)
         count = kernel(
             row,
             cat_codes,
             prices,
-            ffi.from_buffer("int64_t[]", cand),
-            m,
-            ffi.from_buffer("uint8_t[]", viewed),
+            n_catalog,
+            viewed_pos,
+            len(viewed_pos),
+            drop_pos,
+            len(drop_pos),
+            ffi.NULL if cand is None else ffi.from_buffer("int64_t[]", cand),
+            0 if cand is None else len(cand),
             threshold,
             k,
-            ffi.from_buffer("double[]", rest, require_writable=True),
-            ffi.from_buffer("double[]", proba, require_writable=True),
-            ffi.from_buffer("int64_t[]", top, require_writable=True),
+            top_pos,
+            top_p,
         )
-        chosen = top[:count].tolist()
-        return chosen, proba[chosen].tolist()
+        if count < 0:
+            raise MemoryError("recommend: out of memory")
+        return ffi.unpack(top_pos, count), ffi.unpack(top_p, count)
 
     def _predict_prefix(self, prefix: Sequence[float], rest: np.ndarray) -> np.ndarray:
         """Row i = prefix + rest[:, i]: one session's features in front of each candidate's.
