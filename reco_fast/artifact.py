@@ -200,6 +200,17 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def load_metadata_file(meta_path: Path) -> dict[str, Any]:
+    """Parse a metadata.json and check it is reco_fast's, nothing more (no checksums)."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{meta_path} is unreadable or damaged: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != "reco_fast":
+        raise ArtifactError(f"{meta_path} is not reco_fast metadata")
+    return meta
+
+
 def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     """Read and check an artifact's metadata and checksums; raise ArtifactError if anything is off."""
     root = Path(path)
@@ -210,12 +221,7 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
         raise ArtifactError(
             f"{root} has no {METADATA_FILE}: not a reco_fast artifact (or an interrupted copy)"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{meta_path} is unreadable or damaged: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != "reco_fast":
-        raise ArtifactError(f"{meta_path} is not reco_fast metadata")
+    meta = load_metadata_file(meta_path)
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ArtifactError(

@@ -201,6 +201,7 @@ def parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_verify)
 
     from .bench import DEFAULT_BATCH_SIZES, DEFAULT_ROUNDS, GATES
+    from .runtime import BACKENDS
 
     be = sub.add_parser(
         "bench",
@@ -215,7 +216,7 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("artifact")
     be.add_argument(
         "--backend",
-        choices=["flat", "flat-avx512", "flat-avx2", "flat-portable", "tl2cgen"],
+        choices=BACKENDS,
         help="evaluator to measure (default: the artifact's)",
     )
     be.add_argument(

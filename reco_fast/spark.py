@@ -38,7 +38,6 @@ known before any job runs and a driver on another platform can still plan the jo
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -49,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifact import METADATA_FILE
+from .artifact import METADATA_FILE, load_metadata_file
 from .errors import ArtifactError
 from .features import FEATURE_SETS, SESSION_NUMERIC, VIEWED_FIELDS
 from .runtime import Model, load
@@ -139,14 +138,7 @@ class ArtifactRef:
 
     def metadata(self) -> dict[str, Any]:
         """metadata.json as the driver sees it (no native code is loaded)."""
-        meta_path = _local_path(self.path) / METADATA_FILE
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"cannot read {meta_path}: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("format") != "reco_fast":
-            raise ArtifactError(f"{meta_path} is not reco_fast metadata")
-        return meta
+        return load_metadata_file(_local_path(self.path) / METADATA_FILE)
 
 
 def _required_columns(meta: dict[str, Any], features: bool) -> tuple[str, ...]:
