@@ -8,12 +8,19 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import ArtifactError, CompileError, InputError
+from .errors import (
+    ArtifactError,
+    CompileError,
+    InputError,
+    RecoFastError,
+    SessionNotFound,
+    StoreUnavailable,
+)
 from .features import Catalog
 from .handle import ModelHandle
 from .recommend import Recommendation
 from .runtime import BatchResult, Model, RowError, load
-from .session import MemoryStore, RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
+from .session import MemoryStore, RedisStore, SessionTracker
 
 
 def compile_model(estimator, out_dir, feature_names=None, **kwargs):  # type: ignore[no-untyped-def]
@@ -36,6 +43,7 @@ __all__ = [
     "MemoryStore",
     "Model",
     "ModelHandle",
+    "RecoFastError",
     "Recommendation",
     "RedisStore",
     "RowError",

@@ -12,13 +12,18 @@ one process.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import math
 import os
+import shlex
 import shutil
+import subprocess
 import sys
+import sysconfig
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -417,30 +422,103 @@ def module_name(sources: dict[str, str]) -> str:
     return f"_reco_model_{digest.hexdigest()[:16]}"
 
 
+def _compiler() -> list[str]:
+    """The C compiler Python itself was built with (``CC``), or ``cc``."""
+    return shlex.split(sysconfig.get_config_var("CC") or "cc")
+
+
+def _first_error(output: str) -> str:
+    """The compiler's first error line, bounded, for a one-line CompileError."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for line in lines:
+        if "error" in line.lower():
+            return line[:300]
+    return (lines[0] if lines else "no output")[:300]
+
+
 def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path:
-    """Compile the sources in src_dir with cffi; return the extension module's path."""
+    """Compile the sources in ``src_dir`` into a CPython extension module in ``out_dir``.
+
+    cffi (API mode) writes the module's C from the cdef and the harness; each
+    translation unit is then compiled by its own compiler process, in parallel,
+    and linked with ``-shared``. Nothing here changes the process's working
+    directory or file descriptors, and every path handed to the compiler is
+    absolute, so the build does not depend on the caller's working directory.
+
+    Parameters
+    ----------
+    sources : dict of str to str
+        ``{file name: source}`` from :func:`generate_c`; the files exist in ``src_dir``.
+    src_dir, out_dir : Path
+        Where the sources are and where the library is written (relative paths are
+        taken against the current working directory once, here).
+
+    Returns
+    -------
+    Path
+        The absolute path of the extension module, ``<module name><EXT_SUFFIX>``.
+
+    Raises
+    ------
+    CompileError
+        The compiler failed; the message names its first error on one line.
+    """
     import cffi
 
+    from .errors import CompileError
+
+    src_dir, out_dir = Path(os.path.abspath(src_dir)), Path(os.path.abspath(out_dir))
     name = module_name(sources)
     ffi = cffi.FFI()
     ffi.cdef(CDEF + (CDEF_FLAT if "flat.c" in sources else "") + sources.get("session.cdef", ""))
-    ffi.set_source(
-        name,
-        sources["harness.c"],
-        sources=[str(src_dir / f) for f in ("model.c", "flat.c") if f in sources],
-        include_dirs=[str(src_dir)],
-        extra_compile_args=COMPILE_ARGS,
-        libraries=["m"],
+    ffi.set_source(name, sources["harness.c"])
+    module_c = src_dir / f"{name}.c"
+    ffi.emit_c_code(str(module_c))
+    units = [module_c] + [src_dir / f for f in ("model.c", "flat.c") if f in sources]
+    include = [f"-I{src_dir}", f"-I{sysconfig.get_paths()['include']}"]
+    cc = _compiler()
+    flags = ["-fPIC", "-DNDEBUG", "-fwrapv", *COMPILE_ARGS]
+    objects = [unit.with_suffix(".o") for unit in units]
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [*cc, *flags, *include, "-c", str(unit), "-o", str(obj)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=src_dir,
+        )
+        for unit, obj in zip(units, objects, strict=True)
+    ]
+    outputs = [proc.communicate()[0].decode("utf-8", "replace") for proc in procs]
+    for unit, proc, output in zip(units, procs, outputs, strict=True):
+        _log_compiler_output(output)
+        if proc.returncode != 0:
+            _raise_if_disk_full(output)
+            raise CompileError(f"the C compiler failed on {unit.name}: {_first_error(output)}")
+    target = out_dir / (name + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+    link = subprocess.run(
+        [*cc, "-shared", *map(str, objects), "-o", str(target), "-lm"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=src_dir,
+        check=False,
     )
-    build_dir = Path(tempfile.mkdtemp(prefix="cffi-", dir=out_dir))
-    try:
-        try:
-            with native_output("cc") as output:
-                built = Path(ffi.compile(tmpdir=str(build_dir), verbose=False))
-        except Exception as exc:
-            raise RuntimeError(f"compiling the model failed: {exc}\n" + "\n".join(output)) from exc
-        target = out_dir / built.name
-        shutil.copyfile(built, target)
-    finally:
-        shutil.rmtree(build_dir, ignore_errors=True)
+    output = link.stdout.decode("utf-8", "replace")
+    _log_compiler_output(output)
+    if link.returncode != 0:
+        _raise_if_disk_full(output)
+        raise CompileError(f"linking the model library failed: {_first_error(output)}")
+    log.info("compiled %d C files in %.1f s", len(units), time.perf_counter() - started)
     return target
+
+
+def _raise_if_disk_full(output: str) -> None:
+    """A compiler that could not write its output is a disk error, not a model error."""
+    if os.strerror(errno.ENOSPC) in output:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _log_compiler_output(output: str) -> None:
+    for line in output.splitlines():
+        if line.strip():
+            log.debug("cc: %s", line)

@@ -12,7 +12,6 @@ real outputs can say it did not this time.
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import logging
 import os
 import platform
@@ -38,14 +37,13 @@ from .artifact import (
     write_error,
     write_metadata,
 )
-from .errors import ArtifactError, CompileError
+from .errors import CompileError
 
 __all__ = ["TOLERANCE", "adversarial_inputs", "compile_model"]
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-12
-_NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
 N_GOLDEN = 64
 
 
@@ -252,7 +250,7 @@ def compile_model(
     if not 0.0 <= threshold <= 1.0:
         raise CompileError(f"threshold must be in [0, 1], got {threshold!r}")
 
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(out_dir))  # the build never depends on the cwd
     base = (
         synthetic_inputs(estimator)
         if verify_X is None
@@ -356,7 +354,3 @@ def compile_model(
             return Model.load(out_dir)  # under the lock: this build's artifact
     except OSError as exc:  # disk full, read-only or vanished output directory
         raise write_error(out_dir, exc) from exc
-    except RuntimeError as exc:  # the C compiler could not write its output
-        if isinstance(exc, (ArtifactError, CompileError)) or _NO_SPACE not in str(exc):
-            raise
-        raise write_error(out_dir, OSError(errno.ENOSPC, _NO_SPACE)) from exc

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import InputError
+from .errors import InputError, SessionNotFound, StoreUnavailable
 from .recommend import CART_FIELD, Recommendation
 from .schema import NONE_PRODUCT
 
@@ -49,19 +49,6 @@ __all__ = [
 DEFAULT_TTL_SECONDS = 30 * 60
 DEFAULT_MAX_SESSIONS = 100_000
 State = dict[str, Any]
-
-
-class SessionNotFound(InputError):
-    """The session is unknown or expired (idle for longer than the TTL)."""
-
-
-class StoreUnavailable(RuntimeError):
-    """The session store (Redis) cannot be reached.
-
-    The message says whether the event was not applied or, when the connection
-    dropped after the transaction was sent and retrying failed too, that it may
-    or may not have been applied.
-    """
 
 
 class SessionStore(Protocol):
