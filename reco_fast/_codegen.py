@@ -11,7 +11,6 @@ one process.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import logging
@@ -24,7 +23,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,25 +61,14 @@ COMPILE_ARGS = ["-O2", "-fno-fast-math", "-ffp-contract=off", "-Wno-unused-varia
 HARNESS = """
 #include <stddef.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <math.h>
 #include <float.h>
 #include "header.h"
 
 #define RF_NFEAT {n_features}
-/* The row tl2cgen reads (RF_NFEAT entries) lives on the stack only while it fits
-   RF_STACK_MAX bytes; a wider model's row comes from the heap, once per call. No stack
-   frame grows with the model, so any model runs in a thread with a small stack. */
-#define RF_STACK_MAX 4096
-enum {{ RF_SMALL = RF_NFEAT * sizeof(union Entry) <= RF_STACK_MAX }};
-#define RF_ROW_BUFFER(NAME) \\
-  union Entry NAME##_stack[RF_SMALL ? RF_NFEAT : 1]; \\
-  union Entry* NAME = RF_SMALL ? NAME##_stack : malloc(RF_NFEAT * sizeof(union Entry))
-#define RF_ROW_RELEASE(NAME) do {{ if (!RF_SMALL) free(NAME); }} while (0)
-/* what a batch entry point returns when it cannot allocate its buffer */
-#define RF_NO_MEMORY ((ptrdiff_t)-2)
 
-static inline double rf_row_f64(const double* x, union Entry* data) {{
+static inline double rf_row_f64(const double* x) {{
+  union Entry data[RF_NFEAT];
   /* volatile: GCC 12 -O2 drops this (double)(float) round trip when RF_NFEAT is 2 or 3
      (SLP vectorizer), skipping the float32 rounding scikit-learn applies */
   for (int j = 0; j < RF_NFEAT; ++j) {{ volatile float f = (float)x[j]; data[j].fvalue = f; }}
@@ -92,72 +79,44 @@ static inline double rf_row_f64(const double* x, union Entry* data) {{
 
 int rf_num_feature(void) {{ return RF_NFEAT; }}
 
-/* NaN if out of memory (only for models wider than RF_STACK_MAX allows): NaN never
-   passes a golden or verification check and is never a probability. */
-double rf_predict_one(const double* x) {{
-  RF_ROW_BUFFER(data);
-  if (!data) return NAN;
-  const double p = rf_row_f64(x, data);
-  RF_ROW_RELEASE(data);
-  return p;
-}}
+double rf_predict_one(const double* x) {{ return rf_row_f64(x); }}
 
 /* Batch entry points return the flat index of the first value that is not finite or
-   not within float32's range, or -1; they stop there. RF_NO_MEMORY: nothing scored. */
+   not within float32's range, or -1; they stop there. */
 ptrdiff_t rf_predict_f64(const double* X, size_t n_rows, double* out) {{
-  RF_ROW_BUFFER(data);
-  if (!data) return RF_NO_MEMORY;
-  ptrdiff_t bad = -1;
-  for (size_t i = 0; i < n_rows && bad < 0; ++i) {{
+  for (size_t i = 0; i < n_rows; ++i) {{
     const double* x = X + i * RF_NFEAT;
     for (int j = 0; j < RF_NFEAT; ++j)
-      if (!(fabs(x[j]) <= (double)FLT_MAX)) {{ bad = (ptrdiff_t)(i * RF_NFEAT + j); break; }}
-    if (bad < 0) out[i] = rf_row_f64(x, data);
+      if (!(fabs(x[j]) <= (double)FLT_MAX)) return (ptrdiff_t)(i * RF_NFEAT + j);
+    out[i] = rf_row_f64(x);
   }}
-  RF_ROW_RELEASE(data);
-  return bad;
+  return -1;
 }}
 
-/* Out of memory: every out[i] is NaN (never at or above a threshold). */
 void rf_predict_prefix(const double* prefix, size_t n_prefix, const double* rest,
                        size_t n_rows, double* out) {{
   /* rest is feature-major: rest[j * n_rows + i] */
-  RF_ROW_BUFFER(data);
-  if (!data) {{
-    for (size_t i = 0; i < n_rows; ++i) out[i] = NAN;
-    return;
-  }}
-  for (size_t j = 0; j < n_prefix; ++j) {{ volatile float f = (float)prefix[j]; data[j].fvalue = f; }}
+  double x[RF_NFEAT];
+  for (size_t j = 0; j < n_prefix; ++j) x[j] = prefix[j];
   for (size_t i = 0; i < n_rows; ++i) {{
-    for (size_t j = n_prefix; j < RF_NFEAT; ++j) {{
-      volatile float f = (float)rest[(j - n_prefix) * n_rows + i];
-      data[j].fvalue = f;
+    for (size_t j = n_prefix; j < RF_NFEAT; ++j) x[j] = rest[(j - n_prefix) * n_rows + i];
+    out[i] = rf_row_f64(x);
+  }}
+}}
+
+ptrdiff_t rf_predict_f32(const float* X, size_t n_rows, double* out) {{
+  union Entry data[RF_NFEAT];
+  for (size_t i = 0; i < n_rows; ++i) {{
+    const float* x = X + i * RF_NFEAT;
+    for (int j = 0; j < RF_NFEAT; ++j) {{
+      if (!(fabs((double)x[j]) <= (double)FLT_MAX)) return (ptrdiff_t)(i * RF_NFEAT + j);
+      data[j].fvalue = (double)x[j];
     }}
     double result = 0.0;
     predict(data, 0, &result);
     out[i] = result;
   }}
-  RF_ROW_RELEASE(data);
-}}
-
-ptrdiff_t rf_predict_f32(const float* X, size_t n_rows, double* out) {{
-  RF_ROW_BUFFER(data);
-  if (!data) return RF_NO_MEMORY;
-  ptrdiff_t bad = -1;
-  for (size_t i = 0; i < n_rows && bad < 0; ++i) {{
-    const float* x = X + i * RF_NFEAT;
-    for (int j = 0; j < RF_NFEAT; ++j) {{
-      if (!(fabs((double)x[j]) <= (double)FLT_MAX)) {{ bad = (ptrdiff_t)(i * RF_NFEAT + j); break; }}
-      data[j].fvalue = (double)x[j];
-    }}
-    if (bad < 0) {{
-      double result = 0.0;
-      predict(data, 0, &result);
-      out[i] = result;
-    }}
-  }}
-  RF_ROW_RELEASE(data);
-  return bad;
+  return -1;
 }}
 """
 
@@ -166,49 +125,45 @@ TL2CGEN_VERSION_WARNING = "originated from a newer Treelite version"
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def native_output(what: str) -> Iterator[list[str]]:
-    """Capture what native code writes to fd 1 and 2, and log it instead.
+_TL2CGEN_SCRIPT = """
+import sys, tl2cgen, treelite
+model = treelite.Model.deserialize_bytes(sys.stdin.buffer.read())
+tl2cgen.generate_c_code(model, dirpath=sys.argv[1], params={})
+"""
+_TL2CGEN_KNOWN = (
+    "newer Treelite version",
+    "Currently running Treelite",
+    "checkpoint was generated",
+    "Parallel compilation disabled",
+)
 
-    tl2cgen 1.0.0 embeds the treelite 4.1 runtime, which writes straight to
-    stderr that the checkpoint "originated from a newer Treelite version".
-    The fields tl2cgen reads have not changed since 4.0 and every build proves
-    the generated code equal to scikit-learn, so that line is logged at DEBUG;
-    anything else native code says is logged as a warning.
+
+def _run_tl2cgen(treelite_model: Any, gen_dir: Path) -> None:
+    """tl2cgen's code generator in a child process, its native output captured there.
+
+    tl2cgen 1.0.0 embeds the treelite 4.1 runtime, which writes straight to the
+    process's stderr that the checkpoint "originated from a newer Treelite
+    version". The fields tl2cgen reads have not changed since 4.0 and every build
+    proves the generated code equal to the reference library, so that line is
+    logged at DEBUG; anything else is logged as a warning. Running it in a child
+    keeps this process's file descriptors untouched.
     """
-    lines: list[str] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = [os.dup(1), os.dup(2)]
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            yield lines
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            lines.extend(sink.read().decode("utf-8", "replace").splitlines())
-    known = (
-        "newer Treelite version",
-        "Currently running Treelite",
-        "checkpoint was generated",
-        "Parallel compilation disabled",
-        "unused variable",
-        "unsigned int tmp",
-        "^~~",
-        "In function",
+    done = subprocess.run(
+        [sys.executable, "-c", _TL2CGEN_SCRIPT, str(gen_dir)],
+        input=treelite_model.serialize_bytes(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
     )
-    for line in lines:
-        level = (
-            logging.DEBUG if any(k in line for k in known) or not line.strip() else logging.WARNING
-        )
-        log.log(level, "%s: %s", what, line)
+    output = done.stdout.decode("utf-8", "replace")
+    for line in output.splitlines():
+        if line.strip():
+            known = any(k in line for k in _TL2CGEN_KNOWN)
+            log.log(logging.DEBUG if known else logging.WARNING, "tl2cgen: %s", line)
+    if done.returncode != 0:
+        from .errors import CompileError
+
+        raise CompileError(f"tl2cgen could not generate C for this model: {_first_error(output)}")
 
 
 def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str, str]:
@@ -325,11 +280,9 @@ def generate_c(
 
     Returns {file name: source}.
     """
-    import tl2cgen
 
     gen_dir = Path(tempfile.mkdtemp(prefix="tl2cgen-", dir=out_dir))
-    with native_output("tl2cgen"):
-        tl2cgen.generate_c_code(treelite_model, dirpath=str(gen_dir), params={})
+    _run_tl2cgen(treelite_model, gen_dir)
     sources = {
         "model.c": (gen_dir / "main.c").read_text(),
         "header.h": (gen_dir / "header.h").read_text(),
@@ -510,7 +463,7 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
     name = module_name(sources)
     ffi = cffi.FFI()
     ffi.cdef(CDEF + (CDEF_FLAT if "flat.c" in sources else "") + sources.get("session.cdef", ""))
-    ffi.set_source(name, sources["harness.c"])
+    ffi.set_source(name, sources["harness.c"], compiler_verbose=0)  # no "generating" line
     module_c = src_dir / f"{name}.c"
     ffi.emit_c_code(str(module_c))
     units = [module_c] + [src_dir / f for f in ("model.c", "flat.c") if f in sources]

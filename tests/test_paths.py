@@ -56,3 +56,27 @@ def test_cli_build_score_and_recommend_with_relative_paths(odd_cwd: Path, built)
     assert scored.is_file()
     model = reco_fast.load("artifacts/x")
     assert model.path.is_absolute()
+
+
+def test_compiling_changes_no_process_wide_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No chdir, no redirected file descriptors, no umask change while a model compiles."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 2))
+    y = (X[:, 0] > 0).astype(int)
+    est = GradientBoostingClassifier(n_estimators=3, max_depth=2, random_state=0).fit(X, y)
+
+    def forbidden(name: str):
+        def call(*args, **kwargs):
+            raise AssertionError(f"compile_model called os.{name}{args}")
+
+        return call
+
+    with monkeypatch.context() as mp:  # undone before pytest's own capture uses dup2
+        for name in ("chdir", "dup2", "umask"):
+            mp.setattr(f"os.{name}", forbidden(name))
+        model = reco_fast.compile_model(est, tmp_path / "m")
+    np.testing.assert_allclose(
+        model.predict_proba_features(X), est.predict_proba(X)[:, 1], atol=1e-12
+    )
