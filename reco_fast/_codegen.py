@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import _spec
 from ._ir import Forest
 
 __all__ = ["CDEF", "build_library", "flat_source", "generate_c"]
@@ -168,7 +169,7 @@ def _run_tl2cgen(treelite_model: Any, gen_dir: Path) -> None:
 
 def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str, str]:
     """C and cdef for one page view from its raw numbers: ``rs_predict_<backend>(...)``."""
-    from .features import CANDIDATE_KERNEL_C, FEATURE_SETS, session_kernel_c
+    from .features import FEATURE_SETS, candidate_kernel_c, session_kernel_c
 
     if len(FEATURE_SETS[feature_set]) != n_features:
         raise ValueError(
@@ -187,7 +188,14 @@ def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str,
         )
         cdef += f"double rs_predict_{backend}({params});\n"
     if feature_set == "ranking":
-        source += CANDIDATE_KERNEL_C + TOPK_C + RECOMMEND_C
+        spec = _spec.FEATURE_SETS[feature_set]
+        source += (
+            candidate_kernel_c(feature_set)
+            + TOPK_C
+            + RECOMMEND_C.replace("@N_SESSION@", str(len(spec.session))).replace(
+                "@N_CANDIDATE@", str(len(spec.candidate))
+            )
+        )
         kinds = [("tl2cgen", "rf_predict_prefix")] + (
             [(k, f"rq_predict_prefix_{k}") for k in ("portable", "avx2", "avx512")] if flat else []
         )
@@ -222,7 +230,8 @@ static int64_t rs_recommend(const double* row, const double* cat_codes, const do
                             double* top_p, rs_prefix_fn prefix) {
   const size_t m_max = cand ? n_cand : n_catalog;
   uint8_t* flags = calloc(n_catalog ? n_catalog : 1, 2);
-  int64_t* kept = malloc((m_max ? m_max : 1) * (2 * sizeof(int64_t) + 6 * sizeof(double)));
+  int64_t* kept = malloc((m_max ? m_max : 1) *
+                         (2 * sizeof(int64_t) + (@N_CANDIDATE@ + 1) * sizeof(double)));
   if (!flags || !kept) { free(flags); free(kept); return -1; }
   uint8_t* viewed = flags;
   uint8_t* dropped = flags + n_catalog;
@@ -235,11 +244,11 @@ static int64_t rs_recommend(const double* row, const double* cat_codes, const do
   }
   int64_t* order = kept + m_max;
   double* rest = (double*)(order + m_max);
-  double* proba = rest + 5 * m_max;
+  double* proba = rest + @N_CANDIDATE@ * m_max;
   size_t count = 0;
   if (m > 0) {
     rs_candidate_rest(row, cat_codes, prices, kept, m, viewed, rest);
-    prefix(row, 19, rest, m, proba);
+    prefix(row, @N_SESSION@, rest, m, proba);
     count = rs_top_k(proba, m, threshold, k, order);
     for (size_t j = 0; j < count; ++j) {
       top_pos[j] = kept[order[j]];

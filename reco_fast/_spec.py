@@ -26,6 +26,7 @@ from the catalog arrays named in :attr:`Input.c_catalog`.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -238,9 +239,10 @@ def _render(node: ast.expr, target: str) -> str:
     return f"({lo} if {x} < {lo} else ({hi} if {x} > {hi} else {x}))"
 
 
-def _parsed(fs: FeatureSet) -> list[ast.expr]:
+@functools.cache
+def _parsed(fs: FeatureSet) -> tuple[ast.expr, ...]:
     names = fs.input_names
-    return [_parse(f.expr, names) for f in fs.features]
+    return tuple(_parse(f.expr, names) for f in fs.features)
 
 
 def python_expander(fs: FeatureSet) -> Callable[..., list[float]]:
@@ -257,21 +259,29 @@ def python_expander(fs: FeatureSet) -> Callable[..., list[float]]:
     return namespace["expand"]  # type: ignore[no-any-return]
 
 
-def numpy_columns(fs: FeatureSet, inputs: Mapping[str, Any], out: np.ndarray) -> np.ndarray:
-    """Fill ``out`` (shape (n, n_features), float64) from input columns (each shape (n,)).
+def numpy_columns(
+    fs: FeatureSet, inputs: Mapping[str, Any], out: np.ndarray, block: str = "all"
+) -> np.ndarray:
+    """Fill ``out`` from input columns (each shape (n,), float64; scalars broadcast).
 
-    Missing inputs of the candidate block are an error; scalars broadcast.
+    ``block="all"``: ``out`` has shape (n, n_features), one column per feature.
+    ``block="candidate"``: ``out`` has shape (n_candidate_features, n), the
+    candidate block feature-major (the layout the recommend kernel reads).
     """
     namespace: dict[str, Any] = {"_np": np, **inputs}
-    for j, tree in enumerate(_parsed(fs)):
-        out[:, j] = eval(
-            compile(
-                ast.Expression(ast.parse(_render(tree, "numpy"), mode="eval").body), "<f>", "eval"
-            ),
-            {"__builtins__": {}},
-            namespace,
-        )
+    for j, code in enumerate(_numpy_code(fs, block)):
+        value = eval(code, {"__builtins__": {}}, namespace)
+        if block == "candidate":
+            out[j] = value
+        else:
+            out[:, j] = value
     return out
+
+
+@functools.cache
+def _numpy_code(fs: FeatureSet, block: str) -> tuple[Any, ...]:
+    parsed = _parsed(fs)[len(fs.session) :] if block == "candidate" else _parsed(fs)
+    return tuple(compile(_render(t, "numpy"), "<feature>", "eval") for t in parsed)
 
 
 def c_session_kernel(fs: FeatureSet) -> tuple[str, str]:
