@@ -140,6 +140,8 @@ class FeatureSet:
     name: str
     session: tuple[Feature, ...]
     candidate: tuple[Feature, ...]
+    session_inputs: tuple[Input, ...] = SESSION_INPUTS
+    candidate_inputs: tuple[Input, ...] = CANDIDATE_INPUTS
 
     @property
     def features(self) -> tuple[Feature, ...]:
@@ -151,7 +153,7 @@ class FeatureSet:
 
     @property
     def inputs(self) -> tuple[Input, ...]:
-        return SESSION_INPUTS + (CANDIDATE_INPUTS if self.candidate else ())
+        return self.session_inputs + (self.candidate_inputs if self.candidate else ())
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -300,19 +302,19 @@ def c_candidate_kernel(fs: FeatureSet) -> str:
     kernel needs only the row, the catalog arrays and the viewed flags.
     """
     session_index = {
-        f.expr: j for j, f in enumerate(fs.session) if f.expr in {i.name for i in SESSION_INPUTS}
+        f.expr: j for j, f in enumerate(fs.session) if f.expr in {i.name for i in fs.session_inputs}
     }
     parsed = _parsed(fs)[len(fs.session) :]
     used = {n.id for t in parsed for n in ast.walk(t) if isinstance(n, ast.Name)}
     head = []
-    for inp in SESSION_INPUTS:
+    for inp in fs.session_inputs:
         if inp.name in used:
             if inp.name not in session_index:
                 raise ValueError(f"candidate features read {inp.name!r}, which no feature copies")
             head.append(f"  const double {inp.name} = row[{session_index[inp.name]}];")
     per_product = [
         f"    const double {inp.name} = {inp.c_catalog};"
-        for inp in CANDIDATE_INPUTS
+        for inp in fs.candidate_inputs
         if inp.name in used
     ]
     writes = [f"    rest[{j} * m + i] = {_render(t, 'c')};" for j, t in enumerate(parsed)]

@@ -345,7 +345,9 @@ class FeatureBuilder:
         self.feature_names: tuple[str, ...] = self.spec.names
         self._expand = _spec.python_expander(self.spec)
         self._expand_session = _spec.python_expander(
-            _spec.FeatureSet(f"{feature_set}-session", self.spec.session, ())
+            _spec.FeatureSet(
+                f"{feature_set}-session", self.spec.session, (), self.spec.session_inputs
+            )
         )
         self.vocabulary = vocabulary
         self.catalog = catalog
@@ -484,7 +486,7 @@ class FeatureBuilder:
         ``raw`` holds the session inputs, then (ranking set) the candidate inputs, in
         the specification's input order; a session-only ``raw`` gives the session block.
         """
-        if len(raw) == len(_spec.SESSION_INPUTS) and self.spec.candidate:
+        if len(raw) == len(self.spec.session_inputs) and self.spec.candidate:
             return self._expand_session(*raw)
         return self._expand(*raw)
 
