@@ -543,19 +543,22 @@ def _collect_with_progress(
     threads = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(procs))]
     for thread in threads:
         thread.start()
+    next_report = started + COMPILE_PROGRESS_EVERY_S
     for thread in threads:
         while True:
-            thread.join(COMPILE_PROGRESS_EVERY_S)
+            thread.join(max(next_report - time.perf_counter(), 0.0))
             if not thread.is_alive():
                 break
-            running = [n for n, t in zip(names, threads, strict=True) if t.is_alive()]
-            log.info(
-                "compiling: %d of %d C files done (still running: %s), %.0f s elapsed",
-                len(procs) - len(running),
-                len(procs),
-                ", ".join(running),
-                time.perf_counter() - started,
-            )
+            if time.perf_counter() >= next_report:
+                running = [n for n, t in zip(names, threads, strict=True) if t.is_alive()]
+                log.info(
+                    "compiling: %d of %d C files done (still running: %s), %.0f s elapsed",
+                    len(procs) - len(running),
+                    len(procs),
+                    ", ".join(running),
+                    time.perf_counter() - started,
+                )
+                next_report += COMPILE_PROGRESS_EVERY_S
     return outputs
 
 

@@ -85,15 +85,32 @@ def test_training_logs_progress_and_trains_the_same_model(caplog):
     assert seconds > 0
 
 
+# Runs the real compiler, then waits until 1.6 s (harness), 3.2 s (model.c) or 4.8 s
+# (flat.c) after it started: each compile ends 1.6 s after the one before it.
+STAGGERED_CC = """
+import subprocess, sys, time
+start = time.monotonic()
+status = subprocess.call(sys.argv[1:])
+args = " ".join(sys.argv)
+delay = 0 if "-shared" in args else 4.8 if "flat.c" in args else 3.2 if "model.c" in args else 1.6
+time.sleep(max(0.0, start + delay - time.monotonic()))
+sys.exit(status)
+"""
+
+
 def test_the_c_compile_logs_its_start_progress_and_end(tiny, tmp_path, monkeypatch, caplog):
-    slow = ["sh", "-c", 'sleep 0.4; exec "$0" "$@"', *_codegen._compiler()]
-    monkeypatch.setattr(_codegen, "_compiler", lambda: slow)
-    monkeypatch.setattr(_codegen, "COMPILE_PROGRESS_EVERY_S", 0.1)
+    # Progress every 2 s over a compile of > 4.8 s: at least two progress lines, although
+    # no single compiler finishes more than 2 s after the one before it.
+    real_cc = _codegen._compiler()
+    staggered = [sys.executable, "-c", STAGGERED_CC, *real_cc]
+    monkeypatch.setattr(_codegen, "_compiler", lambda: staggered)
+    monkeypatch.setattr(_codegen, "COMPILE_PROGRESS_EVERY_S", 2.0)
     with caplog.at_level(logging.INFO, logger="reco_fast._codegen"):
         reco_fast.compile_model(tiny, tmp_path / "art")
     lines = [r.getMessage() for r in caplog.records if r.name == "reco_fast._codegen"]
     assert lines[0].startswith("compiling 3 C files ("), lines
-    assert any(ln.startswith("compiling: ") and "s elapsed" in ln for ln in lines[1:-1]), lines
+    progress = [ln for ln in lines if ln.startswith("compiling: ")]
+    assert len(progress) >= 2 and all("s elapsed" in ln for ln in progress), lines
     assert lines[-1].startswith("compiled 3 C files in "), lines
 
 
