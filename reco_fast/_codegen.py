@@ -22,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -472,7 +473,8 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
     name = module_name(sources)
     ffi = cffi.FFI()
     ffi.cdef(CDEF + (CDEF_FLAT if "flat.c" in sources else "") + sources.get("session.cdef", ""))
-    ffi.set_source(name, sources["harness.c"], compiler_verbose=0)  # no "generating" line
+    # compiler_verbose=False: cffi would print "generating ..." to stdout, which is the report's
+    ffi.set_source(name, sources["harness.c"], compiler_verbose=False)
     module_c = src_dir / f"{name}.c"
     ffi.emit_c_code(str(module_c))
     units = [module_c] + [src_dir / f for f in ("model.c", "flat.c") if f in sources]
@@ -481,6 +483,12 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
     flags = ["-fPIC", "-DNDEBUG", "-fwrapv", *COMPILE_ARGS]
     objects = [unit.with_suffix(".o") for unit in units]
     started = time.perf_counter()
+    log.info(
+        "compiling %d C files (%s) with %s, in parallel",
+        len(units),
+        ", ".join(u.name for u in units),
+        cc[0],
+    )
     procs = [
         subprocess.Popen(
             [*cc, *flags, *include, "-c", str(unit), "-o", str(obj)],
@@ -490,7 +498,13 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
         )
         for unit, obj in zip(units, objects, strict=True)
     ]
-    outputs = [proc.communicate()[0].decode("utf-8", "replace") for proc in procs]
+    try:
+        outputs = _collect_with_progress(procs, [u.name for u in units], started)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        raise
     for unit, proc, output in zip(units, procs, outputs, strict=True):
         _log_compiler_output(output)
         if proc.returncode != 0:
@@ -511,6 +525,42 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
         raise CompileError(f"linking the model library failed: {_first_error(output)}")
     log.info("compiled %d C files in %.1f s", len(units), time.perf_counter() - started)
     return target
+
+
+COMPILE_PROGRESS_EVERY_S = 5.0
+"""While the C compiler runs, a progress line is logged this often."""
+
+
+def _collect_with_progress(
+    procs: list[subprocess.Popen[bytes]], names: list[str], started: float
+) -> list[str]:
+    """Each compiler's output, once all have exited; every few seconds meanwhile, a log
+    line says which are still running. One thread per process drains its pipe."""
+    outputs = [""] * len(procs)
+
+    def drain(i: int) -> None:
+        outputs[i] = procs[i].communicate()[0].decode("utf-8", "replace")
+
+    threads = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(procs))]
+    for thread in threads:
+        thread.start()
+    next_report = started + COMPILE_PROGRESS_EVERY_S
+    for thread in threads:
+        while True:
+            thread.join(max(next_report - time.perf_counter(), 0.0))
+            if not thread.is_alive():
+                break
+            if time.perf_counter() >= next_report:
+                running = [n for n, t in zip(names, threads, strict=True) if t.is_alive()]
+                log.info(
+                    "compiling: %d of %d C files done (still running: %s), %.0f s elapsed",
+                    len(procs) - len(running),
+                    len(procs),
+                    ", ".join(running),
+                    time.perf_counter() - started,
+                )
+                next_report += COMPILE_PROGRESS_EVERY_S
+    return outputs
 
 
 def _raise_if_disk_full(output: str) -> None:

@@ -114,7 +114,9 @@ def event_feature_set(has_category: bool, has_price: bool) -> _spec.FeatureSet:
             ),
         ]
     name = "events" + ("+category" if has_category else "") + ("+price" if has_price else "")
-    return _spec.FeatureSet(name, tuple(session), tuple(candidate), tuple(s_inputs), tuple(c_inputs))
+    return _spec.FeatureSet(
+        name, tuple(session), tuple(candidate), tuple(s_inputs), tuple(c_inputs)
+    )
 
 
 @dataclass(frozen=True)
@@ -221,9 +223,7 @@ class Own:
     popularity: Mapping[int, float]
 
 
-def session_inputs(
-    tables: ItemTables, touched: np.ndarray, cart: np.ndarray
-) -> dict[str, float]:
+def session_inputs(tables: ItemTables, touched: np.ndarray, cart: np.ndarray) -> dict[str, float]:
     """The session inputs from the positions of the products touched (most recent last)."""
     out = {
         "n_events": float(len(touched)),
@@ -330,7 +330,9 @@ def feature_matrix(
     return _spec.numpy_columns(fs, inputs, X)
 
 
-def session_positions(tables: ItemTables, session: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def session_positions(
+    tables: ItemTables, session: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
     """(touched, cart) positions of an event-model session dict.
 
     The session is ``{"products": [ids, most recent last], "cart": [ids]}``; ids

@@ -118,8 +118,15 @@ def fit_tables(events: Any) -> ItemTables:
     popularity = np.zeros(n)
     np.add.at(popularity, np.asarray([index[p] for p in touch["product_id"].tolist()]), 1.0)
     stub = ItemTables(
-        ids, category, price, popularity, np.zeros(n + 1, np.int64), np.zeros(0, np.int64),
-        np.zeros(0), has_category, has_price,
+        ids,
+        category,
+        price,
+        popularity,
+        np.zeros(n + 1, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0),
+        has_category,
+        has_price,
     )
     pairs: dict[tuple[int, int], float] = defaultdict(float)
     for seq in session_sequences(events, stub):
@@ -181,7 +188,7 @@ def training_rows(
             by_category[int(c)] = order[a:b]
     Xs, ys, gs = [], [], []
     group = 0
-    n_hard = int(round(n_negatives * hard_share))
+    n_hard = round(n_negatives * hard_share)
     for seq in session_sequences(events, tables):
         targets = next_targets(seq.touched)
         if not targets:
