@@ -74,6 +74,7 @@ def event_feature_set(has_category: bool, has_price: bool) -> _spec.FeatureSet:
         _inp("cv_cart", "training events", "co-visitation weight from the cart's products"),
         _inp("already", "session", "1 if the session touched the candidate before"),
         _inp("in_cart", "session cart", "1 if the candidate is in the cart"),
+        _inp("rrank", "retrieval", "position in the retrieval list (NOT_RETRIEVED if absent)"),
     ]
     session = [
         _spec.Feature("n_events", "n_events", "events in the session so far"),
@@ -87,6 +88,7 @@ def event_feature_set(has_category: bool, has_price: bool) -> _spec.FeatureSet:
         _spec.Feature("covis_cart", "cv_cart", "co-visitation with the cart"),
         _spec.Feature("already_viewed", "already", "seen earlier in the session"),
         _spec.Feature("in_cart", "in_cart", "in the cart"),
+        _spec.Feature("retrieval_rank", "rrank", "position in the first-stage candidate list"),
     ]
     if has_category:
         c_inputs += [
@@ -155,6 +157,25 @@ class ItemTables:
 
     def __len__(self) -> int:
         return len(self.product_ids)
+
+    @property
+    def popular_order(self) -> np.ndarray:
+        """Positions by popularity, most popular first (ties: catalog order)."""
+        cached = self.__dict__.get("_popular_order")
+        if cached is None:
+            cached = np.argsort(-self.popularity, kind="stable")
+            object.__setattr__(self, "_popular_order", cached)
+        return cached
+
+    def category_popular(self, category: int) -> np.ndarray:
+        """Positions in one category by popularity, most popular first."""
+        cache = self.__dict__.setdefault("_category_popular", {})
+        got = cache.get(category)
+        if got is None:
+            order = self.popular_order
+            got = order[self.category[order] == category]
+            cache[category] = got
+        return got
 
     @property
     def feature_set(self) -> _spec.FeatureSet:
@@ -291,7 +312,11 @@ def candidate_inputs(
     flags[touched[touched >= 0]] = True
     in_cart = np.zeros(n, dtype=bool)
     in_cart[cart[cart >= 0]] = True
+    rank = np.full(n, NOT_RETRIEVED)
+    retrieved = retrieve(tables, touched, cart, own=own)
+    rank[retrieved] = np.arange(len(retrieved), dtype=np.float64)
     out = {
+        "rrank": rank[candidates],
         "pop": pop,
         "cv_cur": cv_cur[candidates],
         "cv_prev": cv_prev[candidates],
@@ -313,6 +338,59 @@ def candidate_inputs(
     if tables.has_price:
         out["rprice"] = tables.price[candidates]
     return out
+
+
+NOT_RETRIEVED = 1000.0
+"""retrieval_rank of a product the first stage did not return."""
+RETRIEVE_PER_SOURCE = 20
+"""Candidates taken from each retrieval source (see :func:`retrieve`)."""
+
+
+def retrieve(
+    tables: ItemTables,
+    touched: np.ndarray,
+    cart: np.ndarray,
+    n: int = RETRIEVE_PER_SOURCE,
+    own: Own | None = None,
+) -> np.ndarray:
+    """Candidate positions for one session, the first stage of ranking (deterministic).
+
+    The union, in this order, of: the current product's top ``n`` co-visitation
+    neighbours; the top ``n`` by co-visitation with the previous products and the
+    cart (``cv_prev + cv_cart``); the session's earlier products (revisits are
+    common); the ``n`` most popular products of the current category; the ``n``
+    most popular products. Ties by popularity, then catalog position. The
+    current product itself is never a candidate. ``own`` leaves a training
+    session's own co-visitation out, as in :func:`candidate_inputs`.
+    """
+    cur = int(touched[-1]) if len(touched) else -1
+    pop_rank = tables.popular_order
+    parts: list[np.ndarray] = []
+    if cur >= 0:
+        row = np.zeros(len(tables))
+        _add_covis(row, tables, cur, 1.0, own)
+        idx = np.flatnonzero(row > 1e-9)
+        parts.append(idx[np.lexsort((-tables.popularity[idx], -row[idx]))][:n])
+    acc = np.zeros(len(tables))
+    seen: list[int] = []
+    for p in touched[:-1][::-1].tolist():
+        if p != cur and p >= 0 and p not in seen:
+            seen.append(p)
+    for k, p in enumerate(seen[:N_PREV]):
+        _add_covis(acc, tables, p, PREV_DECAY**k, own)
+    for p in set(cart.tolist()):
+        _add_covis(acc, tables, int(p), 1.0, own)
+    nz = np.flatnonzero(acc > 1e-9)
+    if len(nz):
+        parts.append(nz[np.lexsort((-tables.popularity[nz], -acc[nz]))][:n])
+    parts.append(np.asarray(seen, dtype=np.int64))
+    if tables.has_category and cur >= 0:
+        parts.append(tables.category_popular(int(tables.category[cur]))[:n])
+    parts.append(pop_rank[:n])
+    out = np.concatenate(parts).astype(np.int64)
+    _, first = np.unique(out, return_index=True)
+    out = out[np.sort(first)]
+    return out[out != cur]
 
 
 def feature_matrix(
