@@ -9,13 +9,16 @@ more than the trees themselves. Only numpy is imported: this is serving code.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import ArtifactError, InputError
 from .schema import (
     CATEGORICAL_FIELDS,
     FLOAT32_MAX,
@@ -38,6 +41,7 @@ __all__ = [
     "Catalog",
     "FeatureBuilder",
     "Vocabulary",
+    "definition_sha256",
 ]
 
 SEED_FEATURES: tuple[str, ...] = (
@@ -698,3 +702,54 @@ class FeatureBuilder:
         np.divide(R[1], max(session_row[1], MIN_PRICE_FOR_RATIO), out=R[3])
         R[4] = viewed[candidate_idx]
         return R
+
+
+def definition_sha256(feature_set: str) -> str:
+    """A digest of everything that defines ``feature_set``'s values, recorded in each artifact.
+
+    Covers the set's ordered feature names, the C kernels compiled into the
+    library (:func:`session_kernel_c`, ``CANDIDATE_KERNEL_C``), the constant tables
+    the features read (price floor, session fields and their order, code fields,
+    the "NONE" product) and the full source text of this module, where every
+    Python definition of a feature lives (the scalar, vectorised and candidate
+    paths, vocabulary codes, catalog order). Any edit to this module therefore
+    changes it: deliberately strict, since an artifact whose library was compiled
+    against other definitions would score rows built by this code. ``reco_fast.load``
+    refuses an artifact whose digest differs: rebuild it.
+
+    Raises
+    ------
+    ValueError
+        ``feature_set`` is not one of :data:`FEATURE_SETS`.
+    ArtifactError
+        This module's source is not installed (a bytecode-only install), so the
+        definitions cannot be checked.
+    """
+    if feature_set not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {feature_set!r}; choose from {list(FEATURE_SETS)}")
+    try:
+        source = Path(__file__).read_bytes()
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot read {__file__} ({exc.strerror or exc}) to check an artifact's feature "
+            "definitions; install reco_fast with its source files"
+        ) from None
+    definition, args = session_kernel_c(feature_set)
+    parts = {
+        "feature_set": feature_set,
+        "names": list(FEATURE_SETS[feature_set]),
+        "session_kernel_c": definition,
+        "session_kernel_args": args,
+        "candidate_kernel_c": CANDIDATE_KERNEL_C,
+        "constants": [
+            MIN_PRICE_FOR_RATIO,
+            list(SESSION_NUMERIC),
+            list(VIEWED_FIELDS),
+            sorted(_CODE_FIELD.items()),
+            list(CATEGORICAL_FIELDS),
+            NONE_PRODUCT,
+            FLOAT32_MAX,
+        ],
+        "features.py": hashlib.sha256(source).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
