@@ -213,14 +213,22 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .artifact import read_artifact
     from .runtime import load
 
-    model = load(args.artifact)
-    v = model.metadata.get("verification", {})
+    # Every check that needs no native code first (metadata checksum, format, platform,
+    # file names, every file's sha256): a failing artifact is refused before any of it runs.
+    read_artifact(args.artifact)
+    model = load(args.artifact)  # checks again, imports the checked bytes, golden outputs
+    meta = model.metadata
+    v = meta.get("verification", {})
+    sessions = meta.get("golden_sessions") or {}
     print(
-        f"ok: {model.path} passes its checksums and {len(model.metadata['golden']['proba'])} "
-        f"golden outputs (built verified on {v.get('rows')} + {v.get('adversarial_rows')} "
-        f"adversarial rows, max |diff| {v.get('max_abs_diff'):.3g})"
+        f"ok: {model.path} passes its checksums and {len(meta['golden']['proba'])} golden "
+        f"outputs, {len(sessions.get('sessions', []))} golden sessions and "
+        f"{len(sessions.get('recommend', []))} golden recommendations on "
+        f"{', '.join(model.available_backends())} (built verified on {v.get('rows')} + "
+        f"{v.get('adversarial_rows')} adversarial rows, max |diff| {v.get('max_abs_diff'):.3g})"
     )
     return 0
 

@@ -146,6 +146,8 @@ def build(
         },
         feature_set=feature_set,
         write_extra=write_extra,
+        builder=builder,
+        sessions=frame.iloc[parts.idx_test[:256]].to_dict("records"),
     )
     seconds = time.perf_counter() - start
     log.info("built %s in %.1f s", out, seconds)

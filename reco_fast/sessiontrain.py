@@ -26,11 +26,11 @@ import numpy as np
 
 from .sessionmodel import (
     COVIS_WINDOW,
-    retrieve,
     UNKNOWN_PRICE,
     ItemTables,
     Own,
     feature_matrix,
+    retrieve,
 )
 
 __all__ = ["TrainingRows", "fit_tables", "session_sequences", "training_rows"]
@@ -191,7 +191,8 @@ def training_rows(
             if p >= 0:
                 own_pop[p] += 1.0
         own = Own(own_pairs, own_pop)
-        def known_elsewhere(p: int) -> bool:
+
+        def known_elsewhere(p: int, own_pop: dict[int, float] = own_pop) -> bool:
             # at serving the catalog holds products seen in *other* sessions only
             return p >= 0 and tables.popularity[p] - own_pop.get(p, 0.0) > 0
 
