@@ -42,7 +42,7 @@ Rules, each one a refusal rather than a guess where the data is ambiguous:
   milliseconds (1e11 ms is 1973-03-03); larger values (micro-/nanoseconds) and a
   column mixing the two units are refused, as are negative times. Otherwise every
   cell is ISO-8601 text (``2019-10-01 00:00:00``, ``2019-10-01T00:00:00Z``,
-  ``...+02:00``, and the ``" UTC"`` suffix REES46 writes); a time without an
+  ``...+02:00``, and the ``" UTC"`` suffix REES46 writes, any case); a time without an
   offset is UTC. Parquet timestamp columns are used as they are (naive = UTC).
 * **Sessions**: with ``session``, its ids are used as they are; a row whose
   session id is empty is refused unless ``user`` is mapped too, in which case such
@@ -669,7 +669,7 @@ def _as_time(series: pd.Series, where: str, field: str) -> tuple[np.ndarray, str
     numbers = pd.to_numeric(text, errors="coerce")
     if numbers.notna().all():
         return _epoch(numbers.to_numpy(dtype=np.float64), index, where, field)
-    iso = text.str.replace(r"\s*UTC$", "", regex=True)
+    iso = text.str.replace(r"(?i)\s*UTC$", "", regex=True)
     stamps = pd.to_datetime(iso, format="ISO8601", utc=True, errors="coerce")
     bad = stamps.isna().to_numpy()
     if bad.any():
