@@ -333,7 +333,7 @@ def _check_feature_spec(root: Path, meta: Mapping[str, Any]) -> list[str]:
     if spec.get("definition_sha256") != definition_sha256(feature_set):
         raise ArtifactError(
             f"{root} was built with other definitions of the {feature_set!r} features than "
-            "this reco_fast's (features.py changed since the artifact was built); rebuild "
+            "this reco_fast's (the feature specification changed since it was built); rebuild "
             "the artifact"
         )
     return names

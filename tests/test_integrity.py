@@ -10,6 +10,7 @@ check behind the digest is the one exercised.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.machinery
 import json
@@ -126,55 +127,34 @@ def test_a_changed_feature_list_is_refused(
         reco_fast.load(copy)
 
 
-def test_a_changed_c_kernel_is_refused(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    seed_c = features._C_SEED.replace("x[12] = price > 100;", "x[12] = price > 120;")
-    assert seed_c != features._C_SEED
-    monkeypatch.setattr(features, "_C_SEED", seed_c)
+@pytest.mark.parametrize(
+    ("feature", "expr"),
+    [("premium_product", "price > 120"), ("rec_price_ratio", "rprice / max(price, 0.02)")],
+)
+def test_a_changed_feature_definition_is_refused(
+    copy: Path, monkeypatch: pytest.MonkeyPatch, feature: str, expr: str
+) -> None:
+    """One expression of the specification edited: every generated path would change."""
+    from reco_fast import _spec
+
+    fs = _spec.FEATURE_SETS["ranking"]
+
+    def edit(block: tuple[_spec.Feature, ...]) -> tuple[_spec.Feature, ...]:
+        return tuple(_spec.Feature(f.name, expr, f.doc) if f.name == feature else f for f in block)
+
+    changed = dataclasses.replace(fs, session=edit(fs.session), candidate=edit(fs.candidate))
+    assert _spec.spec_hash(changed) != _spec.spec_hash(fs)
+    monkeypatch.setitem(_spec.FEATURE_SETS, "ranking", changed)
     with pytest.raises(ArtifactError, match=r"other definitions.*rebuild the artifact"):
         reco_fast.load(copy)
 
 
-def test_a_changed_python_definition_is_refused(
-    copy: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """features.py as installed, with one feature's Python definition edited."""
-    source = Path(features.__file__).read_text()
-    edited = source.replace("viewed / (mins + 1)", "viewed / (mins + 2)", 1)
-    assert edited != source
-    fake = tmp_path / "features.py"
-    fake.write_text(edited)
-    monkeypatch.setattr(features, "__file__", str(fake))
-    with pytest.raises(ArtifactError, match=r"features.py changed.*rebuild the artifact"):
-        reco_fast.load(copy)
+def test_the_definition_digest_is_the_specification_hash() -> None:
+    from reco_fast import _spec
 
-
-@pytest.mark.parametrize(
-    ("name", "edit"),
-    [
-        ("_C_SEED", lambda v: v.replace("t / 300 * sc", "t / 301 * sc")),
-        ("_C_CANDIDATE", lambda v: v.replace("rcat == cat", "rcat != cat")),
-        ("CANDIDATE_KERNEL_C", lambda v: v.replace("row[1] > 0.01", "row[1] > 0.02")),
-        ("_C_ARGS", lambda v: (v[1], v[0], *v[2:])),
-        ("MIN_PRICE_FOR_RATIO", lambda v: v * 2),
-        ("SESSION_NUMERIC", lambda v: v[::-1]),
-        ("VIEWED_FIELDS", lambda v: v[:3]),
-        ("_CODE_FIELD", lambda v: {**v, "device_type": 2, "traffic_source": 1}),
-    ],
-)
-def test_the_definition_digest_covers_every_part(
-    monkeypatch: pytest.MonkeyPatch, name: str, edit: Any
-) -> None:
-    before = {fs: features.definition_sha256(fs) for fs in FEATURE_SETS}
-    monkeypatch.setattr(features, name, edit(getattr(features, name)))
-    after = features.definition_sha256("ranking")
-    assert after != before["ranking"]
-    assert len({*before.values(), after}) == 3
-
-
-def test_the_definition_digest_needs_the_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setattr(features, "__file__", str(tmp_path / "gone.py"))
-    with pytest.raises(ArtifactError, match="install reco_fast with its source files"):
-        features.definition_sha256("ranking")
+    for name in FEATURE_SETS:
+        assert features.definition_sha256(name) == _spec.spec_hash(_spec.FEATURE_SETS[name])
+    assert len({features.definition_sha256(n) for n in FEATURE_SETS}) == len(FEATURE_SETS)
 
 
 def test_feature_set_edited_to_seed_is_refused(copy: Path) -> None:
