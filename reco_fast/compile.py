@@ -335,7 +335,7 @@ def compile_model(
     specification (names, order, :func:`~reco_fast.features.definition_sha256`).
     The staged artifact is loaded with every load-time check before it is published.
     """
-    from .features import FEATURE_SETS, definition_sha256
+    from .features import FEATURE_SETS, definition_sha256, spec_for
     from .runtime import Model
 
     check_estimator(estimator)
@@ -357,10 +357,11 @@ def compile_model(
     if not 0.0 <= threshold <= 1.0:
         raise CompileError(f"threshold must be in [0, 1], got {threshold!r}")
     if feature_set is not None:
-        if feature_set not in FEATURE_SETS or list(FEATURE_SETS[feature_set]) != feature_names:
+        fs = spec_for(feature_set)
+        if fs is None or list(fs.names) != feature_names:
             raise CompileError(
                 f"feature_set={feature_set!r} needs exactly its features in order: "
-                f"{list(FEATURE_SETS.get(feature_set, ()))[:3]}..."
+                f"{list(fs.names if fs else ())[:3]}..."
             )
         if builder is None or builder.feature_set != feature_set or not sessions:
             raise CompileError(
@@ -403,7 +404,13 @@ def compile_model(
                     "generating C: tl2cgen's reference code%s",
                     " and the flat evaluator" if forest is not None else "",
                 )
-                sources = generate_c(tl_model, n_features, work, forest, feature_set)
+                sources = generate_c(
+                    tl_model,
+                    n_features,
+                    work,
+                    forest,
+                    feature_set if feature_set in FEATURE_SETS else None,  # C session kernel
+                )
                 log.info("compiling the C library with cffi")
                 lib_path = build_library(sources, work, staging)
                 for name in sources:
@@ -435,11 +442,18 @@ def compile_model(
                 model = model.using(default)
                 golden_X = np.concatenate([base[: N_GOLDEN // 2], adversarial[: N_GOLDEN // 2]])
                 golden_p = estimator.predict_proba(golden_X)[:, 1]
-                golden_s = (
-                    None
-                    if feature_set is None
-                    else golden_sessions(estimator, builder, sessions or ())
-                )
+                if feature_set is None:
+                    golden_s = None
+                elif feature_set in FEATURE_SETS:
+                    golden_s = golden_sessions(estimator, builder, sessions or ())
+                else:  # an event-trained model builds its own (reco_fast.sessionmodel)
+                    golden_s = builder.golden_sessions(
+                        lambda X: estimator.predict_proba(X)[:, 1],
+                        list(sessions or ()),
+                        N_GOLDEN_SESSIONS,
+                        N_GOLDEN_RECOMMEND,
+                        GOLDEN_K,
+                    )
 
                 meta: dict[str, Any] = {
                     "format": "reco_fast",

@@ -619,6 +619,17 @@ def definition_sha256(feature_set: str) -> str:
     ValueError
         ``feature_set`` is not one of :data:`FEATURE_SETS`.
     """
-    if feature_set not in _spec.FEATURE_SETS:
+    fs = spec_for(feature_set)
+    if fs is None:
         raise ValueError(f"unknown feature set {feature_set!r}; choose from {list(FEATURE_SETS)}")
-    return _spec.spec_hash(_spec.FEATURE_SETS[feature_set])
+    return _spec.spec_hash(fs)
+
+
+def spec_for(feature_set: str) -> _spec.FeatureSet | None:
+    """The specification of a feature set by name: the seed's sets or an event set
+    (``events[+category][+price]``, :mod:`reco_fast.sessionmodel`); None if unknown."""
+    if feature_set in _spec.FEATURE_SETS:
+        return _spec.FEATURE_SETS[feature_set]
+    from .sessionmodel import parse_feature_set
+
+    return parse_feature_set(feature_set)

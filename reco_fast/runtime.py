@@ -37,6 +37,7 @@ from .features import (
     FeatureBuilder,
     Vocabulary,
     definition_sha256,
+    spec_for,
 )
 from .recommend import EXCLUDABLE, Recommendation, recommend
 from .schema import FLOAT32_MAX, RowError, RowErrors
@@ -314,12 +315,13 @@ def _check_feature_spec(root: Path, meta: Mapping[str, Any]) -> list[str]:
         raise ValueError("feature_spec does not match feature_names and feature_set")
     if feature_set is None:
         return names
-    if not isinstance(feature_set, str) or feature_set not in FEATURE_SETS:
+    fs = spec_for(feature_set) if isinstance(feature_set, str) else None
+    if fs is None:
         raise ArtifactError(
             f"{root} was built with the feature set {str(feature_set)[:40]!r}, which this "
             f"reco_fast does not define ({list(FEATURE_SETS)}); rebuild the artifact"
         )
-    ours = list(FEATURE_SETS[feature_set])
+    ours = list(FEATURE_SETS[feature_set]) if feature_set in FEATURE_SETS else list(fs.names)
     if ours != names:
         first = next(
             (i for i, (a, b) in enumerate(zip(ours, names, strict=False)) if a != b),
@@ -553,7 +555,11 @@ class Model:
             if meta["backend"] not in BACKENDS:
                 raise ValueError(f"unknown backend {str(meta['backend'])[:40]!r}")
             builder = None
-            if meta["feature_set"] is not None:
+            if meta["feature_set"] is not None and meta["feature_set"] not in FEATURE_SETS:
+                from .sessionmodel import EventBuilder, ItemTables
+
+                builder = EventBuilder(ItemTables.load(root))  # files checked by read_artifact
+            elif meta["feature_set"] is not None:
                 catalog = read_catalog(checked.catalog) if checked.catalog is not None else None
                 builder = FeatureBuilder(
                     meta["feature_set"], Vocabulary.from_json(meta["vocabulary"]), catalog
@@ -800,6 +806,8 @@ class Model:
         missing column, columns of different lengths) raise either way.
         """
         builder = self._builder
+        if getattr(builder, "tables", None) is not None:  # an event-trained model
+            return self._predict_events(sessions, on_invalid)
         kernel = self._session_one
         if kernel is not None and type(sessions) is dict and on_invalid == "raise":
             # the hot path: one page view as a plain dict (a category is a str)
@@ -906,7 +914,51 @@ class Model:
     ) -> list[Recommendation]:
         """The top k products for this session at or above ``threshold`` (default: the
         artifact's, 0.7). See :func:`reco_fast.recommend.recommend`."""
+        if getattr(self._builder, "tables", None) is not None:  # an event-trained model
+            return self._recommend_events(session, k, threshold, candidates, exclude)
         return recommend(self, session, k, threshold, candidates, exclude)
+
+    # ---- event-trained models (reco_fast.sessionmodel) -------------------------------------
+    def _predict_events(self, sessions: Any, on_invalid: str) -> float | np.ndarray:
+        _check_on_invalid(on_invalid)
+        builder = self._builder
+        if isinstance(sessions, Mapping):
+            try:
+                return float(self._predict_f64(builder.rows([sessions]))[0])
+            except InputError:
+                if on_invalid == "raise":
+                    raise
+                return math.nan
+        if isinstance(sessions, (str, bytes)) or not isinstance(sessions, Sequence):
+            raise TypeError(
+                "an event-trained model scores a session dict or a list of them, got "
+                f"{type(sessions).__name__}"
+            )
+        if on_invalid == "raise":
+            return self._predict_f64(builder.rows(sessions))
+        out = np.full(len(sessions), np.nan)
+        for i, s in enumerate(sessions):
+            try:
+                out[i] = self._predict_f64(builder.rows([s], offset=i))[0]
+            except InputError:
+                pass
+        return out
+
+    def _recommend_events(
+        self,
+        session: Mapping[str, Any],
+        k: int,
+        threshold: float | None,
+        candidates: Sequence[str] | None,
+        exclude: Iterable[str],
+    ) -> list[Recommendation]:
+        from .recommend import _check_args
+
+        k, t, excluded = _check_args(k, self.threshold if threshold is None else threshold, exclude)
+        builder = self._builder
+        ranked = builder.rank(self._predict_f64, session, k, t, candidates, tuple(excluded))
+        ids = builder.tables.product_ids
+        return [Recommendation(str(ids[r.position]), r.probability, r.reason) for r in ranked]
 
     def with_catalog(self, catalog: Any) -> Model:
         """A model that recommends from a new catalog (prices or products changed).

@@ -569,7 +569,7 @@ class EventBuilder:
         cases = []
         for s in pool:
             session = {"products": list(s["products"]), "cart": list(s.get("cart", ()))}
-            ranked = self.rank(predict, session, k, 0.0, None, ())
+            ranked = self.rank(predict, session, k, 0.0, None, ("viewed", "in_cart"))
             ps = [r.probability for r in ranked]
             if len(ranked) < k or any(0.0 < a - b <= 1e-9 for a, b in itertools.pairwise(ps)):
                 continue
@@ -578,7 +578,6 @@ class EventBuilder:
                     "session": session,
                     "k": k,
                     "threshold": 0.0,
-                    "exclude": [],
                     "product_ids": [str(self.tables.product_ids[r.position]) for r in ranked],
                     "proba": ps,
                 }
