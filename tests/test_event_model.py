@@ -150,3 +150,11 @@ def test_events_options_are_checked(minimal_log, tmp_path, capsys):
     assert cli.main(["build", "--events", str(minimal_log), "--out", str(tmp_path / "x")]) == 2
     assert "--columns" in capsys.readouterr().err
     assert cli.main(["build", "--columns", "time=a,product=b", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_readme_table_is_this_build_s_evaluation(rees46):
+    """The README's REES46 table is what the documented command measures, not typed by hand."""
+    from reco_fast.evaluate import format_table
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert format_table(rees46.evaluation).strip() in readme
