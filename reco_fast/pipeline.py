@@ -221,7 +221,7 @@ def build_events(
     from .compile import compile_model
     from .evaluate import baselines, evaluate, format_table, split_by_time
     from .events import parse_columns, parse_event_types, read_events
-    from .sessionmodel import EventBuilder
+    from .sessionmodel import EventBuilder, retrieve
     from .sessiontrain import fit_tables, next_targets, session_sequences, training_rows
 
     start = time.perf_counter()
@@ -287,6 +287,19 @@ def build_events(
         rankers: dict[str, Any] = {"model": model_ranker}
         rankers.update(baselines(train_events))
         evaluation = evaluate(train_events, test_events, rankers, k, split=split_info)
+        hits, sizes = [], []
+        for seq in session_sequences(test_events, tables):
+            for i, target in next_targets(seq.touched):
+                got = retrieve(tables, seq.touched[: i + 1], seq.carts[i])
+                hits.append(target >= 0 and target in set(got.tolist()))
+                sizes.append(len(got))
+        evaluation["retrieval"] = {
+            "what": "first stage: co-visitation neighbours, session, category and global popularity",
+            "recall": float(np.mean(hits)) if hits else 0.0,
+            "mean_candidates": float(np.mean(sizes)) if sizes else 0.0,
+            "max_candidates": int(max(sizes, default=0)),
+            "predictions": len(hits),
+        }
         evaluation["training"] = {
             "rows": len(rows.y),
             "positives": int(rows.y.sum()),
