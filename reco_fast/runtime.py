@@ -289,6 +289,8 @@ class Model:
             )
             if bad >= 0:
                 self._raise_bad_value(X, int(bad), row_offset)
+            if bad != -1:  # the kernel could not allocate its row buffer
+                raise MemoryError(f"out of memory scoring {X.shape[0]} rows")
         return out
 
     def _raise_bad_value(self, X: np.ndarray, flat: int, row_offset: int) -> None:
