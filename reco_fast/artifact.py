@@ -18,6 +18,7 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,27 @@ METADATA_FILE = "metadata.json"
 CATALOG_FILE = "catalog.csv"
 
 
+_PLATFORM_LOCK = threading.Lock()
+_PLATFORM: dict[str, str] | None = None
+
+
 def platform_tag() -> dict[str, str]:
-    """What a compiled library needs of the machine that loads it."""
-    return {
-        "system": sys.platform,
-        "machine": platform.machine(),
-        "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX") or "",
-        "python": platform.python_version(),
-    }
+    """What a compiled library needs of the machine that loads it.
+
+    Computed once per process, under a lock: ``sysconfig.get_config_var`` is not
+    thread-safe on first use (it returned None to some of eight threads loading at
+    once), and the answer cannot change while the process runs.
+    """
+    global _PLATFORM
+    with _PLATFORM_LOCK:
+        if _PLATFORM is None:
+            _PLATFORM = {
+                "system": sys.platform,
+                "machine": platform.machine(),
+                "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX") or "",
+                "python": platform.python_version(),
+            }
+        return dict(_PLATFORM)
 
 
 def sha256_file(path: Path) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import CATALOG_FILE, read_metadata
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, InputError, shown
 from .features import Catalog, FeatureBuilder, Vocabulary
 from .recommend import EXCLUDABLE, Recommendation, recommend
 from .schema import FLOAT32_MAX, RowError, RowErrors
@@ -69,7 +69,7 @@ def write_catalog(catalog: Catalog, path: Path) -> None:
 
 def _check_on_invalid(on_invalid: Any) -> None:
     if not (isinstance(on_invalid, str) and on_invalid in ON_INVALID):
-        raise ValueError(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r:.60}")
+        raise ValueError(f"on_invalid must be one of {list(ON_INVALID)}, got {shown(on_invalid)}")
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _flat_kinds(lib: Any) -> list[str]:
 
 def _kernels(lib: Any, backend: str) -> _Kernels:
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+        raise ValueError(f"unknown backend {shown(backend)}; choose from {list(BACKENDS)}")
     if backend == "tl2cgen":
         return _Kernels(
             backend,
