@@ -9,7 +9,7 @@ See ``python build_model.py --help`` for training on your own log.
 
 import sys
 
-from reco_fast.cli import main
+from reco_fast.cli import build_main
 
 if __name__ == "__main__":
-    sys.exit(main(["build", *sys.argv[1:]]))
+    sys.exit(build_main())

@@ -13,9 +13,11 @@ Configuration (environment):
                      several replicas behind a load balancer share them;
                      unset: in this process's memory
 
-Run (needs ``pip install fastapi uvicorn``; build the model first with
-``python build_model.py``):
-    uvicorn examples.service:create_app --factory --port 8000
+Run from the repository's root (``pip install -e '.[service]'`` installs FastAPI
+and uvicorn; build the model first with ``python build_model.py``):
+    RECO_MODEL=artifacts/reco_model uvicorn examples.service:create_app --factory --port 8000
+
+    curl localhost:8000/health    # {"status": "ok", "model_id": "<sha256 of metadata.json>"}
 
     curl -X POST localhost:8000/sessions/s1/page_view -H 'content-type: application/json' \
         -d '{"product_id": "PROD0007", "device_type": "Desktop", "traffic_source": "Organic"}'
@@ -30,6 +32,8 @@ Event times are the server's clock when the event arrives.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ from pydantic import BaseModel, ConfigDict
 
 import reco_fast
 from reco_fast import InputError, RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
+from reco_fast.artifact import METADATA_FILE
 from reco_fast.errors import shown
 
 DEFAULT_MODEL = Path("artifacts") / "reco_model"
@@ -145,6 +150,23 @@ def _error(status: int) -> Any:
     return handler
 
 
+def model_id(model: reco_fast.Model) -> str:
+    """The serving artifact's id: the sha256 of its ``metadata.json``.
+
+    metadata.json lists the sha256 of every other file of the artifact (library,
+    catalog, report...) and its build time, so this one digest names the whole
+    artifact; ``sha256sum artifacts/reco_model/metadata.json`` gives the same value.
+    The file is re-read here, so it is checked to be the metadata the model was
+    loaded with (a rebuild may have replaced the directory since).
+    """
+    data = (Path(model.path) / METADATA_FILE).read_bytes()
+    if json.loads(data) != dict(model.metadata):
+        raise RuntimeError(
+            f"{model.path} changed while the model was loading; start the service again"
+        )
+    return hashlib.sha256(data).hexdigest()
+
+
 def create_app(
     model_path: str | os.PathLike[str] | None = None,
     store: Any = None,
@@ -161,9 +183,11 @@ def create_app(
     if store is None and os.environ.get("RECO_REDIS_URL"):
         store = RedisStore.from_url(os.environ["RECO_REDIS_URL"])
     tracker = SessionTracker(model, store)  # store None: in memory
+    serving_id = model_id(model)
 
     app = FastAPI(title="reco_fast example service")
     app.state.model = model
+    app.state.model_id = serving_id
     app.state.tracker = tracker
     # Starlette picks the handler of the most specific class: SessionNotFound is an InputError.
     app.add_exception_handler(InputError, _error(422))
@@ -174,6 +198,11 @@ def create_app(
 
     # Plain `def` endpoints run in FastAPI's thread pool; the tracker and the
     # model are thread-safe, and the compiled model releases the GIL.
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        """Liveness, and which artifact is serving (see :func:`model_id`)."""
+        return {"status": "ok", "model_id": serving_id}
+
     @app.post("/sessions/{session_id}/page_view")
     def page_view(session_id: str, event: PageView) -> dict[str, Any]:
         return tracker.page_view(session_id, **event.model_dump())

@@ -11,7 +11,6 @@ one process.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import logging
@@ -23,12 +22,14 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import _spec
 from ._ir import Forest
+from .artifact import config_var, platform_tag
 
 __all__ = ["CDEF", "build_library", "flat_source", "generate_c"]
 
@@ -166,54 +167,50 @@ TL2CGEN_VERSION_WARNING = "originated from a newer Treelite version"
 log = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def native_output(what: str) -> Iterator[list[str]]:
-    """Capture what native code writes to fd 1 and 2, and log it instead.
+_TL2CGEN_SCRIPT = """
+import sys, tl2cgen, treelite
+model = treelite.Model.deserialize_bytes(sys.stdin.buffer.read())
+tl2cgen.generate_c_code(model, dirpath=sys.argv[1], params={})
+"""
+_TL2CGEN_KNOWN = (
+    "newer Treelite version",
+    "Currently running Treelite",
+    "checkpoint was generated",
+    "Parallel compilation disabled",
+)
 
-    tl2cgen 1.0.0 embeds the treelite 4.1 runtime, which writes straight to
-    stderr that the checkpoint "originated from a newer Treelite version".
-    The fields tl2cgen reads have not changed since 4.0 and every build proves
-    the generated code equal to scikit-learn, so that line is logged at DEBUG;
-    anything else native code says is logged as a warning.
+
+def _run_tl2cgen(treelite_model: Any, gen_dir: Path) -> None:
+    """tl2cgen's code generator in a child process, its native output captured there.
+
+    tl2cgen 1.0.0 embeds the treelite 4.1 runtime, which writes straight to the
+    process's stderr that the checkpoint "originated from a newer Treelite
+    version". The fields tl2cgen reads have not changed since 4.0 and every build
+    proves the generated code equal to the reference library, so that line is
+    logged at DEBUG; anything else is logged as a warning. Running it in a child
+    keeps this process's file descriptors untouched.
     """
-    lines: list[str] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        saved = [os.dup(1), os.dup(2)]
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            yield lines
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            lines.extend(sink.read().decode("utf-8", "replace").splitlines())
-    known = (
-        "newer Treelite version",
-        "Currently running Treelite",
-        "checkpoint was generated",
-        "Parallel compilation disabled",
-        "unused variable",
-        "unsigned int tmp",
-        "^~~",
-        "In function",
+    done = subprocess.run(
+        [sys.executable, "-c", _TL2CGEN_SCRIPT, str(gen_dir)],
+        input=treelite_model.serialize_bytes(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        check=False,
     )
-    for line in lines:
-        level = (
-            logging.DEBUG if any(k in line for k in known) or not line.strip() else logging.WARNING
-        )
-        log.log(level, "%s: %s", what, line)
+    output = done.stdout.decode("utf-8", "replace")
+    for line in output.splitlines():
+        if line.strip():
+            known = any(k in line for k in _TL2CGEN_KNOWN)
+            log.log(logging.DEBUG if known else logging.WARNING, "tl2cgen: %s", line)
+    if done.returncode != 0:
+        from .errors import CompileError
+
+        raise CompileError(f"tl2cgen could not generate C for this model: {_first_error(output)}")
 
 
 def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str, str]:
     """C and cdef for one page view from its raw numbers: ``rs_predict_<backend>(...)``."""
-    from .features import CANDIDATE_KERNEL_C, FEATURE_SETS, session_kernel_c
+    from .features import FEATURE_SETS, candidate_kernel_c, session_kernel_c
 
     if len(FEATURE_SETS[feature_set]) != n_features:
         raise ValueError(
@@ -232,7 +229,14 @@ def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str,
         )
         cdef += f"double rs_predict_{backend}({params});\n"
     if feature_set == "ranking":
-        source += CANDIDATE_KERNEL_C + TOPK_C + RECOMMEND_C
+        spec = _spec.FEATURE_SETS[feature_set]
+        source += (
+            candidate_kernel_c(feature_set)
+            + TOPK_C
+            + RECOMMEND_C.replace("@N_SESSION@", str(len(spec.session))).replace(
+                "@N_CANDIDATE@", str(len(spec.candidate))
+            )
+        )
         kinds = [("tl2cgen", "rf_predict_prefix")] + (
             [(k, f"rq_predict_prefix_{k}") for k in ("portable", "avx2", "avx512")] if flat else []
         )
@@ -267,7 +271,8 @@ static int64_t rs_recommend(const double* row, const double* cat_codes, const do
                             double* top_p, rs_prefix_fn prefix) {
   const size_t m_max = cand ? n_cand : n_catalog;
   uint8_t* flags = calloc(n_catalog ? n_catalog : 1, 2);
-  int64_t* kept = malloc((m_max ? m_max : 1) * (2 * sizeof(int64_t) + 6 * sizeof(double)));
+  int64_t* kept = malloc((m_max ? m_max : 1) *
+                         (2 * sizeof(int64_t) + (@N_CANDIDATE@ + 1) * sizeof(double)));
   if (!flags || !kept) { free(flags); free(kept); return -1; }
   uint8_t* viewed = flags;
   uint8_t* dropped = flags + n_catalog;
@@ -280,11 +285,11 @@ static int64_t rs_recommend(const double* row, const double* cat_codes, const do
   }
   int64_t* order = kept + m_max;
   double* rest = (double*)(order + m_max);
-  double* proba = rest + 5 * m_max;
+  double* proba = rest + @N_CANDIDATE@ * m_max;
   size_t count = 0;
   if (m > 0) {
     rs_candidate_rest(row, cat_codes, prices, kept, m, viewed, rest);
-    prefix(row, 19, rest, m, proba);
+    prefix(row, @N_SESSION@, rest, m, proba);
     count = rs_top_k(proba, m, threshold, k, order);
     for (size_t j = 0; j < count; ++j) {
       top_pos[j] = kept[order[j]];
@@ -325,11 +330,9 @@ def generate_c(
 
     Returns {file name: source}.
     """
-    import tl2cgen
 
     gen_dir = Path(tempfile.mkdtemp(prefix="tl2cgen-", dir=out_dir))
-    with native_output("tl2cgen"):
-        tl2cgen.generate_c_code(treelite_model, dirpath=str(gen_dir), params={})
+    _run_tl2cgen(treelite_model, gen_dir)
     sources = {
         "model.c": (gen_dir / "main.c").read_text(),
         "header.h": (gen_dir / "header.h").read_text(),
@@ -463,7 +466,7 @@ def module_name(sources: dict[str, str]) -> str:
 
 def _compiler() -> list[str]:
     """The C compiler Python itself was built with (``CC``), or ``cc``."""
-    return shlex.split(sysconfig.get_config_var("CC") or "cc")
+    return shlex.split(config_var("CC") or "cc")
 
 
 def _first_error(output: str) -> str:
@@ -510,7 +513,8 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
     name = module_name(sources)
     ffi = cffi.FFI()
     ffi.cdef(CDEF + (CDEF_FLAT if "flat.c" in sources else "") + sources.get("session.cdef", ""))
-    ffi.set_source(name, sources["harness.c"])
+    # compiler_verbose=False: cffi would print "generating ..." to stdout, which is the report's
+    ffi.set_source(name, sources["harness.c"], compiler_verbose=False)
     module_c = src_dir / f"{name}.c"
     ffi.emit_c_code(str(module_c))
     units = [module_c] + [src_dir / f for f in ("model.c", "flat.c") if f in sources]
@@ -519,6 +523,12 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
     flags = ["-fPIC", "-DNDEBUG", "-fwrapv", *COMPILE_ARGS]
     objects = [unit.with_suffix(".o") for unit in units]
     started = time.perf_counter()
+    log.info(
+        "compiling %d C files (%s) with %s, in parallel",
+        len(units),
+        ", ".join(u.name for u in units),
+        cc[0],
+    )
     procs = [
         subprocess.Popen(
             [*cc, *flags, *include, "-c", str(unit), "-o", str(obj)],
@@ -528,13 +538,19 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
         )
         for unit, obj in zip(units, objects, strict=True)
     ]
-    outputs = [proc.communicate()[0].decode("utf-8", "replace") for proc in procs]
+    try:
+        outputs = _collect_with_progress(procs, [u.name for u in units], started)
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        raise
     for unit, proc, output in zip(units, procs, outputs, strict=True):
         _log_compiler_output(output)
         if proc.returncode != 0:
             _raise_if_disk_full(output)
             raise CompileError(f"the C compiler failed on {unit.name}: {_first_error(output)}")
-    target = out_dir / (name + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+    target = out_dir / (name + (platform_tag()["ext_suffix"] or ".so"))
     link = subprocess.run(
         [*cc, "-shared", *map(str, objects), "-o", str(target), "-lm"],
         stdout=subprocess.PIPE,
@@ -549,6 +565,42 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
         raise CompileError(f"linking the model library failed: {_first_error(output)}")
     log.info("compiled %d C files in %.1f s", len(units), time.perf_counter() - started)
     return target
+
+
+COMPILE_PROGRESS_EVERY_S = 5.0
+"""While the C compiler runs, a progress line is logged this often."""
+
+
+def _collect_with_progress(
+    procs: list[subprocess.Popen[bytes]], names: list[str], started: float
+) -> list[str]:
+    """Each compiler's output, once all have exited; every few seconds meanwhile, a log
+    line says which are still running. One thread per process drains its pipe."""
+    outputs = [""] * len(procs)
+
+    def drain(i: int) -> None:
+        outputs[i] = procs[i].communicate()[0].decode("utf-8", "replace")
+
+    threads = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(procs))]
+    for thread in threads:
+        thread.start()
+    next_report = started + COMPILE_PROGRESS_EVERY_S
+    for thread in threads:
+        while True:
+            thread.join(max(next_report - time.perf_counter(), 0.0))
+            if not thread.is_alive():
+                break
+            if time.perf_counter() >= next_report:
+                running = [n for n, t in zip(names, threads, strict=True) if t.is_alive()]
+                log.info(
+                    "compiling: %d of %d C files done (still running: %s), %.0f s elapsed",
+                    len(procs) - len(running),
+                    len(procs),
+                    ", ".join(running),
+                    time.perf_counter() - started,
+                )
+                next_report += COMPILE_PROGRESS_EVERY_S
+    return outputs
 
 
 def _raise_if_disk_full(output: str) -> None:

@@ -32,8 +32,15 @@ METADATA_FILE = "metadata.json"
 CATALOG_FILE = "catalog.csv"
 
 
-_PLATFORM_LOCK = threading.Lock()
+_PLATFORM_LOCK = threading.RLock()
 _PLATFORM: dict[str, str] | None = None
+
+
+def config_var(name: str) -> Any:
+    """``sysconfig.get_config_var(name)``, serialised: sysconfig is not thread-safe on
+    first use (a thread asking while another initialises it gets None)."""
+    with _PLATFORM_LOCK:
+        return sysconfig.get_config_var(name)
 
 
 def platform_tag() -> dict[str, str]:
@@ -49,7 +56,7 @@ def platform_tag() -> dict[str, str]:
             _PLATFORM = {
                 "system": sys.platform,
                 "machine": platform.machine(),
-                "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX") or "",
+                "ext_suffix": config_var("EXT_SUFFIX") or "",
                 "python": platform.python_version(),
             }
         return dict(_PLATFORM)
@@ -85,6 +92,25 @@ def build_lock(out_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def current_umask() -> int:
+    """The process's file-creation mask, read without changing it.
+
+    Linux reports it in ``/proc/self/status`` (``Umask:``, since 4.7). Elsewhere the
+    only way is to set it and set it back (``os.umask``), which other threads creating
+    files at that instant would see; the fallback is used only there.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # the most restrictive value, in case another thread looks now
+    os.umask(mask)
+    return mask
+
+
 def staging_dir(out_dir: Path) -> Path:
     """A fresh directory beside the target, so the final rename stays on one filesystem."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +132,9 @@ def publish(staging: Path, out_dir: Path) -> None:
         raise ArtifactError(
             f"{out_dir} exists and is not a reco_fast artifact; refusing to replace it"
         )
+    # mkdtemp made the directory 0700: give it the mode mkdir would (what the umask allows),
+    # so an artifact built by one user can be served by another
+    os.chmod(staging, 0o777 & ~current_umask())
     _fsync_files(staging)  # the data reaches the disk before the rename that publishes it
     if out_dir.exists() and _exchange(staging, out_dir):
         shutil.rmtree(staging, ignore_errors=True)  # now holds the previous artifact

@@ -11,17 +11,30 @@ import json
 import logging
 import signal
 import sys
+import textwrap
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, CompileError, InputError
+from . import __version__
+from .errors import ArtifactError, InputError, RecoFastError
 
-__all__ = ["main"]
+__all__ = ["build_main", "main"]
 
 BENCH_GATE_FAILED = 3
 """Exit status of ``reco-fast bench`` when a gate fails (errors exit 1 or 2)."""
+BAD_INPUT = 2
+"""Exit status for bad input (an :class:`InputError`) and bad arguments (argparse)."""
+FAILED = 1
+"""Exit status for every other failure: a damaged artifact, a failed compile, I/O..."""
+MAX_ERROR_CHARS = 500
+"""An error line is cut to this length: never echo a whole input."""
+
+# Failures that say what is wrong in their message; anything else is shown with its
+# type, as a failure of reco_fast itself, and -v shows its traceback.
+_EXPECTED = (RecoFastError, OSError, ValueError, TypeError, ImportError, RecursionError)
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -48,13 +61,156 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .runtime import load
+    # Reads metadata.json and report.json only: never imports the artifact's native
+    # library, so it is safe on an artifact that is damaged, foreign or untrusted.
+    from .artifact import METADATA_FILE, load_metadata_file
 
-    model = load(args.artifact)
-    meta = dict(model.metadata)
-    meta.pop("golden", None)
-    print(json.dumps(meta, indent=2))
+    root = Path(args.artifact)
+    if not root.is_dir():
+        raise ArtifactError(f"{root} is not a directory; build one with `python build_model.py`")
+    if not (root / METADATA_FILE).is_file():
+        raise ArtifactError(f"{root} has no {METADATA_FILE}: not a reco_fast artifact")
+    meta = load_metadata_file(root / METADATA_FILE)
+    if args.json:
+        meta = dict(meta)
+        meta.pop("golden", None)
+        print(json.dumps(meta, indent=2))
+    else:
+        print(info_summary(root, meta, _read_report(root)))
     return 0
+
+
+def _read_report(root: Path) -> dict[str, Any] | str:
+    """report.json as a dict, or why it cannot be shown."""
+    path = root / "report.json"
+    if not path.is_file():
+        return "none (built by compile_model, not the build pipeline)"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return f"unreadable ({type(exc).__name__})"
+    return report if isinstance(report, dict) else "unreadable (not a JSON object)"
+
+
+def _get(d: Any, *keys: str) -> Any:
+    """d[k1][k2]... or None when any level is missing or not a dict."""
+    for key in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(key)
+    return d
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str) -> str:
+    """The human summary ``reco-fast info`` prints: what the model is, its features,
+    its test-split quality, its backend and how it was built (metadata and report only)."""
+    from .artifact import platform_tag
+
+    lines = [f"{root}: reco_fast model artifact (format {meta.get('format_version')})"]
+
+    def row(label: str, text: str) -> None:
+        lines.append(
+            textwrap.fill(
+                text,
+                width=100,
+                break_on_hyphens=False,
+                initial_indent=f"{label + ':':<12}",
+                subsequent_indent=" " * 12,
+            )
+        )
+
+    params = meta.get("estimator") if isinstance(meta.get("estimator"), dict) else {}
+    model = "binary GradientBoostingClassifier"
+    trees, depth = meta.get("n_trees"), params.get("max_depth")
+    if trees is not None:
+        model += f", {trees} trees" + (f" of depth {depth}" if depth is not None else "")
+    if params.get("learning_rate") is not None:
+        model += f", learning rate {params['learning_rate']}"
+    row("model", model + ": click probability of a recommendation")
+
+    names = meta.get("feature_names")
+    if isinstance(names, list):
+        fs = meta.get("feature_set")
+        row(
+            "features",
+            f"{len(names)}" + (f" ({fs} set)" if fs else "") + ": " + ", ".join(map(str, names)),
+        )
+    threshold = _num(meta.get("threshold"))
+    auc = _num(_get(report, "metrics", "auc"))
+    hc = _get(report, "high_confidence")
+    if isinstance(report, str):
+        row("report", report)
+    else:
+        quality = []
+        split = _get(report, "split", "test")
+        if auc is not None:
+            quality.append(f"AUC {auc:.4f}")
+        ctr, cut = _num(_get(hc, "ctr")), _num(_get(hc, "threshold"))
+        if ctr is not None and cut is not None:
+            shown, clicks = _get(hc, "shown"), _get(hc, "clicks")
+            quality.append(
+                f"CTR at >= {cut:g}: {ctr:.1%}"
+                + (
+                    f" ({clicks:,} of {shown:,} shown)"
+                    if isinstance(shown, int) and isinstance(clicks, int)
+                    else ""
+                )
+            )
+        base = _num(_get(report, "dataset", "click_rate"))
+        if base is not None:
+            quality.append(f"base click rate {base:.1%}")
+        if quality:
+            where = f"test split ({split:,} rows): " if isinstance(split, int) else ""
+            row("quality", where + ", ".join(quality))
+    if threshold is not None:
+        row("threshold", f"{threshold:g} (recommend shows products at or above it)")
+    backend = meta.get("backend")
+    if backend:
+        speeds = meta.get("backends") if isinstance(meta.get("backends"), dict) else {}
+        timed = ", ".join(
+            f"{name} {ns:,.0f}"
+            for name, ns in ((n, _num(_get(speeds, n, "ns_per_row"))) for n in speeds)
+            if ns is not None
+        )
+        row("backend", str(backend) + (f" (ns/row at build: {timed})" if timed else ""))
+    v = meta.get("verification")
+    if isinstance(v, dict) and _num(v.get("max_abs_diff")) is not None:
+        row(
+            "verified",
+            f"equal to scikit-learn's predict_proba on {v.get('rows')} + "
+            f"{v.get('adversarial_rows')} adversarial rows (max |diff| {v['max_abs_diff']:.3g}, "
+            f"tolerance {v.get('tolerance')})",
+        )
+    versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
+    plat = meta.get("platform") if isinstance(meta.get("platform"), dict) else {}
+    built = str(meta.get("created", "unknown time"))
+    if plat:
+        built += f" on {plat.get('system')} {plat.get('machine')}, Python {plat.get('python')}"
+    if versions:
+        built += "; " + ", ".join(f"{k} {val}" for k, val in versions.items() if k != "python")
+    row("built", built)
+    here = platform_tag()
+    if plat and any(plat.get(k) != here[k] for k in ("system", "machine", "ext_suffix")):
+        row(
+            "platform",
+            f"built for another platform: cannot be loaded here ({here['system']} "
+            f"{here['machine']}, {here['ext_suffix']})",
+        )
+    data = meta.get("data")
+    if isinstance(data, dict) and data.get("source"):
+        rows = data.get("rows")
+        row("data", f"{data['source']}" + (f" ({rows:,} rows)" if isinstance(rows, int) else ""))
+    row(
+        "library",
+        f"{meta.get('library')} (not loaded by info; `reco-fast verify` checks every file's "
+        "checksum and the golden outputs)",
+    )
+    lines.append("Full metadata: reco-fast info --json " + str(root))
+    return "\n".join(lines)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -143,6 +299,10 @@ def _read_session(text: str) -> Any:
         session = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{source} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(
+            f"{source} is nested too deeply to parse; a session is one flat JSON object"
+        ) from None
     if not isinstance(session, dict):
         raise InputError(
             f"{source} must be a JSON object (one page view), got {type(session).__name__}"
@@ -187,12 +347,36 @@ def _sizes(text: str) -> list[int]:
     return [_positive_int(n) for n in text.split(",") if n.strip()]
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reco-fast", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help unless the help already gives it,
+    or there is nothing to show (None, False for a flag)."""
 
-    b = sub.add_parser("build", help="data -> features -> training -> C -> verified artifact")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return super()._get_help_string(action)
+
+
+def _verbose(p: argparse.ArgumentParser, default: Any = False) -> None:
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="debug logging, and a traceback with any error",
+    )
+
+
+def _version(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def _build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--data", help="page-view log CSV in the seed's schema (default: generate one)")
     b.add_argument("--catalog", help="product catalog CSV: product_id, category, price")
     b.add_argument("--out", default="artifacts/reco_model", help="artifact directory")
@@ -200,28 +384,81 @@ def parser() -> argparse.ArgumentParser:
         "--features",
         default="ranking",
         choices=["ranking", "seed"],
-        help="feature set: ranking (seed + candidate, default) or seed (the 19 alone)",
+        help="feature set: ranking (the seed's 19 + 5 candidate features) or seed (the 19 alone)",
     )
-    b.add_argument("--data-dir", default="data", help="where the generated default data goes")
+    b.add_argument(
+        "--data-dir", default="data", help="where the generated data goes (without --data)"
+    )
     b.add_argument("--seed", type=int, default=42, help="generator seed")
     b.add_argument("--threshold", type=float, default=0.7, help="high-confidence threshold")
     b.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
-    b.set_defaults(func=_build)
+    b.set_defaults(func=_build, command="build")
 
-    i = sub.add_parser(
-        "info", help="what an artifact holds: features, versions, metrics, checksums"
+
+BUILD_DESCRIPTION = (
+    "Data -> features -> training -> report -> C -> verification -> artifact. With no "
+    "arguments: generate the seed-like default data into data/, train, print the report, "
+    "compile, verify against scikit-learn and write artifacts/reco_model/. Progress and "
+    "timings go to stderr, the report to stdout."
+)
+
+
+def build_parser(prog: str = "build_model.py") -> argparse.ArgumentParser:
+    """The parser of ``python build_model.py``: ``reco-fast build``'s options under its own name."""
+    p = argparse.ArgumentParser(
+        prog=prog, description=BUILD_DESCRIPTION, formatter_class=_HelpFormatter
+    )
+    _verbose(p)
+    _version(p)
+    _build_arguments(p)
+    return p
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="reco-fast", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter
+    )
+    _verbose(p)
+    _version(p)
+    # -v also after the subcommand; SUPPRESS keeps `reco-fast -v build` from being reset
+    common = argparse.ArgumentParser(add_help=False)
+    _verbose(common, default=argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], formatter_class=_HelpFormatter, **kwargs)
+
+    b = add(
+        "build",
+        help="data -> features -> training -> C -> verified artifact",
+        description=BUILD_DESCRIPTION,
+    )
+    _build_arguments(b)
+
+    i = add(
+        "info",
+        help="what an artifact holds: model, features, metrics, backend, versions",
+        description="A short summary of an artifact from its metadata.json and report.json: "
+        "what the model is, its features, AUC and click rate at the threshold, backend, "
+        "when and with which versions it was built. Never loads the artifact's native "
+        "library (so it is safe on any directory); `reco-fast verify` checks it.",
     )
     i.add_argument("artifact")
+    i.add_argument(
+        "--json",
+        action="store_true",
+        help="print metadata.json in full instead (without the golden-output rows)",
+    )
     i.set_defaults(func=_info)
 
-    v = sub.add_parser("verify", help="re-check an artifact's checksums and golden outputs")
+    v = add("verify", help="re-check an artifact's checksums and golden outputs")
     v.add_argument("artifact")
     v.set_defaults(func=_verify)
 
     from .bench import DEFAULT_BATCH_SIZES, DEFAULT_ROUNDS, GATES
     from .runtime import BACKENDS
 
-    be = sub.add_parser(
+    be = add(
         "bench",
         help="measure an artifact's latency on this machine; fail when a gate is exceeded",
         description="Time single page views, feature batches, whole-catalog recommend and "
@@ -272,7 +509,7 @@ def parser() -> argparse.ArgumentParser:
 
     from .score import DEFAULT_CHUNKSIZE, ON_INVALID
 
-    sc = sub.add_parser(
+    sc = add(
         "score",
         help="score a CSV (or Parquet) file of page views in chunks, in constant memory",
         description="Read page views in the seed's schema chunk by chunk, score each chunk "
@@ -302,7 +539,7 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     sc.set_defaults(func=_score)
 
-    r = sub.add_parser(
+    r = add(
         "recommend",
         help="the top products for one page view, as JSON",
         description="Score the artifact's catalog against one session (a JSON object in "
@@ -327,31 +564,53 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def error_line(exc: BaseException) -> str:
+    """One line for a failure: the message of an error reco_fast (or the OS, or a bad
+    value) raised on purpose; the type too for anything else. Bounded in length."""
+    message = " ".join(str(exc).split())
+    if isinstance(exc, RecursionError):
+        message = "the input is nested too deeply to process"
+    elif not isinstance(exc, _EXPECTED) or not message:
+        message = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    return message
+
+
+def _run(p: argparse.ArgumentParser, argv: Sequence[str] | None, name: Callable[[Any], str]) -> int:
+    """Parse, configure logging, run; turn every failure into one line and an exit status."""
+    args = p.parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
     try:
         return int(args.func(args))
-    except (
-        InputError,
-        ArtifactError,
-        CompileError,
-        ValueError,
-        TypeError,
-        OSError,
-        ImportError,
-    ) as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"reco-fast {args.command}: error: {message}", file=sys.stderr)
-        return 2 if isinstance(exc, InputError) else 1
     except KeyboardInterrupt:
-        print(f"reco-fast {args.command}: interrupted", file=sys.stderr)
+        print(f"{name(args)}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        hint = "" if isinstance(exc, _EXPECTED) or verbose else " (-v shows the traceback)"
+        print(f"{name(args)}: error: {error_line(exc)}{hint}", file=sys.stderr)
+        return BAD_INPUT if isinstance(exc, InputError) else FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``reco-fast``. Exit status: 0 success, 1 failure (one line on stderr: the
+    artifact, the compile, the disk...), 2 bad input or arguments, 3 a bench gate
+    failed, 130 interrupted. ``-v`` (before or after the subcommand) adds debug
+    logging and tracebacks."""
+    return _run(parser(), argv, lambda args: f"reco-fast {args.command}")
+
+
+def build_main(argv: Sequence[str] | None = None, prog: str = "build_model.py") -> int:
+    """``python build_model.py``: ``reco-fast build`` under its own name (same exit statuses)."""
+    return _run(build_parser(prog), argv, lambda args: prog)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._codegen import build_library, generate_c, module_name, native_output
+from ._codegen import build_library, generate_c, module_name
 from ._ir import UnsupportedForest, from_treelite
 from .artifact import (
     FORMAT_VERSION,
@@ -229,22 +229,10 @@ def _import_treelite(estimator: Any) -> Any:
     import treelite
 
     try:
-        with native_output("treelite"):
-            return treelite.sklearn.import_model(fitted_view(estimator))
+        return treelite.sklearn.import_model(fitted_view(estimator))
     except (NotImplementedError, treelite.TreeliteError) as exc:
         message = " ".join(str(exc).split())[:300]
         raise CompileError(f"treelite cannot import this estimator: {message}") from exc
-
-
-def _generate_c(*args: Any) -> dict[str, str]:
-    """generate_c, with tl2cgen's own errors as CompileError."""
-    import tl2cgen
-
-    try:
-        return generate_c(*args)
-    except tl2cgen.TL2cgenError as exc:
-        message = " ".join(str(exc).split())[:300]
-        raise CompileError(f"tl2cgen cannot generate C for this model: {message}") from exc
 
 
 def compile_model(
@@ -318,7 +306,7 @@ def compile_model(
                     "generating C: tl2cgen's reference code%s",
                     " and the flat evaluator" if forest is not None else "",
                 )
-                sources = _generate_c(tl_model, n_features, work, forest, feature_set)
+                sources = generate_c(tl_model, n_features, work, forest, feature_set)
                 log.info("compiling the C library with cffi")
                 lib_path = build_library(sources, work, staging)
                 for name in sources:

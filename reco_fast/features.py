@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _spec
 from .errors import InputError, shown, shown_values
 from .schema import (
     CATEGORICAL_FIELDS,
@@ -40,40 +41,10 @@ __all__ = [
     "Vocabulary",
 ]
 
-SEED_FEATURES: tuple[str, ...] = (
-    "category_enc",
-    "current_price",
-    "products_in_cart",
-    "device_enc",
-    "traffic_enc",
-    "time_on_page_sec",
-    "scroll_depth",
-    "clicked_product_image",
-    "session_length_mins",
-    "products_viewed_count",
-    "has_items_in_cart",
-    "high_engagement",
-    "premium_product",
-    "low_price_product",
-    "multi_product_session",
-    "engagement_score",
-    "engaged_shopper",
-    "quick_browser",
-    "session_intensity",
-)
-CANDIDATE_FEATURES: tuple[str, ...] = (
-    "rec_category_enc",
-    "rec_price",
-    "rec_same_category",
-    "rec_price_ratio",
-    "rec_already_viewed",
-)
-FEATURE_SETS: dict[str, tuple[str, ...]] = {
-    "ranking": SEED_FEATURES + CANDIDATE_FEATURES,
-    "seed": SEED_FEATURES,
-}
-MIN_PRICE_FOR_RATIO = 0.01
-"""rec_price_ratio divides by max(current_price, 0.01) so a free product cannot divide by 0."""
+SEED_FEATURES: tuple[str, ...] = tuple(f.name for f in _spec.SEED)
+CANDIDATE_FEATURES: tuple[str, ...] = tuple(f.name for f in _spec.CANDIDATE)
+FEATURE_SETS: dict[str, tuple[str, ...]] = {k: v.names for k, v in _spec.FEATURE_SETS.items()}
+MIN_PRICE_FOR_RATIO = _spec.MIN_PRICE_FOR_RATIO
 
 SESSION_NUMERIC = (
     "current_price",
@@ -88,62 +59,20 @@ VIEWED_FIELDS = ("current_product_id", "prev_product_1", "prev_product_2", "prev
 _CODE_FIELD = {"current_category": 0, "device_type": 1, "traffic_source": 2}
 
 
-_C_SEED = """
-  const double e = t / 300 * sc;
-  x[0] = cat; x[1] = price; x[2] = cart; x[3] = dev; x[4] = trf;
-  x[5] = t; x[6] = sc; x[7] = img; x[8] = mins; x[9] = viewed;
-  x[10] = cart > 0;
-  x[11] = t >= 60 && sc >= 0.6;
-  x[12] = price > 100;
-  x[13] = price < 30;
-  x[14] = viewed >= 3;
-  x[15] = e < 0.0 ? 0.0 : (e > 1.0 ? 1.0 : e);
-  x[16] = mins >= 10 && viewed >= 3;
-  x[17] = t < 30 && sc < 0.3;
-  x[18] = viewed / (mins + 1);
-"""
-_C_CANDIDATE = """
-  x[19] = rcat; x[20] = rprice;
-  x[21] = rcat == cat;
-  x[22] = rprice / (price > 0.01 ? price : 0.01);
-  x[23] = already;
-"""
-_C_ARGS = ("cat", "price", "cart", "dev", "trf", "t", "sc", "img", "mins", "viewed")
-
-
 def session_kernel_c(feature_set: str) -> tuple[str, str]:
-    """C for ``FeatureBuilder.expand``: (definition, declaration) of ``rs_features``.
+    """C for ``FeatureBuilder.expand``: (definition, argument list) of ``rs_features``.
 
     The single-page-view path passes the raw numbers of :meth:`FeatureBuilder.raw`
     straight to C, which derives the features there: building a 24-element
-    Python list and converting it costs more than the trees. Same IEEE
-    operations in the same order as the Python and numpy paths (compiled with
-    -ffp-contract=off), and tests hold all three equal.
+    Python list and converting it costs more than the trees. Generated from the
+    feature specification (:mod:`reco_fast._spec`), like the Python and numpy paths.
     """
-    args = _C_ARGS + (("rcat", "rprice", "already") if feature_set == "ranking" else ())
-    body = _C_SEED + (_C_CANDIDATE if feature_set == "ranking" else "")
-    params = ", ".join(f"double {a}" for a in args)
-    head = f"void rs_features({params}, double* x)"
-    return f"{head} {{{body}}}\n", ", ".join(args)
+    return _spec.c_session_kernel(_spec.FEATURE_SETS[feature_set])
 
 
-CANDIDATE_KERNEL_C = """
-/* FeatureBuilder.candidate_rest in C: the five candidate features of m catalog products
-   for one session (row = its 19 features), feature-major: rest[j * m + i]. */
-static void rs_candidate_rest(const double* row, const double* cat_codes,
-                              const double* prices, const int64_t* cand, size_t m,
-                              const uint8_t* viewed, double* rest) {
-  const double denominator = row[1] > 0.01 ? row[1] : 0.01;
-  for (size_t i = 0; i < m; ++i) {
-    const int64_t p = cand[i];
-    rest[i] = cat_codes[p];
-    rest[m + i] = prices[p];
-    rest[2 * m + i] = cat_codes[p] == row[0];
-    rest[3 * m + i] = prices[p] / denominator;
-    rest[4 * m + i] = viewed[p] ? 1.0 : 0.0;
-  }
-}
-"""
+def candidate_kernel_c(feature_set: str) -> str:
+    """C for ``FeatureBuilder.candidate_rest``: ``rs_candidate_rest``, from the specification."""
+    return _spec.c_candidate_kernel(_spec.FEATURE_SETS[feature_set])
 
 
 @dataclass(frozen=True)
@@ -415,7 +344,14 @@ class FeatureBuilder:
         if feature_set == "ranking" and catalog is None:
             raise ValueError("the 'ranking' feature set needs a product catalog")
         self.feature_set = feature_set
-        self.feature_names: tuple[str, ...] = FEATURE_SETS[feature_set]
+        self.spec = _spec.FEATURE_SETS[feature_set]
+        self.feature_names: tuple[str, ...] = self.spec.names
+        self._expand = _spec.python_expander(self.spec)
+        self._expand_session = _spec.python_expander(
+            _spec.FeatureSet(
+                f"{feature_set}-session", self.spec.session, (), self.spec.session_inputs
+            )
+        )
         self.vocabulary = vocabulary
         self.catalog = catalog
         self.ranks_products = feature_set == "ranking"
@@ -548,40 +484,14 @@ class FeatureBuilder:
         return (*raw, rcat, rprice, 1.0 if rec in viewed else 0.0)
 
     def expand(self, raw: Sequence[float]) -> list[float]:
-        """The features from :meth:`raw`'s numbers (the C session kernel computes the same)."""
-        cat, price, cart, dev, trf, t, sc, img, mins, viewed = raw[:10]
-        e = t / 300 * sc
-        row = [
-            float(cat),
-            float(price),
-            float(cart),
-            float(dev),
-            float(trf),
-            float(t),
-            float(sc),
-            float(img),
-            float(mins),
-            float(viewed),
-            1.0 if cart > 0 else 0.0,
-            1.0 if t >= 60 and sc >= 0.6 else 0.0,
-            1.0 if price > 100 else 0.0,
-            1.0 if price < 30 else 0.0,
-            1.0 if viewed >= 3 else 0.0,
-            0.0 if e < 0.0 else 1.0 if e > 1.0 else float(e),
-            1.0 if mins >= 10 and viewed >= 3 else 0.0,
-            1.0 if t < 30 and sc < 0.3 else 0.0,
-            viewed / (mins + 1),
-        ]
-        if len(raw) > 10:
-            rcat, rprice, already = raw[10:]
-            row += [
-                float(rcat),
-                float(rprice),
-                1.0 if rcat == cat else 0.0,
-                rprice / (price if price > MIN_PRICE_FOR_RATIO else MIN_PRICE_FOR_RATIO),
-                float(already),
-            ]
-        return row
+        """The features from :meth:`raw`'s numbers (the C session kernel computes the same).
+
+        ``raw`` holds the session inputs, then (ranking set) the candidate inputs, in
+        the specification's input order; a session-only ``raw`` gives the session block.
+        """
+        if len(raw) == len(self.spec.session_inputs) and self.spec.candidate:
+            return self._expand_session(*raw)
+        return self._expand(*raw)
 
     def row(self, session: Mapping[str, Any]) -> list[float]:
         """All features of one page view, in pure Python (about a microsecond)."""
@@ -643,29 +553,18 @@ class FeatureBuilder:
             ).astype(np.float64)
             for name in CATEGORICAL_FIELDS
         }
-        price, cart = num["current_price"], num["products_in_cart"]
-        t, s = num["time_on_page_sec"], num["scroll_depth"]
-        mins, viewed = num["session_length_mins"], num["products_viewed_count"]
-        X = np.empty((n, self.n_features), dtype=np.float64)
-        X[:, 0] = codes["current_category"]
-        X[:, 1] = price
-        X[:, 2] = cart
-        X[:, 3] = codes["device_type"]
-        X[:, 4] = codes["traffic_source"]
-        X[:, 5] = t
-        X[:, 6] = s
-        X[:, 7] = num["clicked_product_image"]
-        X[:, 8] = mins
-        X[:, 9] = viewed
-        X[:, 10] = cart > 0
-        X[:, 11] = (t >= 60) & (s >= 0.6)
-        X[:, 12] = price > 100
-        X[:, 13] = price < 30
-        X[:, 14] = viewed >= 3
-        X[:, 15] = np.clip(t / 300 * s, 0.0, 1.0)
-        X[:, 16] = (mins >= 10) & (viewed >= 3)
-        X[:, 17] = (t < 30) & (s < 0.3)
-        X[:, 18] = viewed / (mins + 1)
+        inputs: dict[str, Any] = {
+            "cat": codes["current_category"],
+            "price": num["current_price"],
+            "cart": num["products_in_cart"],
+            "dev": codes["device_type"],
+            "trf": codes["traffic_source"],
+            "t": num["time_on_page_sec"],
+            "sc": num["scroll_depth"],
+            "img": num["clicked_product_image"],
+            "mins": num["session_length_mins"],
+            "viewed": num["products_viewed_count"],
+        }
         if self.ranks_products:
             name = "recommended_product_id"
             rec = as_str_array(
@@ -676,11 +575,11 @@ class FeatureBuilder:
             for f in VIEWED_FIELDS:
                 seen = as_str_array(f, columns[f], n, errors, offset, NONE_PRODUCT, objects=True)
                 already |= seen == rec
-            X[:, 19] = self._cat_codes[idx]
-            X[:, 20] = self.catalog.prices[idx]
-            X[:, 21] = X[:, 19] == X[:, 0]
-            X[:, 22] = X[:, 20] / np.maximum(price, MIN_PRICE_FOR_RATIO)
-            X[:, 23] = already
+            inputs["rcat"] = self._cat_codes[idx]
+            inputs["rprice"] = self.catalog.prices[idx]
+            inputs["already"] = already.astype(np.float64)
+        X = np.empty((n, self.n_features), dtype=np.float64)
+        _spec.numpy_columns(self.spec, inputs, X)
         return X
 
     def candidate_rest(
@@ -694,10 +593,13 @@ class FeatureBuilder:
         With the 19 session features in front, candidate i's features equal
         :meth:`transform` of that session with that recommended product.
         """
-        R = np.empty((5, len(candidate_idx)), dtype=np.float64)
-        np.take(self._cat_codes, candidate_idx, out=R[0])
-        np.take(self.catalog.prices, candidate_idx, out=R[1])
-        np.equal(R[0], session_row[0], out=R[2])
-        np.divide(R[1], max(session_row[1], MIN_PRICE_FOR_RATIO), out=R[3])
-        R[4] = viewed[candidate_idx]
+        inputs = {
+            "cat": float(session_row[0]),
+            "price": float(session_row[1]),
+            "rcat": np.take(self._cat_codes, candidate_idx),
+            "rprice": np.take(self.catalog.prices, candidate_idx),
+            "already": viewed[candidate_idx].astype(np.float64),
+        }
+        R = np.empty((len(self.spec.candidate), len(candidate_idx)), dtype=np.float64)
+        _spec.numpy_columns(self.spec, inputs, R, block="candidate")
         return R

@@ -30,6 +30,21 @@ DEFAULT_OUT = Path("artifacts") / "reco_model"
 PREDICTIONS_FILE = "realtime_recommendation_predictions.csv"
 
 
+def warn_if_no_plots() -> bool:
+    """Log a warning when report.html will have no plots (matplotlib missing); True if so."""
+    try:
+        import matplotlib  # noqa: F401  (report_html imports it again to draw)
+    except ImportError:
+        pass
+    else:
+        return False
+    log.warning(
+        "matplotlib is not installed: report.html will have its tables but no plots "
+        "(pip install 'reco_fast[build]' installs it)"
+    )
+    return True
+
+
 @dataclass(frozen=True)
 class BuildResult:
     model: Model
@@ -56,13 +71,17 @@ def build(
     start = time.perf_counter()
     steps = 5
 
+    def elapsed() -> float:
+        return time.perf_counter() - start
+
+    warn_if_no_plots()
     log.info("[1/%d] data", steps)
     if data is None:
         data, catalog = generate_default(data_dir, seed=seed)
     dataset = load(data, catalog)
     frame = dataset.log
 
-    log.info("[2/%d] features (%s set)", steps, feature_set)
+    log.info("[2/%d] features (%s set), %.1f s elapsed", steps, feature_set, elapsed())
     vocabulary = Vocabulary.fit(
         frame["current_category"], frame["device_type"], frame["traffic_source"]
     )
@@ -70,16 +89,25 @@ def build(
     X = builder.transform({c: frame[c].to_numpy() for c in frame.columns})
     y = frame[LABEL].to_numpy()
 
-    log.info("[3/%d] training GradientBoostingClassifier on %d rows", steps, len(y))
     parts = split(X, y)
+    log.info(
+        "[3/%d] training GradientBoostingClassifier on %d rows, %.1f s elapsed",
+        steps,
+        len(parts.y_train),
+        elapsed(),
+    )
     estimator, train_seconds = fit(parts.X_train, parts.y_train)
     log.info("trained in %.1f s", train_seconds)
 
-    log.info("[4/%d] compiling to C and verifying against scikit-learn", steps)
+    log.info(
+        "[4/%d] compiling to C and verifying against scikit-learn, %.1f s elapsed",
+        steps,
+        elapsed(),
+    )
     result: dict[str, Any] = {}
 
     def write_extra(staging: Path, staged: Model) -> None:
-        log.info("[5/%d] report", steps)
+        log.info("[5/%d] report, %.1f s elapsed", steps, elapsed())
         report = build_report(
             log=frame,
             feature_names=builder.feature_names,

@@ -93,26 +93,33 @@ def curves(y_test: Any, proba: Any, threshold: float = 0.7) -> dict[str, Any]:
 BLUE, ORANGE, GREY, GREEN = "#1f6feb", "#d9730d", "#8c959f", "#2da44e"
 
 
-def _pyplot() -> Any | None:
+def _figure_factory() -> Any | None:
+    """A function making a matplotlib ``Figure`` with its own Agg canvas, or None.
+
+    Figures are made directly, never through pyplot, so building a report neither
+    switches the caller's backend nor registers figures in pyplot's global state.
+    """
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401  (absent -> ImportError before any submodule)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return None
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
 
-    return plt
+    def figure(figsize: tuple[float, float], dpi: int) -> Any:
+        fig = Figure(figsize=figsize, dpi=dpi)
+        FigureCanvasAgg(fig)
+        return fig
+
+    return figure
 
 
-def _png(plt: Any, draw: Callable[[Any], None], size: tuple[float, float] = (5.2, 3.6)) -> str:
-    fig = plt.figure(figsize=size, dpi=110)
-    try:
-        draw(fig)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", metadata={"Software": None})
-    finally:
-        plt.close(fig)
+def _png(figure: Any, draw: Callable[[Any], None], size: tuple[float, float] = (5.2, 3.6)) -> str:
+    fig = figure(figsize=size, dpi=110)
+    draw(fig)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -123,7 +130,7 @@ def _style(ax: Any) -> None:
         ax.spines[side].set_visible(False)
 
 
-def _plots(r: dict[str, Any], c: dict[str, Any] | None, plt: Any) -> dict[str, str]:
+def _plots(r: dict[str, Any], c: dict[str, Any] | None, figure: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     t = r["high_confidence"]["threshold"]
     if c is not None:
@@ -200,10 +207,10 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, plt: Any) -> dict[str, s
             ax.legend(loc="lower left", frameon=False)
             _style(ax)
 
-        out["roc"] = _png(plt, roc)
-        out["pr"] = _png(plt, pr)
-        out["calibration"] = _png(plt, calibration)
-        out["sweep"] = _png(plt, sweep)
+        out["roc"] = _png(figure, roc)
+        out["pr"] = _png(figure, pr)
+        out["calibration"] = _png(figure, calibration)
+        out["sweep"] = _png(figure, sweep)
 
     def importance(fig: Any) -> None:
         ax = fig.add_subplot()
@@ -213,7 +220,7 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, plt: Any) -> dict[str, s
         ax.set_title("Top features")
         _style(ax)
 
-    out["importance"] = _png(plt, importance, (6.4, 3.8))
+    out["importance"] = _png(figure, importance, (6.4, 3.8))
 
     def rates(by: str, title: str) -> Callable[[Any], None]:
         def draw(fig: Any) -> None:
@@ -228,8 +235,10 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, plt: Any) -> dict[str, s
 
         return draw
 
-    out["device"] = _png(plt, rates("device_type", "Click rate by device"), (4.6, 3.2))
-    out["traffic"] = _png(plt, rates("traffic_source", "Click rate by traffic source"), (4.6, 3.2))
+    out["device"] = _png(figure, rates("device_type", "Click rate by device"), (4.6, 3.2))
+    out["traffic"] = _png(
+        figure, rates("traffic_source", "Click rate by traffic source"), (4.6, 3.2)
+    )
 
     def speed(fig: Any) -> None:
         ax = fig.add_subplot()
@@ -244,7 +253,7 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, plt: Any) -> dict[str, s
         ax.legend(frameon=False)
         _style(ax)
 
-    out["speed"] = _png(plt, speed, (5.2, 3.4))
+    out["speed"] = _png(figure, speed, (5.2, 3.4))
     return out
 
 
@@ -306,8 +315,8 @@ def _img(plots: dict[str, str], key: str, alt: str) -> str:
 
 def render_html(r: dict[str, Any], curve_points: dict[str, Any] | None = None) -> str:
     """The report dict (and optionally :func:`curves`) as one self-contained HTML page."""
-    plt = _pyplot()
-    plots = _plots(r, curve_points, plt) if plt is not None else {}
+    figure = _figure_factory()
+    plots = _plots(r, curve_points, figure) if figure is not None else {}
     d, m, b, hc = r["dataset"], r["metrics"], r["business_impact"], r["high_confidence"]
     t = hc["threshold"]
     pct = ".1%"
@@ -334,7 +343,7 @@ def render_html(r: dict[str, Any], curve_points: dict[str, Any] | None = None) -
         + "".join(f"<div class=kpi><b>{_e(v)}</b><span>{_e(k)}</span></div>" for v, k in kpis)
         + "</div>",
     ]
-    if plt is None:
+    if figure is None:
         parts.append(
             '<p class="note">Plots omitted: matplotlib is not installed in the environment '
             "that built this artifact (<code>pip install 'reco_fast[report]'</code>). "

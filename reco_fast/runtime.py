@@ -13,6 +13,7 @@ import csv
 import importlib.util
 import math
 import os
+import sysconfig
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,14 +38,28 @@ GOLDEN_TOLERANCE = 1e-12
 
 
 def _import_library(path: Path, name: str) -> Any:
+    """Import an artifact's cffi extension module; ArtifactError unless it is one."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    if not path.name.endswith(suffix):
+        raise ArtifactError(
+            f"{path} is not a compiled library for this interpreter (no {suffix} suffix)"
+        )
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ArtifactError(f"cannot load the compiled library {path}")
     try:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or whatever a foreign module's init raises
         raise ArtifactError(f"cannot load the compiled library {path}: {exc}") from None
+    missing = [a for a in ("ffi", "lib") if not hasattr(module, a)]
+    if not missing and not hasattr(module.lib, "rf_num_feature"):
+        missing = ["lib.rf_num_feature"]
+    if missing:
+        raise ArtifactError(
+            f"{path} is not a reco_fast model library (it has no {' or '.join(missing)}); "
+            "the artifact is damaged or foreign: rebuild it"
+        )
     return module
 
 
@@ -243,6 +258,11 @@ class Model:
             expected = np.asarray(golden["proba"], dtype=np.float64)
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{root} has malformed metadata: {exc!r}") from None
+        except AttributeError as exc:  # a library without one of the entry points
+            raise ArtifactError(
+                f"{root}: the compiled library lacks an entry point ({exc}); the artifact is "
+                "damaged or foreign: rebuild it"
+            ) from None
         X = np.ascontiguousarray(X)
         for name in model.available_backends():
             other = model.using(name)

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from .artifact import current_umask
 from .errors import InputError, shown
 from .schema import NUMERIC_FIELDS
 
@@ -200,8 +201,22 @@ def _chunks_parquet(
         raise InputError(f"{path}: not a readable Parquet file: {exc}") from None
     total = f.metadata.num_rows
     done = 0
-    for batch in f.iter_batches(batch_size=chunksize):
-        frame = batch.to_pandas()
+    batches = f.iter_batches(batch_size=chunksize)
+    while True:
+        # pyarrow raises its own errors, and to_pandas() KeyError, AttributeError or
+        # ValueError when the file's pandas metadata disagrees with its columns
+        try:
+            batch = next(batches, None)
+            if batch is None:
+                return
+            frame = batch.to_pandas()
+        except Exception as exc:
+            msg = " ".join(str(exc).split())[:200]
+            raise InputError(
+                f"{path}: cannot read rows {done:,}+ of this Parquet file ({type(exc).__name__}: "
+                f"{msg}); its metadata may disagree with its columns: rewrite it, or convert "
+                "it to CSV"
+            ) from None
         done += len(frame)
         yield frame, None, b"", (done / total if total else 1.0)
 
@@ -327,9 +342,7 @@ def score_file(
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
     tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it, not mkstemp's 0600
+    os.chmod(tmp, 0o666 & ~current_umask())  # as open() would create it, not mkstemp's 0600
     rows = invalid = 0
     fraction = 0.0
     try:

@@ -7,6 +7,7 @@ this project.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["SEED_PARAMS", "Split", "fit", "split"]
+
+log = logging.getLogger(__name__)
 
 SEED_PARAMS: dict[str, Any] = {
     "n_estimators": 100,
@@ -48,11 +51,47 @@ def split(X: np.ndarray, y: np.ndarray, seed: int = SPLIT_SEED) -> Split:
     return Split(X[i_train], X[i_test], y[i_train], y[i_test], i_train, i_test)
 
 
-def fit(X: np.ndarray, y: np.ndarray, params: dict[str, Any] | None = None) -> tuple[Any, float]:
-    """Fit the seed's GradientBoostingClassifier; return it and the wall time in seconds."""
+PROGRESS_EVERY_S = 5.0
+"""Training logs its progress (trees done, elapsed time) at most this often."""
+
+
+class _Progress:
+    """A ``fit(monitor=...)`` callback that logs "tree i/n, elapsed s" every few seconds.
+
+    It never stops training (returns False), so the fitted model is the same as
+    without it.
+    """
+
+    def __init__(self, n_trees: int, every_s: float):
+        self.n_trees, self.every_s = n_trees, every_s
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, i: int, estimator: Any, local_vars: dict[str, Any]) -> bool:
+        now = time.perf_counter()
+        if now - self.last >= self.every_s and i + 1 < self.n_trees:
+            self.last = now
+            log.info(
+                "training: %d of %d trees, %.1f s elapsed", i + 1, self.n_trees, now - self.start
+            )
+        return False
+
+
+def fit(
+    X: np.ndarray,
+    y: np.ndarray,
+    params: dict[str, Any] | None = None,
+    *,
+    progress_every_s: float = PROGRESS_EVERY_S,
+) -> tuple[Any, float]:
+    """Fit the seed's GradientBoostingClassifier; return it and the wall time in seconds.
+
+    Progress (trees done and elapsed seconds) is logged at INFO at most every
+    ``progress_every_s`` seconds.
+    """
     from sklearn.ensemble import GradientBoostingClassifier
 
     model = GradientBoostingClassifier(**{**SEED_PARAMS, **(params or {})})
+    monitor = _Progress(int(model.n_estimators), progress_every_s)
     start = time.perf_counter()
-    model.fit(X, y)
+    model.fit(X, y, monitor=monitor)
     return model, time.perf_counter() - start

@@ -11,15 +11,22 @@ import csv
 import importlib.util
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import subprocess_env
+from conftest import REPO, subprocess_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import reco_fast
+from reco_fast.artifact import write_metadata
+from reco_fast.cli import MAX_ERROR_CHARS, error_line, info_summary
 from reco_fast.score import supports_on_invalid
 
 SUBCOMMANDS = ("build", "verify", "info", "bench", "score", "recommend")
@@ -32,6 +39,29 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
         text=True,
         env=subprocess_env(),
         input=stdin,
+        timeout=300,
+    )
+
+
+def run_build_model(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``python build_model.py ARGS`` as the README runs it."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "build_model.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+        **kwargs,
+    )
+
+
+def run_code(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -c CODE ARGS``: the CLI with something patched first."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
         timeout=300,
     )
 
@@ -73,11 +103,97 @@ def test_verify_and_info(built):
     proc = run("verify", built.path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok: ")
-    proc = run("info", built.path)
+    proc = run("info", built.path, "--json")
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
-    assert info["feature_names"] == list(built.model.feature_names)
-    assert "golden" not in info
+    expected = dict(built.model.metadata)
+    del expected["golden"]
+    assert info == expected
+
+
+def test_info_prints_a_short_summary(built):
+    proc = run("info", built.path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    meta, report = built.metadata, built.result.report
+    assert len(text.splitlines()) <= 25
+    assert "GradientBoostingClassifier, 100 trees of depth 4" in text
+    flat = " ".join(text.split())  # undo the line wrapping
+    assert (
+        f"{len(meta['feature_names'])} (ranking set): " + ", ".join(meta["feature_names"]) in flat
+    )
+    assert f"AUC {report['metrics']['auc']:.4f}" in text
+    assert f"CTR at >= 0.7: {report['high_confidence']['ctr']:.1%}" in text
+    assert f"backend:    {meta['backend']}" in text
+    assert meta["created"] in text
+    for package in ("scikit-learn", "treelite", "tl2cgen", "reco_fast"):
+        assert f"{package} {meta['versions'][package]}" in flat
+    assert "{" not in text  # not JSON
+
+
+def test_info_never_loads_the_native_library(built, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(built.path, art)
+    (art / built.metadata["library"]).write_bytes(b"garbage, not a shared library")
+    proc = run("info", art)
+    assert proc.returncode == 0, proc.stderr
+    assert "AUC" in proc.stdout and "reco-fast verify" in proc.stdout
+    proc = run("info", art, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["library"] == built.metadata["library"]
+    assert "does not match its checksum" in one_line_error(run("verify", art), "verify")
+
+
+def test_info_without_a_report(built, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(built.path, art)
+    (art / "report.json").write_text("[1, 2")  # damaged
+    proc = run("info", art)
+    assert proc.returncode == 0, proc.stderr
+    assert "report:     unreadable" in proc.stdout and "AUC" not in proc.stdout
+
+
+def test_version():
+    proc = run("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"reco-fast {reco_fast.__version__}"
+
+
+@pytest.mark.parametrize("prog", ["reco-fast build", "build_model.py"])
+def test_build_help_names_its_program_and_shows_defaults(prog):
+    proc = run("build", "--help") if prog == "reco-fast build" else run_build_model("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: {prog} ")
+    flat = " ".join(proc.stdout.split())
+    for default in ("artifacts/reco_model", "ranking", "42", "0.7", "data"):
+        assert f"(default: {default})" in flat
+    assert "-v, --verbose" in flat
+
+
+# A build that fails at once (its data file is missing): cheap, and it shows the error path.
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["reco-fast", "build", "-v"],
+        ["reco-fast", "-v", "build"],
+        ["build_model.py", "-v"],
+        ["reco-fast", "build"],
+        ["build_model.py"],
+    ],
+)
+def test_verbose_before_or_after_the_subcommand(command, tmp_path):
+    args = ["--data", tmp_path / "missing.csv", "--out", tmp_path / "a", "-q"]
+    if command[0] == "build_model.py":
+        proc, prefix = run_build_model(*command[1:], *args), "build_model.py: error: "
+    else:
+        proc, prefix = run(*command[1:], *args), "reco-fast build: error: "
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(prefix)]
+    assert len(errors) == 1 and "missing.csv" in errors[0], proc.stderr
+    if "-v" in command:  # debug logging: the traceback of the error
+        assert "Traceback (most recent call last)" in proc.stderr
+    else:
+        assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.parametrize("command", ["verify", "info", "score", "recommend", "bench"])
@@ -403,3 +519,182 @@ def test_score_sigterm_removes_the_partial_output(built, small_csv, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, stderr
     assert "terminated" in stderr and "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- every failure is one line -----------------------------------------------------------------
+
+
+def test_a_deeply_nested_session_is_a_one_line_error(built, tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text('{"current_product_id": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    proc = run("recommend", built.path, "--session", f"@{path}")
+    assert proc.returncode == 2
+    assert "nested too deeply" in one_line_error(proc, "recommend")
+
+
+def test_a_parquet_file_whose_metadata_disagrees_with_its_columns(built, small_csv, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.Table.from_pandas(pd.read_csv(small_csv, nrows=50))
+    meta = json.loads(table.schema.metadata[b"pandas"])
+    meta["index_columns"] = ["no_such_column"]  # pandas metadata naming a column not there
+    src, out = tmp_path / "bad.parquet", tmp_path / "out.csv"
+    pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(meta)}), src)
+    line = one_line_error(run("score", built.path, "--input", src, "--output", out), "score")
+    assert "bad.parquet" in line and "metadata" in line
+    assert not out.exists()
+
+
+def _artifact_with_library(built, tmp_path, library: Path, module: str) -> Path:
+    """A copy of the built artifact whose library is replaced (checksums updated)."""
+    art = tmp_path / "art"
+    shutil.copytree(built.path, art)
+    (art / built.metadata["library"]).unlink()
+    shutil.copyfile(library, art / library.name)
+    meta = json.loads((art / "metadata.json").read_text())
+    meta.update(library=library.name, module=module)
+    del meta["files"]
+    (art / "metadata.json").unlink()
+    write_metadata(art, meta)
+    return art
+
+
+def test_a_library_without_ffi_is_an_artifact_error(built, tmp_path):
+    import _csv  # a real extension module of this interpreter, without cffi's ffi
+
+    library = Path(_csv.__file__)
+    art = _artifact_with_library(built, tmp_path, library, "_csv")
+    with pytest.raises(reco_fast.ArtifactError, match="not a reco_fast model library"):
+        reco_fast.load(art)
+    for command, extra in (("verify", []), ("recommend", ["--session", "{}"])):
+        line = one_line_error(run(command, art, *extra), command)
+        assert "has no ffi" in line
+
+
+def test_a_python_file_as_library_is_refused_without_running_it(built, tmp_path):
+    marker = tmp_path / "ran"
+    fake = tmp_path / "fake.py"
+    fake.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    art = _artifact_with_library(built, tmp_path, fake, "fake")
+    with pytest.raises(reco_fast.ArtifactError, match="not a compiled library"):
+        reco_fast.load(art)
+    assert "not a compiled library" in one_line_error(run("verify", art), "verify")
+    assert not marker.exists()
+
+
+def test_an_unexpected_exception_is_one_line_with_its_type(built):
+    code = (
+        "import sys, reco_fast.runtime as r\n"
+        "def load(*a, **k): raise KeyError('zzz')\n"
+        "r.load = load\n"
+        "from reco_fast.cli import main; sys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = run_code(code, "verify", built.path)
+    assert proc.returncode == 1
+    line = one_line_error(proc, "verify")
+    assert "KeyError: 'zzz'" in line and "-v shows the traceback" in line
+    proc = run_code(code, "verify", built.path, "-v")
+    assert proc.returncode == 1
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1] == "reco-fast verify: error: KeyError: 'zzz'"
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (ValueError("a\nb   c"), "a b c"),
+        (OSError(2, "No such file or directory", "x.csv"), "No such file or directory: 'x.csv'"),
+        (RecursionError("maximum recursion depth exceeded"), "nested too deeply"),
+        (KeyError("k"), "KeyError: 'k'"),
+        (RuntimeError(), "RuntimeError"),
+    ],
+)
+def test_error_line(exc, expected):
+    line = error_line(exc)
+    assert expected in line and "\n" not in line
+
+
+def test_error_lines_are_bounded():
+    line = error_line(reco_fast.InputError("x" * 100_000))
+    assert len(line) == MAX_ERROR_CHARS
+
+
+def test_a_failed_c_compile_is_one_line_from_reco_fast_build(built, small_csv, tmp_path):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import reco_fast.compile as c\n"
+        "real = c.generate_c\n"
+        "def generate_c(*args, **kwargs):\n"
+        "    sources = real(*args, **kwargs)\n"
+        "    bad = sources['model.c'] + '\\nthis is not C at all\\n'\n"
+        "    (Path(args[2]) / 'model.c').write_text(bad)\n"
+        "    return {**sources, 'model.c': bad}\n"
+        "c.generate_c = generate_c\n"
+        "from reco_fast.cli import main; sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = tmp_path / "art"
+    proc = run_code(
+        code, "build", "-q", "--data", small_csv, "--catalog", built.catalog_path, "--out", out
+    )
+    assert proc.returncode == 1
+    line = one_line_error(proc, "build")
+    assert line.startswith("reco-fast build: error: the C compiler failed on model.c: ")
+    assert "error" in line.split("model.c: ", 1)[1]
+    assert not out.exists()
+
+
+def test_build_progress_goes_to_stderr_and_the_report_to_stdout(built, small_csv, tmp_path):
+    out = tmp_path / "art"
+    proc = run_build_model(
+        "--data", small_csv, "--catalog", built.catalog_path, "--out", out, cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    for step in ("[1/5] data", "[3/5] training", "[4/5] compiling", "s elapsed"):
+        assert step in proc.stderr
+    assert "compiling 3 C files (" in proc.stderr and "compiled 3 C files in" in proc.stderr
+    assert proc.stdout.rstrip().splitlines()[-1].startswith(f"artifact: {out}")
+    assert proc.stdout.startswith((out / "report.md").read_text()[:200])
+    assert " INFO " not in proc.stdout and "generating " not in proc.stdout
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    meta=st.dictionaries(
+        st.sampled_from(
+            [
+                "estimator",
+                "n_trees",
+                "feature_names",
+                "feature_set",
+                "threshold",
+                "backend",
+                "backends",
+                "verification",
+                "versions",
+                "platform",
+                "created",
+                "data",
+                "library",
+            ]
+        ),
+        _json_values,
+    ),
+    report=st.dictionaries(
+        st.sampled_from(["metrics", "high_confidence", "split", "dataset"]), _json_values
+    )
+    | st.just("unreadable"),
+)
+@settings(max_examples=200)
+def test_info_summary_survives_any_metadata(meta, report):
+    """info shows whatever a metadata.json holds, never crashes on a field of the wrong type."""
+    text = info_summary(Path("art"), {"format": "reco_fast", **meta}, report)
+    assert text.startswith("art: reco_fast model artifact")

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import re
+import shutil
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,9 +26,11 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
+from conftest import REPO, subprocess_env
+
 from reco_fast import MemoryStore, RedisStore, StoreUnavailable
 
-SERVICE = Path(__file__).resolve().parents[1] / "examples" / "service.py"
+SERVICE = REPO / "examples" / "service.py"
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +282,56 @@ def test_validation_errors_echo_bounded_input(client):
     r = client.post("/sessions/s/page_view", json={"product_id": "P" * 60_000})
     assert r.status_code == 422  # not in the catalog: the library's message, bounded
     assert len(r.content) < 500, r.text[:300]
+
+
+# ---- /health and the documented command ------------------------------------------------------
+
+
+def test_health_names_the_serving_artifact(client, built_model):
+    digest = hashlib.sha256((Path(built_model.path) / "metadata.json").read_bytes()).hexdigest()
+    assert ok(client.get("/health")) == {"status": "ok", "model_id": digest}
+
+
+def test_the_service_extra_installs_what_the_documented_command_needs():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(REPO / "pyproject.toml", "rb") as f:
+        extras = tomllib.load(f)["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0] for r in extras["service"]}
+    assert {"fastapi", "uvicorn"} <= names
+    assert any(r.startswith("reco_fast[") and "service" in r for r in extras["dev"])
+
+
+def test_the_documented_command_serves(built_model):
+    """`RECO_MODEL=artifacts/reco_model uvicorn examples.service:create_app --factory`,
+    run from the repository's root (on a free loopback port), answers /health."""
+    uvicorn = shutil.which("uvicorn")
+    if uvicorn is None:
+        pytest.skip("uvicorn is not installed (pip install -e '.[service]')")
+    port = _closed_port()
+    env = {**subprocess_env(), "RECO_MODEL": str(built_model.path)}
+    cmd = [uvicorn, "examples.service:create_app", "--factory", "--host", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+        while True:
+            try:
+                with direct.open(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    body = json.loads(r.read())
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "uvicorn did not answer within 60 s"
+                time.sleep(0.2)
+        metadata = (Path(built_model.path) / "metadata.json").read_bytes()
+        assert body == {"status": "ok", "model_id": hashlib.sha256(metadata).hexdigest()}
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

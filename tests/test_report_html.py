@@ -15,6 +15,7 @@ import pytest
 
 from reco_fast.report_html import curves, render_html
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = ("roc", "pr", "calibration", "sweep", "importance", "device", "traffic", "speed")
 SECTIONS = (
     "Model quality",
@@ -141,3 +142,30 @@ def test_every_image_loads_in_headless_chromium(page, tmp_path):
     assert title, proc.stdout[:500]
     n = len(IMG.findall(page))
     assert title.group(1) == f"images {n}/{n}", title.group(1)
+
+
+@pytest.mark.skipif(not has_matplotlib(), reason="matplotlib (the report extra) not installed")
+def test_rendering_leaves_the_callers_matplotlib_state_alone(built):
+    """No process-wide side effect: the caller's backend and pyplot's figures are untouched."""
+    code = (
+        "import json, sys, matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "import matplotlib.pyplot as plt\n"
+        "import pandas as pd\n"
+        "from reco_fast.report_html import curves, render_html\n"
+        f"root = {str(built.path)!r}\n"
+        "report = json.load(open(root + '/report.json'))\n"
+        "pred = pd.read_csv(root + '/realtime_recommendation_predictions.csv')\n"
+        "page = render_html(report, curves(pred['recommendation_clicked'], pred['click_probability']))\n"
+        "assert '<img' in page\n"
+        "print(matplotlib.get_backend(), plt.get_fignums())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["svg", "[]"]
