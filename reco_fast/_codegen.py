@@ -29,7 +29,7 @@ from typing import Any
 
 from . import _spec
 from ._ir import Forest
-from .artifact import config_var, platform_tag
+from .artifact import platform_tag
 
 __all__ = ["CDEF", "build_library", "flat_source", "generate_c"]
 
@@ -466,7 +466,7 @@ def module_name(sources: dict[str, str]) -> str:
 
 def _compiler() -> list[str]:
     """The C compiler Python itself was built with (``CC``), or ``cc``."""
-    return shlex.split(config_var("CC") or "cc")
+    return shlex.split(sysconfig.get_config_var("CC") or "cc")
 
 
 def _first_error(output: str) -> str:

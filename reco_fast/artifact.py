@@ -1,8 +1,23 @@
 """The model artifact on disk: one directory, written atomically, checked at load.
 
 Loading an artifact executes its native code, so nothing here trusts the
-directory: every file's sha256 is checked against ``metadata.json``, the
-platform and Python ABI must match, and nothing is ever unpickled.
+directory. :func:`read_artifact` checks, without executing anything:
+
+* ``metadata.json`` against its own digest (``metadata_sha256``: the sha256 of
+  its canonical JSON without that field), so no field that affects scoring
+  (threshold, feature names, vocabulary, golden outputs, the file list) can
+  change unnoticed;
+* the format version (older artifacts are refused: rebuild them), the platform
+  and Python ABI;
+* that every file name stays inside the artifact (a plain name: no separator,
+  no ``..``, not absolute; no symbolic links) and that the files load needs (the
+  library, the catalog when the model has one) are listed;
+* every listed file's sha256, reading each file once: the library's and the
+  catalog's bytes are returned, so the bytes checked are the bytes used.
+
+These checks detect damage and accidental edits. They cannot stop someone who
+can write the directory and recompute the digests: see the README's Trust model.
+Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -14,52 +29,51 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import stat
 import sys
 import sysconfig
 import tempfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
 
-__all__ = ["FORMAT_VERSION", "METADATA_FILE", "platform_tag", "read_metadata"]
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_FILE",
+    "CheckedArtifact",
+    "metadata_digest",
+    "platform_tag",
+    "read_artifact",
+    "read_metadata",
+]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: metadata_sha256, feature_spec and golden raw sessions; required library/catalog entries."""
 METADATA_FILE = "metadata.json"
 CATALOG_FILE = "catalog.csv"
+DIGEST_FIELD = "metadata_sha256"
+MAX_METADATA_BYTES = 64 << 20
 
-
-_PLATFORM_LOCK = threading.RLock()
-_PLATFORM: dict[str, str] | None = None
-
-
-def config_var(name: str) -> Any:
-    """``sysconfig.get_config_var(name)``, serialised: sysconfig is not thread-safe on
-    first use (a thread asking while another initialises it gets None)."""
-    with _PLATFORM_LOCK:
-        return sysconfig.get_config_var(name)
+# Computed once, at import: sysconfig's first use is not thread-safe, and eight threads
+# loading artifacts at once must not each race to initialise it.
+_PLATFORM_TAG: dict[str, str] = {
+    "system": sys.platform,
+    "machine": platform.machine(),
+    "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX") or "",
+    "python": platform.python_version(),
+}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 
 
 def platform_tag() -> dict[str, str]:
-    """What a compiled library needs of the machine that loads it.
-
-    Computed once per process, under a lock: ``sysconfig.get_config_var`` is not
-    thread-safe on first use (it returned None to some of eight threads loading at
-    once), and the answer cannot change while the process runs.
-    """
-    global _PLATFORM
-    with _PLATFORM_LOCK:
-        if _PLATFORM is None:
-            _PLATFORM = {
-                "system": sys.platform,
-                "machine": platform.machine(),
-                "ext_suffix": config_var("EXT_SUFFIX") or "",
-                "python": platform.python_version(),
-            }
-        return dict(_PLATFORM)
+    """What a compiled library needs of the machine that loads it (a fresh copy)."""
+    return dict(_PLATFORM_TAG)
 
 
 def sha256_file(path: Path) -> str:
@@ -70,12 +84,36 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _canonical(metadata: Mapping[str, Any]) -> bytes:
+    return json.dumps(
+        metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def metadata_digest(metadata: Mapping[str, Any]) -> str:
+    """sha256 of metadata's canonical JSON (sorted keys, no spaces), without its own digest.
+
+    Computed over the parsed content, so any change of a value (a flipped digit, an
+    added or removed key) changes it, while re-indenting the file does not.
+    """
+    return hashlib.sha256(
+        _canonical({k: v for k, v in metadata.items() if k != DIGEST_FIELD})
+    ).hexdigest()
+
+
 def write_metadata(staging: Path, metadata: dict[str, Any]) -> None:
-    """Seal a staging directory: checksum every file, then write metadata.json last."""
+    """Seal a staging directory: checksum every file, then write metadata.json last.
+
+    ``metadata["files"]`` gets the sha256 of every file beside it and
+    ``metadata["metadata_sha256"]`` the digest of everything else in it.
+    """
     files = sorted(p for p in staging.iterdir() if p.is_file() and p.name != METADATA_FILE)
     metadata = dict(metadata)
     metadata["files"] = {p.name: sha256_file(p) for p in files}
-    text = json.dumps(metadata, indent=2, sort_keys=False)
+    metadata.pop(DIGEST_FIELD, None)
+    metadata = json.loads(json.dumps(metadata, allow_nan=False))  # exactly what load parses
+    metadata[DIGEST_FIELD] = metadata_digest(metadata)
+    text = json.dumps(metadata, indent=2, sort_keys=False, allow_nan=False)
     (staging / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
 
 
@@ -243,53 +281,221 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def load_metadata_file(meta_path: Path) -> dict[str, Any]:
-    """Parse a metadata.json and check it is reco_fast's, nothing more (no checksums)."""
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:80]!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_metadata(data: bytes, meta_path: Path) -> dict[str, Any]:
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{meta_path} is unreadable or damaged: {exc}") from None
+        meta = json.loads(
+            data.decode("utf-8"), object_pairs_hook=_strict_object, parse_constant=_no_constant
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ArtifactError(f"{meta_path} is unreadable or damaged: {str(exc)[:200]}") from None
     if not isinstance(meta, dict) or meta.get("format") != "reco_fast":
         raise ArtifactError(f"{meta_path} is not reco_fast metadata")
     return meta
 
 
-def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    """Read and check an artifact's metadata and checksums; raise ArtifactError if anything is off."""
+def _check_version_and_digest(meta: dict[str, Any], root: Path) -> None:
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ArtifactError(
+            f"{root} has no valid format version ({str(version)[:40]!r}); rebuild the artifact"
+        )
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{root} has format version {version}, newer than this reco_fast reads "
+            f"({FORMAT_VERSION}); upgrade reco_fast"
+        )
+    if version < FORMAT_VERSION:
+        raise ArtifactError(
+            f"{root} has format version {version}, older than this reco_fast reads "
+            f"({FORMAT_VERSION}): its metadata is not covered by a checksum and it records no "
+            "feature specification; rebuild the artifact with `python build_model.py`"
+        )
+    digest = meta.get(DIGEST_FIELD)
+    try:
+        actual = metadata_digest(meta)
+    except (TypeError, ValueError):
+        actual = None
+    if not isinstance(digest, str) or digest != actual:
+        raise ArtifactError(
+            f"{root / METADATA_FILE} does not match its checksum ({DIGEST_FIELD}): the metadata "
+            "is damaged or was edited; rebuild the artifact or re-copy it"
+        )
+
+
+def load_metadata_file(meta_path: Path) -> dict[str, Any]:
+    """Parse a metadata.json, check it is reco_fast's, of this format version and intact
+    (its ``metadata_sha256``). Reads no other file and executes nothing."""
+    data = _read_regular(meta_path, MAX_METADATA_BYTES)
+    meta = _parse_metadata(data, meta_path)
+    _check_version_and_digest(meta, meta_path.parent)
+    return meta
+
+
+def _read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, read once; symbolic links, FIFOs and devices are refused."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ArtifactError(
+            f"{path.parent} is missing {path.name}; rebuild or re-copy the artifact"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ArtifactError(
+                f"{path} is a symbolic link; an artifact's files must be inside it"
+            ) from None
+        raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError(f"{path} is not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise ArtifactError(f"{path} is larger than {limit} bytes: not reco_fast metadata")
+        chunks = []
+        while True:
+            block = os.read(fd, 1 << 20)
+            if not block:
+                break
+            chunks.append(block)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _plain_name(name: Any, what: str, meta_path: Path) -> str:
+    """A file name that stays inside the artifact: no separator, no '..', not absolute."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or (os.altsep is not None and os.altsep in name)
+        or os.path.isabs(name)
+        or Path(name).name != name
+    ):
+        raise ArtifactError(
+            f"{meta_path} names a file outside the artifact ({what}: {str(name)[:80]!r}); "
+            "every file must be a plain name inside the artifact directory"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class CheckedArtifact:
+    """An artifact whose metadata and files passed every check, with the bytes load uses.
+
+    ``library`` and ``catalog`` are the bytes that were hashed: load them, never
+    the paths again.
+    """
+
+    root: Path
+    metadata: dict[str, Any]
+    library: bytes
+    library_sha256: str
+    catalog: bytes | None
+
+
+def read_artifact(path: str | os.PathLike[str]) -> CheckedArtifact:
+    """Check an artifact without executing any of it; raise ArtifactError if anything is off.
+
+    Checks, in order: the directory and ``metadata.json`` (reco_fast's, this format
+    version, matching its ``metadata_sha256``), the platform and Python ABI, the
+    file names (plain names inside the artifact; the library and, when the model
+    has one, the catalog must be listed), then every listed file's sha256.
+
+    Returns
+    -------
+    CheckedArtifact
+        The metadata and the checked bytes of the library and the catalog.
+    """
     root = Path(path)
     meta_path = root / METADATA_FILE
     if not root.is_dir():
         raise ArtifactError(f"{root} is not a directory; build one with `python build_model.py`")
-    if not meta_path.is_file():
+    if not meta_path.exists() and not meta_path.is_symlink():
         raise ArtifactError(
             f"{root} has no {METADATA_FILE}: not a reco_fast artifact (or an interrupted copy)"
         )
     meta = load_metadata_file(meta_path)
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"{root} has format version {version!r}, newer than this reco_fast reads "
-            f"({FORMAT_VERSION}); upgrade reco_fast"
-        )
-    here, there = platform_tag(), meta.get("platform", {})
+    here, there = platform_tag(), meta.get("platform")
+    if not isinstance(there, dict):
+        raise ArtifactError(f"{meta_path} records no platform; rebuild the artifact")
     for key in ("system", "machine", "ext_suffix"):
         if there.get(key) != here[key]:
             raise ArtifactError(
-                f"{root} was built for {key}={there.get(key)!r} but this interpreter is "
-                f"{here[key]!r}; rebuild the artifact on this platform"
+                f"{root} was built for {key}={str(there.get(key))[:80]!r} but this interpreter "
+                f"is {here[key]!r}; rebuild the artifact on this platform"
             )
     files = meta.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{meta_path} lists no files")
     for name, digest in files.items():
-        if Path(name).name != name:
-            raise ArtifactError(f"{meta_path} names a file outside the artifact: {name!r}")
+        _plain_name(name, "files", meta_path)
+        if name == METADATA_FILE:
+            raise ArtifactError(f"{meta_path} lists itself in files; rebuild the artifact")
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise ArtifactError(f"{meta_path} has no valid sha256 for {name[:80]!r}")
+    library = _plain_name(meta.get("library"), "library", meta_path)
+    if not library.endswith(here["ext_suffix"]):
+        raise ArtifactError(
+            f"{meta_path}: the library {library[:80]!r} is not a {here['ext_suffix']} module"
+        )
+    module = meta.get("module")
+    if not isinstance(module, str) or not _MODULE_NAME.fullmatch(module):
+        raise ArtifactError(f"{meta_path} has no valid module name")
+    catalog = meta.get("catalog")
+    needed = [library]
+    if catalog is not None:
+        needed.append(_plain_name(catalog, "catalog", meta_path))
+    for name in needed:
+        if name not in files:
+            raise ArtifactError(
+                f"{meta_path} does not list {name[:80]!r} in files, so it has no checksum; "
+                "rebuild the artifact"
+            )
+    kept: dict[str, bytes] = {}
+    for name, digest in files.items():
         file_path = root / name
-        if not file_path.is_file():
-            raise ArtifactError(f"{root} is missing {name}; rebuild or re-copy the artifact")
-        if sha256_file(file_path) != digest:
+        data = _read_regular(file_path)
+        if hashlib.sha256(data).hexdigest() != digest:
             raise ArtifactError(
                 f"{file_path} does not match its checksum: the artifact is damaged or was "
                 "modified; rebuild it or run `reco-fast verify`"
             )
-    return root, meta
+        if name in needed:
+            kept[name] = data
+    return CheckedArtifact(
+        root=root,
+        metadata=meta,
+        library=kept[library],
+        library_sha256=files[library],
+        catalog=kept[catalog] if catalog is not None else None,
+    )
+
+
+def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """Read and check an artifact's metadata and checksums; raise ArtifactError if anything is off.
+
+    The checks of :func:`read_artifact` (nothing is executed).
+    """
+    checked = read_artifact(path)
+    return checked.root, checked.metadata

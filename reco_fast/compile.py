@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import itertools
 import logging
 import os
 import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from .artifact import (
     write_error,
     write_metadata,
 )
-from .errors import CompileError
+from .errors import ArtifactError, CompileError
 
 __all__ = ["TOLERANCE", "adversarial_inputs", "compile_model"]
 
@@ -46,6 +47,12 @@ log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-12
 N_GOLDEN = 64
+N_GOLDEN_SESSIONS = 16
+N_GOLDEN_RECOMMEND = 4
+GOLDEN_K = 5
+NEAR_TIE = 1e-9
+"""Golden recommend cases avoid sessions whose top probabilities differ by less than this
+(but are not equal): the compiled order must be scikit-learn's, whatever rounding."""
 
 
 def check_estimator(estimator: Any) -> None:
@@ -235,6 +242,98 @@ def _import_treelite(estimator: Any) -> Any:
         raise CompileError(f"treelite cannot import this estimator: {message}") from exc
 
 
+def _native(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def golden_sessions(
+    estimator: Any, builder: Any, pool: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Golden raw sessions for an artifact: page views as dicts and scikit-learn's answers.
+
+    ``pool`` holds candidate sessions (e.g. the test split's rows as dicts; fields
+    beyond the builder's required ones are dropped). The first
+    ``N_GOLDEN_SESSIONS``, plus one whose recommended product was already viewed and
+    one without previous products when the pool has them, are recorded with
+    ``estimator.predict_proba`` of the features this build computes from them. For
+    the ranking set, up to ``N_GOLDEN_RECOMMEND`` recommend cases: the session with
+    its best product put in the cart (so the in-cart exclusion changes the answer),
+    ``k=GOLDEN_K``, ``threshold=0`` and scikit-learn's top k over the rest of the
+    catalog, viewed products excluded, ties by catalog order.
+
+    Returns
+    -------
+    dict
+        ``{"sessions": [dict], "proba": [float], "recommend": [case]}`` (JSON-native).
+
+    Raises
+    ------
+    CompileError
+        The pool is empty, or (ranking) no session has a top k free of near ties.
+    """
+    from .features import NONE_PRODUCT
+
+    fields = builder.required_fields
+    rows = [{f: _native(s[f]) for f in fields} for s in pool]
+    if not rows:
+        raise CompileError("golden sessions need at least one session")
+    picked = list(range(min(N_GOLDEN_SESSIONS, len(rows))))
+    extra = []
+    if builder.ranks_products:
+        extra.append(
+            next(
+                (
+                    i
+                    for i, s in enumerate(rows)
+                    if s["recommended_product_id"] in builder.viewed_ids(s)
+                ),
+                None,
+            )
+        )
+        extra.append(
+            next((i for i, s in enumerate(rows) if s["prev_product_1"] == NONE_PRODUCT), None)
+        )
+    picked += [i for i in extra if i is not None and i not in picked]
+    sessions = [rows[i] for i in picked]
+
+    def proba(batch: list[dict[str, Any]]) -> np.ndarray:
+        columns = {f: np.asarray([s[f] for s in batch], dtype=object) for f in fields}
+        return estimator.predict_proba(builder.transform(columns))[:, 1]
+
+    out: dict[str, Any] = {"sessions": sessions, "proba": proba(sessions).tolist()}
+    if not builder.ranks_products:
+        return out
+    ids = builder.catalog.product_ids.tolist()
+    cases = []
+    for s in rows:
+        viewed = set(builder.viewed_ids(s))
+        pool_pos = [i for i, p in enumerate(ids) if p not in viewed]
+        if len(pool_pos) < 2:
+            continue
+        p_all = proba([{**s, "recommended_product_id": ids[i]} for i in pool_pos])
+        order = sorted(range(len(pool_pos)), key=lambda j: (-p_all[j], pool_pos[j]))
+        cart, top = order[0], order[1 : GOLDEN_K + 1]
+        values = [float(p_all[j]) for j in order[: GOLDEN_K + 2]]
+        if any(0.0 < a - b <= NEAR_TIE for a, b in itertools.pairwise(values)):
+            continue
+        values = values[1:]
+        cases.append(
+            {
+                "session": {**s, "cart_product_ids": [ids[pool_pos[cart]]]},
+                "k": GOLDEN_K,
+                "threshold": 0.0,
+                "product_ids": [ids[pool_pos[j]] for j in top[:GOLDEN_K]],
+                "proba": values[:GOLDEN_K],
+            }
+        )
+        if len(cases) == N_GOLDEN_RECOMMEND:
+            break
+    if not cases:
+        raise CompileError("no session gives a top-k list free of near ties for golden outputs")
+    out["recommend"] = cases
+    return out
+
+
 def compile_model(
     estimator: Any,
     out_dir: str | Path,
@@ -245,6 +344,8 @@ def compile_model(
     metadata: dict[str, Any] | None = None,
     feature_set: str | None = None,
     write_extra: Callable[[Path, Any], None] | None = None,
+    builder: Any = None,
+    sessions: Sequence[Mapping[str, Any]] | None = None,
 ) -> Any:
     """Compile, verify and write an artifact for a fitted binary GradientBoostingClassifier.
 
@@ -254,7 +355,14 @@ def compile_model(
     scores one page view from its raw numbers. ``metadata`` and ``write_extra(staging_dir, staged_model)`` let
     the build pipeline add its feature spec, catalog and report to the same
     atomic write.
+
+    ``feature_set`` needs ``builder`` (the build's :class:`~reco_fast.features.FeatureBuilder`)
+    and ``sessions`` (raw page views, e.g. the test split's rows): golden raw sessions
+    (:func:`golden_sessions`) are recorded and checked at every load, with the feature
+    specification (names, order, :func:`~reco_fast.features.definition_sha256`).
+    The staged artifact is loaded with every load-time check before it is published.
     """
+    from .features import FEATURE_SETS, definition_sha256, spec_for
     from .runtime import Model
 
     check_estimator(estimator)
@@ -275,6 +383,23 @@ def compile_model(
         raise CompileError("feature names must be unique")
     if not 0.0 <= threshold <= 1.0:
         raise CompileError(f"threshold must be in [0, 1], got {threshold!r}")
+    if feature_set is not None:
+        fs = spec_for(feature_set)
+        if fs is None or list(fs.names) != feature_names:
+            raise CompileError(
+                f"feature_set={feature_set!r} needs exactly its features in order: "
+                f"{list(fs.names if fs else ())[:3]}..."
+            )
+        if builder is None or builder.feature_set != feature_set or not sessions:
+            raise CompileError(
+                "feature_set needs its FeatureBuilder (builder=) and raw sessions (sessions=) "
+                "for the golden sessions checked at every load"
+            )
+    feature_spec = {
+        "feature_set": feature_set,
+        "names": feature_names,
+        "definition_sha256": None if feature_set is None else definition_sha256(feature_set),
+    }
 
     out_dir = Path(os.path.abspath(out_dir))  # the build never depends on the cwd
     base = (
@@ -306,7 +431,13 @@ def compile_model(
                     "generating C: tl2cgen's reference code%s",
                     " and the flat evaluator" if forest is not None else "",
                 )
-                sources = generate_c(tl_model, n_features, work, forest, feature_set)
+                sources = generate_c(
+                    tl_model,
+                    n_features,
+                    work,
+                    forest,
+                    feature_set if feature_set in FEATURE_SETS else None,  # C session kernel
+                )
                 log.info("compiling the C library with cffi")
                 lib_path = build_library(sources, work, staging)
                 for name in sources:
@@ -338,6 +469,18 @@ def compile_model(
                 model = model.using(default)
                 golden_X = np.concatenate([base[: N_GOLDEN // 2], adversarial[: N_GOLDEN // 2]])
                 golden_p = estimator.predict_proba(golden_X)[:, 1]
+                if feature_set is None:
+                    golden_s = None
+                elif feature_set in FEATURE_SETS:
+                    golden_s = golden_sessions(estimator, builder, sessions or ())
+                else:  # an event-trained model builds its own (reco_fast.sessionmodel)
+                    golden_s = builder.golden_sessions(
+                        lambda X: estimator.predict_proba(X)[:, 1],
+                        list(sessions or ()),
+                        N_GOLDEN_SESSIONS,
+                        N_GOLDEN_RECOMMEND,
+                        GOLDEN_K,
+                    )
 
                 meta: dict[str, Any] = {
                     "format": "reco_fast",
@@ -369,9 +512,24 @@ def compile_model(
                     "golden": {"X": golden_X.tolist(), "proba": golden_p.tolist()},
                 }
                 meta.update(metadata or {})
+                # what load checks is set here, after the caller's metadata
+                meta.update(
+                    feature_names=feature_names,
+                    feature_set=feature_set,
+                    feature_spec=feature_spec,
+                    format_version=FORMAT_VERSION,
+                )
+                if golden_s is not None:
+                    meta["golden_sessions"] = golden_s
                 if write_extra is not None:
                     write_extra(staging, model)
                 write_metadata(staging, meta)
+                try:  # every load-time check, before anything is published
+                    Model.load(staging)
+                except ArtifactError as exc:
+                    raise CompileError(
+                        f"the new artifact fails its own load checks; nothing was written: {exc}"
+                    ) from exc
                 publish(staging, out_dir)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)

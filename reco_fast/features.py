@@ -39,6 +39,7 @@ __all__ = [
     "Catalog",
     "FeatureBuilder",
     "Vocabulary",
+    "definition_sha256",
 ]
 
 SEED_FEATURES: tuple[str, ...] = tuple(f.name for f in _spec.SEED)
@@ -603,3 +604,35 @@ class FeatureBuilder:
         R = np.empty((len(self.spec.candidate), len(candidate_idx)), dtype=np.float64)
         _spec.numpy_columns(self.spec, inputs, R, block="candidate")
         return R
+
+
+def definition_sha256(feature_set: str) -> str:
+    """A digest of everything that defines ``feature_set``'s values, recorded in each artifact.
+
+    It is the feature specification's hash (:func:`reco_fast._spec.spec_hash`:
+    every feature's name and expression, in order, and every input with its
+    source), from which the Python, numpy and C paths are all generated. An
+    artifact whose digest differs was compiled against other definitions:
+    ``reco_fast.load`` refuses it ("rebuild the artifact"). How raw fields
+    become inputs (vocabulary codes, catalog lookups) is checked by the golden
+    raw sessions every load replays.
+
+    Raises
+    ------
+    ValueError
+        ``feature_set`` is not one of :data:`FEATURE_SETS`.
+    """
+    fs = spec_for(feature_set)
+    if fs is None:
+        raise ValueError(f"unknown feature set {feature_set!r}; choose from {list(FEATURE_SETS)}")
+    return _spec.spec_hash(fs)
+
+
+def spec_for(feature_set: str) -> _spec.FeatureSet | None:
+    """The specification of a feature set by name: the seed's sets or an event set
+    (``events[+category][+price]``, :mod:`reco_fast.sessionmodel`); None if unknown."""
+    if feature_set in _spec.FEATURE_SETS:
+        return _spec.FEATURE_SETS[feature_set]
+    from .sessionmodel import parse_feature_set
+
+    return parse_feature_set(feature_set)

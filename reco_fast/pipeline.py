@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .artifact import CATALOG_FILE
 from .data import DEFAULT_SEED, generate_default, load
@@ -146,7 +149,188 @@ def build(
         },
         feature_set=feature_set,
         write_extra=write_extra,
+        builder=builder,
+        sessions=frame.iloc[parts.idx_test[:256]].to_dict("records"),
     )
     seconds = time.perf_counter() - start
     log.info("built %s in %.1f s", out, seconds)
     return BuildResult(model, result["report"], result["markdown"], seconds)
+
+
+EVALUATION_FILE = "evaluation.json"
+EVENT_MODEL_PARAMS: dict[str, Any] = {"subsample": 0.5}
+"""The seed's GradientBoostingClassifier settings, with stochastic boosting (half the rows
+per tree): event logs give many more training rows than the seed's page views."""
+
+
+@dataclass(frozen=True)
+class EventBuildResult:
+    model: Model
+    evaluation: dict[str, Any]
+    markdown: str
+    seconds: float
+
+
+def _event_session(events: Sequence[Any]) -> dict[str, Any] | None:
+    """An event-model session dict from a replayed session's events (or None: nothing touched)."""
+    from .sessiontrain import TOUCH_TYPES
+
+    products = [e.product_id for e in events if e.type in TOUCH_TYPES]
+    cart: list[str] = []
+    for e in events:
+        if e.type == "cart" and e.product_id not in cart:
+            cart.append(e.product_id)
+        elif e.type == "remove" and e.product_id in cart:
+            cart.remove(e.product_id)
+    return {"products": products, "cart": cart} if products else None
+
+
+def build_events(
+    events: str | Path,
+    columns: str | Mapping[str, str],
+    out: str | Path = DEFAULT_OUT,
+    *,
+    event_types: str | Mapping[str, Any] | None = None,
+    test_fraction: float = 0.2,
+    n_random: int = 5,
+    seed: int = DEFAULT_SEED,
+    k: int = 10,
+) -> EventBuildResult:
+    """Train, evaluate, compile and verify a model from a raw event log (issue "Real shops' logs").
+
+    Steps: read the log (:func:`reco_fast.events.read_events`); split by time and
+    session (:func:`reco_fast.evaluate.split_by_time`, the last ``test_fraction``
+    of sessions held out); learn the item tables and training rows from the
+    training side only (:mod:`reco_fast.sessiontrain`); fit the
+    GradientBoostingClassifier; compile and verify it; replay the held-out
+    sessions through the compiled model's ``recommend`` and through the
+    baselines, and write ``evaluation.json`` (HitRate@k, MRR@k, NDCG@k, coverage
+    per method) and ``report.md`` into the artifact.
+
+    The model ranks; its probabilities are those of the sampled training
+    problem, not click rates, so its threshold is 0 (every ranked product is shown).
+
+    Raises
+    ------
+    InputError
+        The log is unreadable, lacks a required column, or has no session with
+        two different products.
+    CompileError
+        The compiled model is not equal to scikit-learn's.
+    """
+    from .compile import compile_model
+    from .evaluate import baselines, evaluate, format_table, split_by_time
+    from .events import parse_columns, parse_event_types, read_events
+    from .sessionmodel import EventBuilder
+    from .sessiontrain import fit_tables, next_targets, session_sequences, training_rows
+
+    start = time.perf_counter()
+    steps = 6
+    log.info("[1/%d] reading events from %s", steps, events)
+    frame = read_events(
+        events,
+        parse_columns(columns) if isinstance(columns, str) else dict(columns),
+        parse_event_types(event_types) if isinstance(event_types, str) else event_types,
+    )
+    train_events, test_events, split_info = split_by_time(frame, test_fraction)
+    log.info(
+        "[2/%d] item tables from %d training events (%d sessions)",
+        steps,
+        len(train_events),
+        split_info["train"]["sessions"],
+    )
+    tables = fit_tables(train_events)
+    builder = EventBuilder(tables)
+    rows = training_rows(train_events, tables, n_random=n_random, seed=seed)
+    log.info(
+        "[3/%d] training GradientBoostingClassifier on %d rows (%d page views, features: %s)",
+        steps,
+        len(rows.y),
+        int(rows.groups.max()) + 1,
+        ", ".join(builder.feature_names),
+    )
+    estimator, train_seconds = fit(rows.X, rows.y, EVENT_MODEL_PARAMS)
+
+    pool: list[dict[str, Any]] = []
+    for seq in session_sequences(test_events, tables):
+        if np.any(seq.touched < 0):
+            continue  # golden sessions use known products only
+        for i, target in next_targets(seq.touched):
+            if target >= 0 and len(pool) < 256:
+                pool.append(
+                    {
+                        "products": [str(tables.product_ids[p]) for p in seq.touched[: i + 1]],
+                        "cart": [str(tables.product_ids[p]) for p in seq.carts[i] if p >= 0],
+                        "recommended_product_id": str(tables.product_ids[target]),
+                    }
+                )
+    if not pool:
+        pool = [
+            {"products": [str(tables.product_ids[0])], "cart": [], "recommended_product_id": str(p)}
+            for p in tables.product_ids[1:65].tolist()
+        ]
+    verify_X = rows.X[:: max(1, len(rows.X) // 4000)]
+    result: dict[str, Any] = {}
+
+    def write_extra(staging: Path, staged: Model) -> None:
+        log.info("[5/%d] replaying %d held-out sessions", steps, split_info["test"]["sessions"])
+        tables.save(staging)
+        ids = tables.product_ids
+
+        def model_ranker(session: Sequence[Any], kk: int) -> list[str]:
+            s = _event_session(session)
+            if s is None:
+                return []
+            ranked = builder.rank(staged._predict_f64, s, kk, 0.0, None, ())
+            return [str(ids[r.position]) for r in ranked]
+
+        rankers: dict[str, Any] = {"model": model_ranker}
+        rankers.update(baselines(train_events))
+        evaluation = evaluate(train_events, test_events, rankers, k, split=split_info)
+        evaluation["training"] = {
+            "rows": len(rows.y),
+            "positives": int(rows.y.sum()),
+            "page_views": int(rows.groups.max()) + 1,
+            "labels": "next different product viewed or carted (no impressions in the log)",
+            "negatives": rows.negatives,
+            "seconds": round(train_seconds, 1),
+            "features": list(builder.feature_names),
+        }
+        (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+        markdown = (
+            "# Event-log model: held-out replay\n\n"
+            f"Log: `{events}`; {len(frame):,} events, {frame['session_id'].nunique():,} sessions, "
+            f"{len(tables):,} products in the training catalog.\n\n"
+            f"Split: the last {test_fraction:.0%} of sessions by start time held out "
+            f"(cut {split_info.get('cut_time_iso', '?')}); "
+            f"{split_info['train']['sessions']:,} training and "
+            f"{split_info['test']['sessions']:,} held-out sessions.\n\n"
+            f"Training rows: {len(rows.y):,} ({int(rows.y.sum()):,} positives = the next "
+            "different product; negatives from the retrieval stage plus "
+            f"{n_random} random products per page view).\n\n" + format_table(evaluation) + "\n"
+        )
+        (staging / "report.md").write_text(markdown)
+        (staging / "report.json").write_text(
+            json.dumps({"evaluation": evaluation}, indent=2) + "\n"
+        )
+        result.update(evaluation=evaluation, markdown=markdown)
+
+    log.info("[4/%d] compiling to C and verifying against scikit-learn", steps)
+    model = compile_model(
+        estimator,
+        out,
+        builder.feature_names,
+        verify_X=verify_X,
+        threshold=0.0,
+        metadata={
+            "data": {"source": str(events), "events": len(frame), "kind": "events"},
+            "item_tables": list(("items.json", "covis.npz")),
+        },
+        feature_set=builder.feature_set,
+        write_extra=write_extra,
+        builder=builder,
+        sessions=pool,
+    )
+    seconds = time.perf_counter() - start
+    log.info("[6/%d] built %s in %.1f s", steps, out, seconds)
+    return EventBuildResult(model, result["evaluation"], result["markdown"], seconds)

@@ -10,10 +10,16 @@ they convert them (finite, within float32), which costs no extra pass.
 from __future__ import annotations
 
 import csv
+import hashlib
+import importlib.machinery
 import importlib.util
+import io
 import math
 import os
-import sysconfig
+import shutil
+import sys
+import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,9 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import CATALOG_FILE, read_metadata
+from .artifact import platform_tag, read_artifact
 from .errors import ArtifactError, InputError, shown
-from .features import Catalog, FeatureBuilder, Vocabulary
+from .features import (
+    CANDIDATE_FEATURES,
+    FEATURE_SETS,
+    Catalog,
+    FeatureBuilder,
+    Vocabulary,
+    definition_sha256,
+    spec_for,
+)
 from .recommend import EXCLUDABLE, Recommendation, recommend
 from .schema import FLOAT32_MAX, RowError, RowErrors
 
@@ -37,36 +51,147 @@ _SCALAR_TYPES = (str, bytes, int, float, bool, np.generic)
 GOLDEN_TOLERANCE = 1e-12
 
 
-def _import_library(path: Path, name: str) -> Any:
-    """Import an artifact's cffi extension module; ArtifactError unless it is one."""
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    if not path.name.endswith(suffix):
-        raise ArtifactError(
-            f"{path} is not a compiled library for this interpreter (no {suffix} suffix)"
-        )
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ArtifactError(f"cannot load the compiled library {path}")
-    try:
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    except Exception as exc:  # ImportError, or whatever a foreign module's init raises
-        raise ArtifactError(f"cannot load the compiled library {path}: {exc}") from None
+# Libraries imported in this process, by (sha256 of their bytes, module name). A library is
+# never unloaded (CPython does not dlclose extension modules), so loading the same verified
+# bytes again reuses the module instead of mapping another copy. The memfd of each stays
+# open: its /proc/self/fd path must never name another library (the dynamic loader and
+# CPython both recognise an already-loaded library by its path).
+_LIBRARIES: dict[tuple[str, str], Any] = {}
+_LIBRARY_FDS: list[int] = []
+_FAILED: dict[tuple[str, str], str] = {}
+_LIBRARIES_LOCK = threading.Lock()
+
+
+def _import_library(data: bytes, name: str, digest: str) -> Any:
+    """Import the extension module ``name`` from exactly these (already checked) bytes.
+
+    The bytes are hashed again here and written to a private copy that nothing else
+    can write, which is what gets imported: never the artifact's path, which could
+    be replaced between the check and the import. On Linux the copy is a sealed
+    memfd (immutable once written); elsewhere, or if that fails, a file in a fresh
+    0700 directory from ``tempfile.mkdtemp``, removed right after the import (the
+    mapping stays).
+
+    Raises
+    ------
+    ArtifactError
+        The bytes do not match ``digest``, or the module cannot be imported.
+    """
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ArtifactError(f"the compiled library {name} does not match its checksum")
+    key = (digest, name)
+    with _LIBRARIES_LOCK:
+        module = _LIBRARIES.get(key)
+        if module is None:
+            failed = _FAILED.get(key)
+            if failed is not None:  # do not map the same broken bytes again
+                raise ArtifactError(failed)
+            try:
+                module = _import_private_copy(data, name)
+                _check_model_library(module, name)
+            except ArtifactError as exc:
+                _FAILED[key] = str(exc)
+                raise
+            _LIBRARIES[key] = module
+    return module
+
+
+def _check_model_library(module: Any, name: str) -> None:
+    """ArtifactError unless the module is a cffi model library (``ffi``, ``lib.rf_num_feature``)."""
     missing = [a for a in ("ffi", "lib") if not hasattr(module, a)]
     if not missing and not hasattr(module.lib, "rf_num_feature"):
         missing = ["lib.rf_num_feature"]
     if missing:
         raise ArtifactError(
-            f"{path} is not a reco_fast model library (it has no {' or '.join(missing)}); "
+            f"{name} is not a reco_fast model library (it has no {' or '.join(missing)}); "
             "the artifact is damaged or foreign: rebuild it"
         )
+
+
+def _exec_extension(name: str, path: str) -> Any:
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+    if spec is None:
+        raise ArtifactError(f"cannot load the compiled library {name}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except ImportError:
+        raise
+    except Exception as exc:  # whatever a foreign module's initialisation raises
+        raise ArtifactError(f"cannot load the compiled library {name}: {str(exc)[:200]}") from None
     return module
 
 
-def read_catalog(path: Path) -> Catalog:
-    """Read catalog.csv with the standard library: the serving path has no pandas."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+def _sealed_memfd(data: bytes, name: str) -> int | None:
+    """A memfd holding data, sealed against any further write; None where unavailable."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is None or not sys.platform.startswith("linux"):
+        return None
+    import fcntl
+
+    flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+    try:  # MFD_EXEC: executable even where vm.memfd_noexec=1 makes memfds noexec by default
+        fd = memfd_create(name, flags | getattr(os, "MFD_EXEC", 0x0010))
+    except OSError:
+        try:  # kernels before 6.3 refuse the unknown flag
+            fd = memfd_create(name, flags)
+        except OSError:
+            return None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        seals = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        if os.pread(fd, len(data) + 1, 0) != data:  # what the loader will map
+            raise OSError("memfd content differs")
+        if not os.path.exists(f"/proc/self/fd/{fd}"):  # /proc not mounted
+            raise OSError("no /proc/self/fd")
+    except (OSError, AttributeError):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _import_private_copy(data: bytes, name: str) -> Any:
+    fd = _sealed_memfd(data, name)
+    if fd is not None:
+        _LIBRARY_FDS.append(fd)  # open for the life of the process, imported or not
+        try:
+            return _exec_extension(name, f"/proc/self/fd/{fd}")
+        except ImportError:
+            pass  # e.g. memfds are not executable here: try a private file
+    try:
+        private = tempfile.mkdtemp(prefix="reco_fast-lib-")  # mode 0700, owned by this user
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot make a private copy of the compiled library {name}: {exc.strerror or exc}"
+        ) from None
+    try:
+        path = os.path.join(private, name + platform_tag()["ext_suffix"])
+        with open(path, "xb") as f:
+            f.write(data)
+        os.chmod(path, 0o500)
+        return _exec_extension(name, path)
+    except ImportError as exc:
+        raise ArtifactError(f"cannot load the compiled library {name}: {str(exc)[:200]}") from None
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot make a private copy of the compiled library {name}: {exc.strerror or exc}"
+        ) from None
+    finally:
+        shutil.rmtree(private, ignore_errors=True)  # the loaded mapping stays valid
+
+
+def read_catalog(path: Path | bytes) -> Catalog:
+    """Read catalog.csv (a path, or its checked bytes) with the standard library: the
+    serving path has no pandas."""
+    if isinstance(path, bytes):
+        rows = list(csv.DictReader(io.StringIO(path.decode("utf-8"), newline="")))
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
     return Catalog(
         np.asarray([r["product_id"] for r in rows], dtype=str),
         np.asarray([r["category"] for r in rows], dtype=str),
@@ -171,6 +296,151 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
     )
 
 
+def _check_feature_spec(root: Path, meta: Mapping[str, Any]) -> list[str]:
+    """The artifact's feature names, if its feature specification is this code's."""
+    names = meta["feature_names"]
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise ValueError("feature_names must be a non-empty list of unique strings")
+    feature_set, spec = meta["feature_set"], meta["feature_spec"]
+    if (
+        not isinstance(spec, dict)
+        or spec.get("names") != names
+        or spec.get("feature_set") != feature_set
+    ):
+        raise ValueError("feature_spec does not match feature_names and feature_set")
+    if feature_set is None:
+        return names
+    fs = spec_for(feature_set) if isinstance(feature_set, str) else None
+    if fs is None:
+        raise ArtifactError(
+            f"{root} was built with the feature set {str(feature_set)[:40]!r}, which this "
+            f"reco_fast does not define ({list(FEATURE_SETS)}); rebuild the artifact"
+        )
+    ours = list(FEATURE_SETS[feature_set]) if feature_set in FEATURE_SETS else list(fs.names)
+    if ours != names:
+        first = next(
+            (i for i, (a, b) in enumerate(zip(ours, names, strict=False)) if a != b),
+            min(len(ours), len(names)),
+        )
+        raise ArtifactError(
+            f"{root} was built with {len(names)} {feature_set!r} features, but this reco_fast "
+            f"defines {len(ours)} (first difference at position {first}): the feature "
+            "definitions changed since the artifact was built; rebuild the artifact"
+        )
+    if spec.get("definition_sha256") != definition_sha256(feature_set):
+        raise ArtifactError(
+            f"{root} was built with other definitions of the {feature_set!r} features than "
+            "this reco_fast's (the feature specification changed since it was built); rebuild "
+            "the artifact"
+        )
+    return names
+
+
+@dataclass(frozen=True)
+class _Golden:
+    """The golden outputs recorded at build time, checked against a loaded library.
+
+    ``X``/``proba``: feature rows and scikit-learn's probabilities. ``sessions``/
+    ``session_proba``: raw page views (dicts) and scikit-learn's probabilities of the
+    features the build computed from them. ``recommend``: sessions with ``k``,
+    ``threshold`` and the top products scikit-learn's probabilities give.
+    """
+
+    X: np.ndarray
+    proba: np.ndarray
+    sessions: list[dict[str, Any]]
+    session_proba: np.ndarray
+    recommend: list[dict[str, Any]]
+
+    @classmethod
+    def parse(cls, meta: Mapping[str, Any], n_features: int, builder: Any) -> _Golden:
+        golden = meta["golden"]
+        X = np.asarray(golden["X"], dtype=np.float64)
+        proba = np.asarray(golden["proba"], dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != n_features:
+            raise ValueError(f"golden X must be a non-empty (n, {n_features}) matrix")
+        if proba.shape != (X.shape[0],) or not np.all(np.isfinite(X)):
+            raise ValueError("golden proba must have one probability per golden row")
+        sessions: list[dict[str, Any]] = []
+        session_proba = np.empty(0)
+        recs: list[dict[str, Any]] = []
+        if builder is not None:  # a model built from sessions: they are required
+            gs = meta["golden_sessions"]
+            sessions = gs["sessions"]
+            session_proba = np.asarray(gs["proba"], dtype=np.float64)
+            if (
+                not isinstance(sessions, list)
+                or not sessions
+                or not all(isinstance(x, dict) for x in sessions)
+                or session_proba.shape != (len(sessions),)
+            ):
+                raise ValueError("golden_sessions must hold sessions and one probability each")
+            recs = gs.get("recommend") or []
+            if builder.ranks_products and not recs:
+                raise ValueError("golden_sessions has no recommend cases")
+            for case in recs:
+                k, ids, p = case["k"], case["product_ids"], case["proba"]
+                if (
+                    not isinstance(case["session"], dict)
+                    or type(k) is not int
+                    or not 0 <= len(ids) <= k
+                    or len(p) != len(ids)
+                ):
+                    raise ValueError("a golden recommend case is malformed")
+        return cls(np.ascontiguousarray(X), proba, sessions, session_proba, recs)
+
+    def check(self, model: Model, root: Path) -> None:
+        """Every backend this CPU runs, every entry point: equal to 1e-12, or ArtifactError."""
+
+        def refuse(backend: str, what: str) -> ArtifactError:
+            return ArtifactError(
+                f"{root}: the compiled library ({backend}) does not reproduce its golden "
+                f"outputs ({what}); the artifact is damaged or foreign, or the feature code "
+                "changed since it was built: rebuild it"
+            )
+
+        def close(got: Any, expected: np.ndarray) -> bool:
+            got = np.asarray(got, dtype=np.float64)
+            return got.shape == expected.shape and bool(
+                np.all(np.abs(got - expected) <= GOLDEN_TOLERANCE)
+            )
+
+        for name in model.available_backends():
+            other = model.using(name)
+            if not close(other._predict_f64(self.X), self.proba):
+                raise refuse(name, "feature rows, batch")
+            if not close([other._one(row) for row in self.X.tolist()], self.proba):
+                raise refuse(name, "feature rows, one at a time")
+            if not self.sessions:
+                continue
+            try:
+                one = [other.predict_proba(s) for s in self.sessions]
+                batch = other.predict_proba(self.sessions)
+                recs = [
+                    other.recommend(c["session"], k=c["k"], threshold=c["threshold"])
+                    for c in self.recommend
+                ]
+            except InputError as exc:
+                raise ArtifactError(
+                    f"{root}: a golden session is refused ({str(exc)[:160]}): the feature "
+                    "code or vocabulary changed since the artifact was built; rebuild it"
+                ) from None
+            if not close(one, self.session_proba):
+                raise refuse(name, "session dicts, one at a time")
+            if not close(batch, self.session_proba):
+                raise refuse(name, "session dicts, as a batch")
+            for i, (case, got) in enumerate(zip(self.recommend, recs, strict=True)):
+                if [r.product_id for r in got] != case["product_ids"] or not close(
+                    [r.probability for r in got], np.asarray(case["proba"], dtype=np.float64)
+                ):
+                    raise refuse(name, f"recommend, case {i}")
+
+
 class Model:
     """A compiled GradientBoostingClassifier, loaded from a verified artifact.
 
@@ -198,6 +468,12 @@ class Model:
                 f"library expects {self._lib.rf_num_feature()} features, metadata lists "
                 f"{self.n_features}"
             )
+        if builder is not None and builder.feature_names != self.feature_names:
+            raise ArtifactError(
+                f"the {builder.feature_set!r} feature builder makes {builder.n_features} "
+                f"features, the library takes {self.n_features} ({self.feature_names[:3]}...); "
+                "rebuild the artifact"
+            )
         self.metadata: Mapping[str, Any] = dict(metadata or {})
         self.threshold = float(self.metadata.get("threshold", 0.7))
         self.feature_set: str | None = self.metadata.get("feature_set")
@@ -217,7 +493,11 @@ class Model:
     def _from_library(
         cls, root: Path, lib_path: Path, name: str, feature_names: Sequence[str]
     ) -> Model:
-        return cls(root, _import_library(lib_path, name), feature_names)
+        """A bare model (no builder, no golden checks) from a freshly built library file,
+        imported from a private copy of the bytes read here."""
+        data = Path(lib_path).read_bytes()
+        module = _import_library(data, name, hashlib.sha256(data).hexdigest())
+        return cls(root, module, feature_names)
 
     def available_backends(self) -> tuple[str, ...]:
         """The evaluators this artifact's library provides on this CPU."""
@@ -236,46 +516,60 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], backend: str | None = None) -> Model:
-        """Load an artifact after checking checksums, platform and golden outputs.
+        """Load an artifact after checking it; refuse it with ArtifactError otherwise.
+
+        Before any of its code runs: ``metadata.json`` against its own checksum, the
+        format version, platform and Python ABI, every file's sha256 (the library
+        and catalog bytes are read once and those bytes are used), that every file
+        stays inside the artifact, and that the recorded feature specification
+        (names, order, a digest of their definitions) is this reco_fast's. Then the
+        library, imported from a private copy of the checked bytes, must report the
+        recorded width and reproduce the golden outputs: feature rows (batch and
+        one at a time) and, for models built from sessions, raw session dicts one
+        at a time, as a batch and through ``recommend``, on every backend this CPU
+        supports.
 
         ``backend`` overrides the artifact's default evaluator: "flat" (the
         branch-free evaluator, AVX-512 or AVX2 when the CPU has it), "flat-portable",
-        "flat-avx512", "flat-avx2" or "tl2cgen" (tl2cgen's reference code). Every backend the
-        CPU supports is checked against the golden outputs.
+        "flat-avx512", "flat-avx2" or "tl2cgen" (tl2cgen's reference code).
+
+        Raises
+        ------
+        ArtifactError
+            Any check fails; nothing of a refused artifact's library was executed
+            unless it passed every check that does not need to run it.
+        ValueError
+            ``backend`` is not one of :data:`BACKENDS`.
         """
-        root, meta = read_metadata(path)
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r:.60}")
+        checked = read_artifact(path)  # everything that can be checked without running it
+        root, meta = checked.root, checked.metadata
         try:
-            module = _import_library(root / meta["library"], meta["module"])
+            feature_names = _check_feature_spec(root, meta)
+            threshold = meta["threshold"]
+            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+                raise TypeError(f"threshold is a {type(threshold).__name__}")
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold {threshold!r} is outside [0, 1]")
+            if meta["backend"] not in BACKENDS:
+                raise ValueError(f"unknown backend {str(meta['backend'])[:40]!r}")
             builder = None
-            if meta.get("feature_set"):
-                catalog = read_catalog(root / CATALOG_FILE) if meta.get("catalog") else None
+            if meta["feature_set"] is not None and meta["feature_set"] not in FEATURE_SETS:
+                from .sessionmodel import EventBuilder, ItemTables
+
+                builder = EventBuilder(ItemTables.load(root))  # files checked by read_artifact
+            elif meta["feature_set"] is not None:
+                catalog = read_catalog(checked.catalog) if checked.catalog is not None else None
                 builder = FeatureBuilder(
                     meta["feature_set"], Vocabulary.from_json(meta["vocabulary"]), catalog
                 )
-            model = cls(root.resolve(), module, meta["feature_names"], meta, builder, backend)
-            golden = meta["golden"]
-            X = np.asarray(golden["X"], dtype=np.float64).reshape(-1, model.n_features)
-            expected = np.asarray(golden["proba"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"{root} has malformed metadata: {exc!r}") from None
-        except AttributeError as exc:  # a library without one of the entry points
-            raise ArtifactError(
-                f"{root}: the compiled library lacks an entry point ({exc}); the artifact is "
-                "damaged or foreign: rebuild it"
-            ) from None
-        X = np.ascontiguousarray(X)
-        for name in model.available_backends():
-            other = model.using(name)
-            got = other._predict_f64(X)
-            ones = np.asarray([other._one(row) for row in X.tolist()])
-            for result in (got, ones):
-                if result.shape != expected.shape or not np.all(
-                    np.abs(result - expected) <= GOLDEN_TOLERANCE
-                ):
-                    raise ArtifactError(
-                        f"{root}: the compiled library ({name}) does not reproduce its golden "
-                        "outputs; the artifact is damaged or foreign: rebuild it"
-                    )
+            golden = _Golden.parse(meta, len(feature_names), builder)
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{root} has malformed metadata: {str(exc)[:200]}") from None
+        module = _import_library(checked.library, meta["module"], checked.library_sha256)
+        model = cls(root.resolve(), module, feature_names, meta, builder, backend)
+        golden.check(model, root)
         return model
 
     def __reduce__(self) -> tuple[Any, tuple[str, str | None]]:
@@ -299,6 +593,16 @@ class Model:
         The kernel checks each value while converting it and reports the first
         that is not finite or does not fit float32; that becomes an InputError.
         """
+        if (
+            X.ndim != 2
+            or X.shape[1] != self.n_features
+            or X.dtype != (np.float64 if ctype == "double[]" else np.float32)
+            or not X.flags.c_contiguous
+        ):  # the kernel reads n * n_features values of its type: never hand it less
+            raise ValueError(
+                f"X must be C-contiguous {ctype[:-2]} of shape (n, {self.n_features}), got "
+                f"{X.dtype} {X.shape}"
+            )
         out = np.empty(X.shape[0], dtype=np.float64)
         if X.shape[0]:
             ffi = self._ffi
@@ -353,6 +657,11 @@ class Model:
         builder = self._builder
         if kernel is None or builder is None or builder.catalog is None:
             return None
+        if len(row) != self.n_features - len(CANDIDATE_FEATURES):  # C reads that many
+            raise ValueError(
+                f"row must hold {self.n_features - len(CANDIDATE_FEATURES)} session "
+                f"features, got {len(row)}"
+            )
         n_catalog = len(builder.catalog)
         k = min(k, n_catalog if cand is None else len(cand))  # a huge k must not size a buffer
         if k <= 0:
@@ -499,6 +808,8 @@ class Model:
         missing column, columns of different lengths) raise either way.
         """
         builder = self._builder
+        if getattr(builder, "tables", None) is not None:  # an event-trained model
+            return self._predict_events(sessions, on_invalid)
         kernel = self._session_one
         if kernel is not None and type(sessions) is dict and on_invalid == "raise":
             # the hot path: one page view as a plain dict (a category is a str)
@@ -605,7 +916,51 @@ class Model:
     ) -> list[Recommendation]:
         """The top k products for this session at or above ``threshold`` (default: the
         artifact's, 0.7). See :func:`reco_fast.recommend.recommend`."""
+        if getattr(self._builder, "tables", None) is not None:  # an event-trained model
+            return self._recommend_events(session, k, threshold, candidates, exclude)
         return recommend(self, session, k, threshold, candidates, exclude)
+
+    # ---- event-trained models (reco_fast.sessionmodel) -------------------------------------
+    def _predict_events(self, sessions: Any, on_invalid: str) -> float | np.ndarray:
+        _check_on_invalid(on_invalid)
+        builder = self._builder
+        if isinstance(sessions, Mapping):
+            try:
+                return float(self._predict_f64(builder.rows([sessions]))[0])
+            except InputError:
+                if on_invalid == "raise":
+                    raise
+                return math.nan
+        if isinstance(sessions, (str, bytes)) or not isinstance(sessions, Sequence):
+            raise TypeError(
+                "an event-trained model scores a session dict or a list of them, got "
+                f"{type(sessions).__name__}"
+            )
+        if on_invalid == "raise":
+            return self._predict_f64(builder.rows(sessions))
+        out = np.full(len(sessions), np.nan)
+        for i, s in enumerate(sessions):
+            try:
+                out[i] = self._predict_f64(builder.rows([s], offset=i))[0]
+            except InputError:
+                pass
+        return out
+
+    def _recommend_events(
+        self,
+        session: Mapping[str, Any],
+        k: int,
+        threshold: float | None,
+        candidates: Sequence[str] | None,
+        exclude: Iterable[str],
+    ) -> list[Recommendation]:
+        from .recommend import _check_args
+
+        k, t, excluded = _check_args(k, self.threshold if threshold is None else threshold, exclude)
+        builder = self._builder
+        ranked = builder.rank(self._predict_f64, session, k, t, candidates, tuple(excluded))
+        ids = builder.tables.product_ids
+        return [Recommendation(str(ids[r.position]), r.probability, r.reason) for r in ranked]
 
     def with_catalog(self, catalog: Any) -> Model:
         """A model that recommends from a new catalog (prices or products changed).

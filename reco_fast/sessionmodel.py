@@ -32,6 +32,7 @@ the same function, so training and serving agree by construction.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ def event_feature_set(has_category: bool, has_price: bool) -> _spec.FeatureSet:
         _inp("cv_cart", "training events", "co-visitation weight from the cart's products"),
         _inp("already", "session", "1 if the session touched the candidate before"),
         _inp("in_cart", "session cart", "1 if the candidate is in the cart"),
+        _inp("rrank", "retrieval", "position in the retrieval list (NOT_RETRIEVED if absent)"),
     ]
     session = [
         _spec.Feature("n_events", "n_events", "events in the session so far"),
@@ -87,6 +89,7 @@ def event_feature_set(has_category: bool, has_price: bool) -> _spec.FeatureSet:
         _spec.Feature("covis_cart", "cv_cart", "co-visitation with the cart"),
         _spec.Feature("already_viewed", "already", "seen earlier in the session"),
         _spec.Feature("in_cart", "in_cart", "in the cart"),
+        _spec.Feature("retrieval_rank", "rrank", "position in the first-stage candidate list"),
     ]
     if has_category:
         c_inputs += [
@@ -155,6 +158,25 @@ class ItemTables:
 
     def __len__(self) -> int:
         return len(self.product_ids)
+
+    @property
+    def popular_order(self) -> np.ndarray:
+        """Positions by popularity, most popular first (ties: catalog order)."""
+        cached = self.__dict__.get("_popular_order")
+        if cached is None:
+            cached = np.argsort(-self.popularity, kind="stable")
+            object.__setattr__(self, "_popular_order", cached)
+        return cached
+
+    def category_popular(self, category: int) -> np.ndarray:
+        """Positions in one category by popularity, most popular first."""
+        cache = self.__dict__.setdefault("_category_popular", {})
+        got = cache.get(category)
+        if got is None:
+            order = self.popular_order
+            got = order[self.category[order] == category]
+            cache[category] = got
+        return got
 
     @property
     def feature_set(self) -> _spec.FeatureSet:
@@ -291,7 +313,11 @@ def candidate_inputs(
     flags[touched[touched >= 0]] = True
     in_cart = np.zeros(n, dtype=bool)
     in_cart[cart[cart >= 0]] = True
+    rank = np.full(n, NOT_RETRIEVED)
+    retrieved = retrieve(tables, touched, cart, own=own)
+    rank[retrieved] = np.arange(len(retrieved), dtype=np.float64)
     out = {
+        "rrank": rank[candidates],
         "pop": pop,
         "cv_cur": cv_cur[candidates],
         "cv_prev": cv_prev[candidates],
@@ -313,6 +339,59 @@ def candidate_inputs(
     if tables.has_price:
         out["rprice"] = tables.price[candidates]
     return out
+
+
+NOT_RETRIEVED = 1000.0
+"""retrieval_rank of a product the first stage did not return."""
+RETRIEVE_PER_SOURCE = 20
+"""Candidates taken from each retrieval source (see :func:`retrieve`)."""
+
+
+def retrieve(
+    tables: ItemTables,
+    touched: np.ndarray,
+    cart: np.ndarray,
+    n: int = RETRIEVE_PER_SOURCE,
+    own: Own | None = None,
+) -> np.ndarray:
+    """Candidate positions for one session, the first stage of ranking (deterministic).
+
+    The union, in this order, of: the current product's top ``n`` co-visitation
+    neighbours; the top ``n`` by co-visitation with the previous products and the
+    cart (``cv_prev + cv_cart``); the session's earlier products (revisits are
+    common); the ``n`` most popular products of the current category; the ``n``
+    most popular products. Ties by popularity, then catalog position. The
+    current product itself is never a candidate. ``own`` leaves a training
+    session's own co-visitation out, as in :func:`candidate_inputs`.
+    """
+    cur = int(touched[-1]) if len(touched) else -1
+    pop_rank = tables.popular_order
+    parts: list[np.ndarray] = []
+    if cur >= 0:
+        row = np.zeros(len(tables))
+        _add_covis(row, tables, cur, 1.0, own)
+        idx = np.flatnonzero(row > 1e-9)
+        parts.append(idx[np.lexsort((-tables.popularity[idx], -row[idx]))][:n])
+    acc = np.zeros(len(tables))
+    seen: list[int] = []
+    for p in touched[:-1][::-1].tolist():
+        if p != cur and p >= 0 and p not in seen:
+            seen.append(p)
+    for k, p in enumerate(seen[:N_PREV]):
+        _add_covis(acc, tables, p, PREV_DECAY**k, own)
+    for p in set(cart.tolist()):
+        _add_covis(acc, tables, int(p), 1.0, own)
+    nz = np.flatnonzero(acc > 1e-9)
+    if len(nz):
+        parts.append(nz[np.lexsort((-tables.popularity[nz], -acc[nz]))][:n])
+    parts.append(np.asarray(seen, dtype=np.int64))
+    if tables.has_category and cur >= 0:
+        parts.append(tables.category_popular(int(tables.category[cur]))[:n])
+    parts.append(pop_rank[:n])
+    out = np.concatenate(parts).astype(np.int64)
+    _, first = np.unique(out, return_index=True)
+    out = out[np.sort(first)]
+    return out[out != cur]
 
 
 def feature_matrix(
@@ -350,3 +429,164 @@ def session_positions(
     if isinstance(cart, (str, bytes)):
         raise InputError("'cart' must be a list of product ids", field="cart")
     return tables.positions(list(products)), tables.positions(list(cart))
+
+
+def parse_feature_set(name: str) -> _spec.FeatureSet | None:
+    """The event feature set a name like ``events+category+price`` denotes, or None."""
+    parts = name.split("+")
+    if parts[0] != "events" or len(set(parts)) != len(parts):
+        return None
+    if not set(parts[1:]) <= {"category", "price"}:
+        return None
+    fs = event_feature_set("category" in parts, "price" in parts)
+    return fs if fs.name == name else None
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One ranked product: catalog position, probability and the strongest reason."""
+
+    position: int
+    probability: float
+    reason: str
+
+
+class EventBuilder:
+    """Turns event-model sessions into feature rows; ranks the catalog for one session.
+
+    A session is a dict ``{"products": [ids, most recent last], "cart": [ids]}``
+    (``cart`` optional); to score one product as a recommendation add
+    ``"recommended_product_id"``. Ids of any type are string ids; products the
+    tables do not know are accepted (see the module doc).
+    """
+
+    ranks_products = True
+    required_fields: tuple[str, ...] = ("products",)
+
+    def __init__(self, tables: ItemTables):
+        self.tables = tables
+        self.spec = tables.feature_set
+        self.feature_set = self.spec.name
+        self.feature_names: tuple[str, ...] = self.spec.names
+        self.catalog = None  # the tables are the catalog
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+    def viewed_ids(self, session: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(str(p) for p in session.get("products", ()))
+
+    def rows(self, sessions: Sequence[Mapping[str, Any]], offset: int = 0) -> np.ndarray:
+        """The (n, n_features) float64 matrix of sessions with a ``recommended_product_id``."""
+        X = np.empty((len(sessions), self.n_features), dtype=np.float64)
+        for r, session in enumerate(sessions):
+            touched, cart = session_positions(self.tables, session)
+            rec = session.get("recommended_product_id") if isinstance(session, Mapping) else None
+            if rec is None or isinstance(rec, (list, tuple, dict, set)):
+                raise InputError(
+                    f"'recommended_product_id' is missing (row {r + offset}): name the product "
+                    "to score, or call recommend() to rank the catalog",
+                    field="recommended_product_id",
+                    rows=[r + offset],
+                )
+            pos = self.tables.positions([rec])
+            if pos[0] < 0:
+                raise InputError(
+                    f"unknown 'recommended_product_id' {str(rec)[:40]!r} (row {r + offset}): "
+                    "only products of the training log can be scored",
+                    field="recommended_product_id",
+                    rows=[r + offset],
+                )
+            X[r] = feature_matrix(self.tables, touched, cart, pos)[0]
+        return X
+
+    def rank(
+        self,
+        score: Any,
+        session: Mapping[str, Any],
+        k: int,
+        threshold: float,
+        candidates: Sequence[Any] | None,
+        exclude: Sequence[str],
+    ) -> list[Ranked]:
+        """The top ``k`` candidates by ``score(X)`` at or above ``threshold``, ties by position.
+
+        Candidates are the retrieval stage's (:func:`retrieve`) unless given;
+        ``exclude`` may hold ``"viewed"`` and ``"in_cart"``. The current product is
+        never recommended.
+        """
+        touched, cart = session_positions(self.tables, session)
+        if candidates is None:
+            cand = retrieve(self.tables, touched, cart)
+        else:
+            cand = self.tables.positions(list(candidates))
+            if np.any(cand < 0):
+                bad = [str(c)[:40] for c, p in zip(candidates, cand, strict=True) if p < 0][:3]
+                raise InputError(f"unknown candidate products {bad}", field="candidates")
+            _, first = np.unique(cand, return_index=True)
+            cand = cand[np.sort(first)]
+        drop = {int(touched[-1])}
+        if "viewed" in exclude:
+            drop.update(touched.tolist())
+        if "in_cart" in exclude:
+            drop.update(cart.tolist())
+        cand = cand[~np.isin(cand, list(drop))]
+        if len(cand) == 0:
+            return []
+        X = feature_matrix(self.tables, touched, cart, cand)
+        p = np.asarray(score(X), dtype=np.float64)
+        order = np.lexsort((cand, -p))
+        keep = [j for j in order if p[j] >= threshold][:k]
+        names = self.feature_names
+        reasons = []
+        for j in keep:
+            row = dict(zip(names, X[j].tolist(), strict=True))
+            if row["covis_current"] > 0:
+                reason = "viewed together with the current product"
+            elif row["covis_previous"] > 0 or row["covis_cart"] > 0:
+                reason = "viewed together with products earlier in the session"
+            elif row["already_viewed"] > 0:
+                reason = "viewed earlier in the session"
+            elif row.get("same_category", 0.0) > 0:
+                reason = "popular in the current category"
+            else:
+                reason = "popular"
+            reasons.append(reason)
+        return [
+            Ranked(int(cand[j]), float(p[j]), why) for j, why in zip(keep, reasons, strict=True)
+        ]
+
+    def golden_sessions(
+        self, predict: Any, pool: Sequence[Mapping[str, Any]], n: int, n_recommend: int, k: int
+    ) -> dict[str, Any]:
+        """Golden raw sessions and recommend cases from ``pool`` (JSON-native).
+
+        ``predict(X)`` is the reference library's probability.
+        """
+        sessions = [dict(s) for s in pool[:n]]
+        out: dict[str, Any] = {"sessions": sessions, "proba": predict(self.rows(sessions)).tolist()}
+        cases = []
+        for s in pool:
+            session = {"products": list(s["products"]), "cart": list(s.get("cart", ()))}
+            ranked = self.rank(predict, session, k, 0.0, None, ("viewed", "in_cart"))
+            ps = [r.probability for r in ranked]
+            if len(ranked) < k or any(0.0 < a - b <= 1e-9 for a, b in itertools.pairwise(ps)):
+                continue
+            cases.append(
+                {
+                    "session": session,
+                    "k": k,
+                    "threshold": 0.0,
+                    "product_ids": [str(self.tables.product_ids[r.position]) for r in ranked],
+                    "proba": ps,
+                }
+            )
+            if len(cases) == n_recommend:
+                break
+        if not cases:
+            from .errors import CompileError
+
+            raise CompileError("no session gives a top-k list free of near ties for golden outputs")
+        out["recommend"] = cases
+        return out

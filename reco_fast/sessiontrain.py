@@ -30,6 +30,7 @@ from .sessionmodel import (
     ItemTables,
     Own,
     feature_matrix,
+    retrieve,
 )
 
 __all__ = ["TrainingRows", "fit_tables", "session_sequences", "training_rows"]
@@ -171,24 +172,15 @@ def training_rows(
     events: Any,
     tables: ItemTables,
     *,
-    n_negatives: int = 20,
-    hard_share: float = 0.5,
+    n_random: int = 5,
     seed: int = 0,
-    uniform: bool = True,
 ) -> TrainingRows:
     """Rows for every training page view with a next different product (see the module doc)."""
     rng = np.random.default_rng(seed)
     n = len(tables)
-    prob = np.full(n, 1.0 / n) if uniform else tables.popularity / tables.popularity.sum()
-    by_category: dict[int, np.ndarray] = {}
-    if tables.has_category:
-        order = np.argsort(tables.category, kind="stable")
-        cats, starts = np.unique(tables.category[order], return_index=True)
-        for c, a, b in zip(cats, starts, [*starts[1:], n], strict=True):
-            by_category[int(c)] = order[a:b]
+    prob = np.full(n, 1.0 / n)
     Xs, ys, gs = [], [], []
     group = 0
-    n_hard = round(n_negatives * hard_share)
     for seq in session_sequences(events, tables):
         targets = next_targets(seq.touched)
         if not targets:
@@ -199,24 +191,26 @@ def training_rows(
             if p >= 0:
                 own_pop[p] += 1.0
         own = Own(own_pairs, own_pop)
+
+        def known_elsewhere(p: int, own_pop: dict[int, float] = own_pop) -> bool:
+            # at serving the catalog holds products seen in *other* sessions only
+            return p >= 0 and tables.popularity[p] - own_pop.get(p, 0.0) > 0
+
         for i, target in targets:
-            if target < 0:
-                continue  # the next product is unknown to the tables: nothing to learn
-            cur = int(seq.touched[i])
-            hard: list[int] = [int(p) for p in seq.touched[:i] if p >= 0]  # revisits
-            if cur >= 0:
-                idx, w = tables.covis_row(cur)
-                hard.extend(idx[np.argsort(-w, kind="stable")][:n_hard].tolist())
-                if tables.has_category:
-                    same = by_category[int(tables.category[cur])]
-                    hard.extend(rng.choice(same, size=min(len(same), n_hard // 2 + 1)).tolist())
-            hard = [h for h in dict.fromkeys(hard) if h != target and h != cur]
-            if len(hard) > n_hard:
-                hard = rng.choice(hard, size=n_hard, replace=False).tolist()
-            easy = rng.choice(n, size=max(n_negatives - len(hard), 1), p=prob).tolist()
-            negs = [p for p in dict.fromkeys(hard + easy) if p != target and p != cur]
+            if not known_elsewhere(target):
+                continue  # no ranker could know this product without this very session
+            touched = seq.touched[: i + 1]
+            retrieved = retrieve(tables, touched, seq.carts[i], own=own)
+            if target not in set(retrieved.tolist()):
+                continue  # serving ranks retrieved products only: no positive to learn from
+            easy = rng.choice(n, size=n_random, p=prob).tolist()
+            negs = [
+                p
+                for p in dict.fromkeys([*retrieved.tolist(), *easy])
+                if p != target and p != int(touched[-1]) and known_elsewhere(p)
+            ]
             cand = np.asarray([target, *negs], dtype=np.int64)
-            X = feature_matrix(tables, seq.touched[: i + 1], seq.carts[i], cand, own)
+            X = feature_matrix(tables, touched, seq.carts[i], cand, own)
             Xs.append(X)
             y = np.zeros(len(cand), dtype=np.int64)
             y[0] = 1
@@ -235,5 +229,5 @@ def training_rows(
         np.concatenate(Xs),
         np.concatenate(ys),
         np.concatenate(gs),
-        {"n_negatives": n_negatives, "hard_share": hard_share, "seed": seed},
+        {"retrieved": "sessionmodel.retrieve", "n_random": n_random, "seed": seed},
     )

@@ -22,8 +22,8 @@ from sklearn.ensemble import GradientBoostingClassifier
 import reco_fast
 import reco_fast.compile
 from reco_fast import ArtifactError, CompileError
-from reco_fast.artifact import FORMAT_VERSION, METADATA_FILE, platform_tag
-from reco_fast.features import FEATURE_SETS
+from reco_fast.artifact import FORMAT_VERSION, METADATA_FILE, metadata_digest, platform_tag
+from reco_fast.features import FEATURE_SETS, definition_sha256
 
 
 def sha256(path: Path) -> str:
@@ -45,7 +45,11 @@ def _meta(root: Path) -> dict:
     return json.loads((root / METADATA_FILE).read_text())
 
 
-def _write_meta(root: Path, meta: dict) -> None:
+def _write_meta(root: Path, meta: dict, *, reseal: bool = False) -> None:
+    """Write metadata.json; ``reseal`` recomputes its digest, as a deliberate writer would,
+    so the check behind the digest is the one exercised."""
+    if reseal:
+        meta["metadata_sha256"] = metadata_digest(meta)
     (root / METADATA_FILE).write_text(json.dumps(meta, indent=2))
 
 
@@ -75,9 +79,16 @@ def test_round_trip(built: Built) -> None:
 def test_metadata_contents(built: Built) -> None:
     meta = _meta(built.path)
     assert meta["format"] == "reco_fast"
-    assert meta["format_version"] == FORMAT_VERSION == 1
+    assert meta["format_version"] == FORMAT_VERSION == 2
     assert meta["feature_set"] == "ranking"
     assert meta["feature_names"] == list(FEATURE_SETS["ranking"])
+    assert meta["feature_spec"] == {
+        "feature_set": "ranking",
+        "names": list(FEATURE_SETS["ranking"]),
+        "definition_sha256": definition_sha256("ranking"),
+    }
+    assert meta["metadata_sha256"] == metadata_digest(meta)
+    assert meta["catalog"] == "catalog.csv"
     assert meta["threshold"] == 0.7
     assert meta["vocabulary"] == {
         "current_category": sorted(built.log["current_category"].unique()),
@@ -181,7 +192,10 @@ def test_newer_format_version(copy: Path) -> None:
     meta = _meta(copy)
     meta["format_version"] = FORMAT_VERSION + 1
     _write_meta(copy, meta)
-    with pytest.raises(ArtifactError, match=r"format version 2, newer than this reco_fast reads"):
+    with pytest.raises(
+        ArtifactError,
+        match=rf"format version {FORMAT_VERSION + 1}, newer than this reco_fast reads",
+    ):
         reco_fast.load(copy)
 
 
@@ -196,22 +210,23 @@ def test_newer_format_version(copy: Path) -> None:
 def test_other_platform(copy: Path, key: str, value: str) -> None:
     meta = _meta(copy)
     meta["platform"][key] = value
-    _write_meta(copy, meta)
+    _write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=rf"built for {key}='{value}'"):
         reco_fast.load(copy)
 
 
-def test_file_outside_the_artifact(copy: Path) -> None:
+@pytest.mark.parametrize("name", ["../escape.txt", "/etc/hostname", "sub/x.txt", "..", "."])
+def test_file_outside_the_artifact(copy: Path, name: str) -> None:
     meta = _meta(copy)
-    meta["files"]["../escape.txt"] = "0" * 64
-    _write_meta(copy, meta)
+    meta["files"][name] = "0" * 64
+    _write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=r"names a file outside the artifact"):
         reco_fast.load(copy)
 
 
 @pytest.mark.parametrize("what", ["proba", "X"])
 def test_edited_golden_outputs(copy: Path, what: str) -> None:
-    """Checksums still pass (metadata.json holds them); only the golden check can tell."""
+    """Edited and resealed, checksums pass; only the golden check can tell."""
     from reco_fast.artifact import read_metadata
 
     meta = _meta(copy)
@@ -220,7 +235,7 @@ def test_edited_golden_outputs(copy: Path, what: str) -> None:
     else:  # move one golden row far across the engagement_score splits
         row = meta["golden"]["X"][40]
         row[15] = 1.0 if row[15] < 0.5 else 0.0
-    _write_meta(copy, meta)
+    _write_meta(copy, meta, reseal=True)
     read_metadata(copy)  # the checksums and platform are fine
     with pytest.raises(ArtifactError, match=r"does not reproduce its golden outputs"):
         reco_fast.load(copy)
@@ -238,8 +253,8 @@ def test_library_swapped_with_adjusted_checksum(copy: Path, tmp_path: Path) -> N
     lib = copy / meta["library"]
     shutil.copyfile(other.path / _meta(other.path)["library"], lib)
     meta["files"][lib.name] = sha256(lib)
-    _write_meta(copy, meta)
-    with pytest.raises(ArtifactError):
+    _write_meta(copy, meta, reseal=True)
+    with pytest.raises(ArtifactError, match="cannot load the compiled library"):
         reco_fast.load(copy)
 
 
