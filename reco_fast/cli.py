@@ -41,7 +41,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.events is not None:
         return _build_events(args)
     if args.columns is not None or args.event_types is not None:
-        raise ValueError("--columns and --event-types go with --events FILE")
+        raise InputError("--columns and --event-types go with --events FILE", field="--columns")
     from .pipeline import build
 
     result = build(
@@ -68,12 +68,15 @@ def _build_events(args: argparse.Namespace) -> int:
     from .pipeline import build_events
 
     if args.columns is None:
-        raise ValueError(
+        raise InputError(
             "--events needs --columns, e.g. --columns time=event_time,session=user_session,"
-            "product=product_id (time and product required; session or user)"
+            "product=product_id (time and product required; session or user)",
+            field="--columns",
         )
     if args.data is not None or args.catalog is not None:
-        raise ValueError("--events replaces --data and --catalog; give one or the other")
+        raise InputError(
+            "--events replaces --data and --catalog; give one or the other", field="--events"
+        )
     result = build_events(
         args.events,
         args.columns,
