@@ -3,7 +3,9 @@
 It uses reco_fast the way any service would: load the artifact once, share one
 SessionTracker between request threads, and turn reco_fast's exceptions into
 HTTP status codes (InputError -> 422, SessionNotFound -> 404,
-StoreUnavailable -> 503).
+StoreUnavailable -> 503). A request body over MAX_BODY_BYTES (64 KiB) is refused
+with 413 before it is parsed, and no error response echoes more than a bounded
+part of the request.
 
 Configuration (environment):
     RECO_MODEL       artifact directory (default: artifacts/reco_model)
@@ -36,15 +38,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 import reco_fast
 from reco_fast import InputError, RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
 from reco_fast.artifact import METADATA_FILE
+from reco_fast.errors import shown
 
 DEFAULT_MODEL = Path("artifacts") / "reco_model"
+MAX_BODY_BYTES = 64 * 1024
+"""Largest request body read; events are a few hundred bytes."""
+MAX_REPORTED_ERRORS = 10
 
 
 class PageView(BaseModel):
@@ -76,6 +83,60 @@ class RecommendationOut(BaseModel):
     product_id: str
     probability: float
     reason: str
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a request body over ``max_bytes`` with 413, unread.
+
+    A declared Content-Length is checked before anything is read; a chunked body is
+    counted as it arrives and refused once it passes the limit.
+    """
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            response = JSONResponse(status_code=413, content={"detail": self._message()})
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(status_code=413, detail=self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _message(self) -> str:
+        return f"request body too large: at most {self.max_bytes} bytes"
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 for a malformed request, with every echoed input bounded."""
+    errors = exc.errors()
+    detail: list[dict[str, Any]] = []
+    for e in errors[:MAX_REPORTED_ERRORS]:
+        item: dict[str, Any] = {
+            "type": str(e.get("type", ""))[:80],
+            "loc": [x if isinstance(x, int) else str(x)[:80] for x in e.get("loc", ())][:10],
+            "msg": str(e.get("msg", ""))[:200],
+        }
+        if "input" in e:
+            item["input"] = shown(e["input"])
+        detail.append(item)
+    if len(errors) > MAX_REPORTED_ERRORS:
+        detail.append({"msg": f"... and {len(errors) - MAX_REPORTED_ERRORS} more errors"})
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 def _error(status: int) -> Any:
@@ -132,6 +193,8 @@ def create_app(
     app.add_exception_handler(InputError, _error(422))
     app.add_exception_handler(SessionNotFound, _error(404))
     app.add_exception_handler(StoreUnavailable, _error(503))
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     # Plain `def` endpoints run in FastAPI's thread pool; the tracker and the
     # model are thread-safe, and the compiled model releases the GIL.

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import _spec
 from ._ir import Forest
+from .artifact import platform_tag
 
 __all__ = ["CDEF", "build_library", "flat_source", "generate_c"]
 
@@ -63,14 +64,25 @@ COMPILE_ARGS = ["-O2", "-fno-fast-math", "-ffp-contract=off", "-Wno-unused-varia
 HARNESS = """
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <math.h>
 #include <float.h>
 #include "header.h"
 
 #define RF_NFEAT {n_features}
+/* The row tl2cgen reads (RF_NFEAT entries) lives on the stack only while it fits
+   RF_STACK_MAX bytes; a wider model's row comes from the heap, once per call. No stack
+   frame grows with the model, so any model runs in a thread with a small stack. */
+#define RF_STACK_MAX 4096
+enum {{ RF_SMALL = RF_NFEAT * sizeof(union Entry) <= RF_STACK_MAX }};
+#define RF_ROW_BUFFER(NAME) \\
+  union Entry NAME##_stack[RF_SMALL ? RF_NFEAT : 1]; \\
+  union Entry* NAME = RF_SMALL ? NAME##_stack : malloc(RF_NFEAT * sizeof(union Entry))
+#define RF_ROW_RELEASE(NAME) do {{ if (!RF_SMALL) free(NAME); }} while (0)
+/* what a batch entry point returns when it cannot allocate its buffer */
+#define RF_NO_MEMORY ((ptrdiff_t)-2)
 
-static inline double rf_row_f64(const double* x) {{
-  union Entry data[RF_NFEAT];
+static inline double rf_row_f64(const double* x, union Entry* data) {{
   /* volatile: GCC 12 -O2 drops this (double)(float) round trip when RF_NFEAT is 2 or 3
      (SLP vectorizer), skipping the float32 rounding scikit-learn applies */
   for (int j = 0; j < RF_NFEAT; ++j) {{ volatile float f = (float)x[j]; data[j].fvalue = f; }}
@@ -81,44 +93,72 @@ static inline double rf_row_f64(const double* x) {{
 
 int rf_num_feature(void) {{ return RF_NFEAT; }}
 
-double rf_predict_one(const double* x) {{ return rf_row_f64(x); }}
-
-/* Batch entry points return the flat index of the first value that is not finite or
-   not within float32's range, or -1; they stop there. */
-ptrdiff_t rf_predict_f64(const double* X, size_t n_rows, double* out) {{
-  for (size_t i = 0; i < n_rows; ++i) {{
-    const double* x = X + i * RF_NFEAT;
-    for (int j = 0; j < RF_NFEAT; ++j)
-      if (!(fabs(x[j]) <= (double)FLT_MAX)) return (ptrdiff_t)(i * RF_NFEAT + j);
-    out[i] = rf_row_f64(x);
-  }}
-  return -1;
+/* NaN if out of memory (only for models wider than RF_STACK_MAX allows): NaN never
+   passes a golden or verification check and is never a probability. */
+double rf_predict_one(const double* x) {{
+  RF_ROW_BUFFER(data);
+  if (!data) return NAN;
+  const double p = rf_row_f64(x, data);
+  RF_ROW_RELEASE(data);
+  return p;
 }}
 
+/* Batch entry points return the flat index of the first value that is not finite or
+   not within float32's range, or -1; they stop there. RF_NO_MEMORY: nothing scored. */
+ptrdiff_t rf_predict_f64(const double* X, size_t n_rows, double* out) {{
+  RF_ROW_BUFFER(data);
+  if (!data) return RF_NO_MEMORY;
+  ptrdiff_t bad = -1;
+  for (size_t i = 0; i < n_rows && bad < 0; ++i) {{
+    const double* x = X + i * RF_NFEAT;
+    for (int j = 0; j < RF_NFEAT; ++j)
+      if (!(fabs(x[j]) <= (double)FLT_MAX)) {{ bad = (ptrdiff_t)(i * RF_NFEAT + j); break; }}
+    if (bad < 0) out[i] = rf_row_f64(x, data);
+  }}
+  RF_ROW_RELEASE(data);
+  return bad;
+}}
+
+/* Out of memory: every out[i] is NaN (never at or above a threshold). */
 void rf_predict_prefix(const double* prefix, size_t n_prefix, const double* rest,
                        size_t n_rows, double* out) {{
   /* rest is feature-major: rest[j * n_rows + i] */
-  double x[RF_NFEAT];
-  for (size_t j = 0; j < n_prefix; ++j) x[j] = prefix[j];
-  for (size_t i = 0; i < n_rows; ++i) {{
-    for (size_t j = n_prefix; j < RF_NFEAT; ++j) x[j] = rest[(j - n_prefix) * n_rows + i];
-    out[i] = rf_row_f64(x);
+  RF_ROW_BUFFER(data);
+  if (!data) {{
+    for (size_t i = 0; i < n_rows; ++i) out[i] = NAN;
+    return;
   }}
-}}
-
-ptrdiff_t rf_predict_f32(const float* X, size_t n_rows, double* out) {{
-  union Entry data[RF_NFEAT];
+  for (size_t j = 0; j < n_prefix; ++j) {{ volatile float f = (float)prefix[j]; data[j].fvalue = f; }}
   for (size_t i = 0; i < n_rows; ++i) {{
-    const float* x = X + i * RF_NFEAT;
-    for (int j = 0; j < RF_NFEAT; ++j) {{
-      if (!(fabs((double)x[j]) <= (double)FLT_MAX)) return (ptrdiff_t)(i * RF_NFEAT + j);
-      data[j].fvalue = (double)x[j];
+    for (size_t j = n_prefix; j < RF_NFEAT; ++j) {{
+      volatile float f = (float)rest[(j - n_prefix) * n_rows + i];
+      data[j].fvalue = f;
     }}
     double result = 0.0;
     predict(data, 0, &result);
     out[i] = result;
   }}
-  return -1;
+  RF_ROW_RELEASE(data);
+}}
+
+ptrdiff_t rf_predict_f32(const float* X, size_t n_rows, double* out) {{
+  RF_ROW_BUFFER(data);
+  if (!data) return RF_NO_MEMORY;
+  ptrdiff_t bad = -1;
+  for (size_t i = 0; i < n_rows && bad < 0; ++i) {{
+    const float* x = X + i * RF_NFEAT;
+    for (int j = 0; j < RF_NFEAT; ++j) {{
+      if (!(fabs((double)x[j]) <= (double)FLT_MAX)) {{ bad = (ptrdiff_t)(i * RF_NFEAT + j); break; }}
+      data[j].fvalue = (double)x[j];
+    }}
+    if (bad < 0) {{
+      double result = 0.0;
+      predict(data, 0, &result);
+      out[i] = result;
+    }}
+  }}
+  RF_ROW_RELEASE(data);
+  return bad;
 }}
 """
 
@@ -510,7 +550,7 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
         if proc.returncode != 0:
             _raise_if_disk_full(output)
             raise CompileError(f"the C compiler failed on {unit.name}: {_first_error(output)}")
-    target = out_dir / (name + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+    target = out_dir / (name + (platform_tag()["ext_suffix"] or ".so"))
     link = subprocess.run(
         [*cc, "-shared", *map(str, objects), "-o", str(target), "-lm"],
         stdout=subprocess.PIPE,

@@ -3,6 +3,7 @@
  * for why float32 compares with thresholds rounded down are exact. */
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <math.h>
 #include <float.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -18,6 +19,22 @@
 #define RQ_BLOCK 8
 #define RQ_HAVE_AVX512 @HAVE_AVX512@
 
+/* Per-call row buffers (a block of rows as float32) live on the stack only while they fit
+ * RQ_STACK_MAX bytes; a wider model's come from the heap, once per call. No stack frame
+ * grows with the model, so any model runs in a thread with a small stack. */
+#define RQ_STACK_MAX 8192
+#define RQ_ON_STACK(COUNT) ((COUNT) * sizeof(float) <= RQ_STACK_MAX)
+#define RQ_BUFFER(NAME, COUNT)                                                        \
+  float NAME##_stack[RQ_ON_STACK(COUNT) ? (COUNT) : 1] __attribute__((aligned(64)));  \
+  float* NAME = RQ_ON_STACK(COUNT) ? NAME##_stack : rq_heap_floats(COUNT)
+#define RQ_RELEASE(NAME, COUNT) do { if (!RQ_ON_STACK(COUNT)) free(NAME); } while (0)
+/* what a batch entry point returns when it cannot allocate its buffer */
+#define RQ_NO_MEMORY ((ptrdiff_t)-2)
+
+static float* rq_heap_floats(size_t count) {
+  return (float*)aligned_alloc(64, (count * sizeof(float) + 63) / 64 * 64);
+}
+
 static const int32_t rq_feature[RQ_NT * RQ_NN] = {@FEATURES@};
 static const float rq_threshold[RQ_NT * RQ_NN] = {@THRESHOLDS@};
 static const double rq_leaf[RQ_NT * RQ_NL] = {@LEAVES@};
@@ -28,7 +45,7 @@ static inline double rq_sigmoid(double margin) { return 1.0 / (1.0 + exp(-margin
 /* ---- portable: any CPU ---------------------------------------------------------------- */
 /* Every flat path sums tree t into group t % 4 and returns (g0 + g1) + (g2 + g3) + base,
  * the order the AVX2 kernel's accumulators impose, so all paths agree bit for bit. */
-static double rq_margin_row(const float* x) {
+static double rq_margin_row(const double* x) {
   double acc[4] = {0.0, 0.0, 0.0, 0.0};
   for (int t = 0; t < RQ_NT; ++t) {
     const int32_t* f = rq_feature + t * RQ_NN;
@@ -36,7 +53,8 @@ static double rq_margin_row(const float* x) {
     unsigned idx = 0;
     for (int l = 0; l < RQ_D; ++l) {
       const unsigned node = (1u << l) - 1u + idx;
-      idx = 2u * idx + (unsigned)(x[f[node]] > th[node]);
+      const float v = (float)x[f[node]]; /* scikit-learn's float32 rounding */
+      idx = 2u * idx + (unsigned)(v > th[node]);
     }
     acc[t % 4] += rq_leaf[t * RQ_NL + idx];
   }
@@ -62,43 +80,52 @@ static void rq_margin_block(const float* x /* [RQ_BLOCK][RQ_NF] */, double* out)
     out[r] = ((acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r])) + rq_base;
 }
 
-double rq_predict_one(const double* x) {
-  float xf[RQ_NF];
-  for (int j = 0; j < RQ_NF; ++j) xf[j] = (float)x[j];
-  return rq_sigmoid(rq_margin_row(xf));
-}
+double rq_predict_one(const double* x) { return rq_sigmoid(rq_margin_row(x)); }
 
 /* Batch entry points check every value as they convert it (finite and within float32's
  * range) and return the flat index of the first bad one, or -1: validation costs no
- * extra pass over the input. */
+ * extra pass over the input. RQ_NO_MEMORY: nothing scored. */
 #define RQ_BAD(v) (!(fabs((double)(v)) <= (double)FLT_MAX))
 
 #define RQ_PORTABLE(NAME, T)                                                          \
   ptrdiff_t NAME(const T* X, size_t n_rows, double* out) {                            \
-    float xb[RQ_BLOCK * RQ_NF];                                                       \
+    RQ_BUFFER(xb, RQ_BLOCK * RQ_NF);                                                  \
+    if (!xb) return RQ_NO_MEMORY;                                                     \
+    ptrdiff_t bad = -1;                                                               \
     double m[RQ_BLOCK];                                                               \
     for (size_t i = 0; i < n_rows; i += RQ_BLOCK) {                                   \
       const size_t k = n_rows - i < RQ_BLOCK ? n_rows - i : RQ_BLOCK;                 \
       for (size_t r = 0; r < RQ_BLOCK; ++r) {                                         \
         const T* x = X + (i + (r < k ? r : k - 1)) * RQ_NF;                           \
         for (int j = 0; j < RQ_NF; ++j) {                                             \
-          if (RQ_BAD(x[j])) return (ptrdiff_t)((i + (r < k ? r : k - 1)) * RQ_NF + j); \
+          if (RQ_BAD(x[j])) {                                                         \
+            bad = (ptrdiff_t)((i + (r < k ? r : k - 1)) * RQ_NF + j);                 \
+            goto done;                                                                \
+          }                                                                           \
           xb[r * RQ_NF + j] = (float)x[j];                                            \
         }                                                                             \
       }                                                                               \
       rq_margin_block(xb, m);                                                         \
       for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r]);                   \
     }                                                                                 \
-    return -1;                                                                        \
+  done:                                                                               \
+    RQ_RELEASE(xb, RQ_BLOCK * RQ_NF);                                                 \
+    return bad;                                                                       \
   }
 RQ_PORTABLE(rq_predict_f64_portable, double)
 RQ_PORTABLE(rq_predict_f32_portable, float)
 
 /* Rows that share their first n_prefix features (one session against many products):
- * the shared part is converted once; the rest comes feature-major, rest[j * n_rows + i]. */
+ * the shared part is converted once; the rest comes feature-major, rest[j * n_rows + i].
+ * Out of memory: every out[i] is NaN (never at or above a threshold). */
+static void rq_fill_nan(double* out, size_t n_rows) {
+  for (size_t i = 0; i < n_rows; ++i) out[i] = NAN;
+}
+
 void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const double* rest,
                                 size_t n_rows, double* out) {
-  float xb[RQ_BLOCK * RQ_NF];
+  RQ_BUFFER(xb, RQ_BLOCK * RQ_NF);
+  if (!xb) { rq_fill_nan(out, n_rows); return; }
   double m[RQ_BLOCK];
   for (size_t r = 0; r < RQ_BLOCK; ++r)
     for (size_t j = 0; j < n_prefix; ++j) xb[r * RQ_NF + j] = (float)prefix[j];
@@ -110,6 +137,7 @@ void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const dou
     rq_margin_block(xb, m);
     for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r]);
   }
+  RQ_RELEASE(xb, RQ_BLOCK * RQ_NF);
 }
 
 /* ---- SIMD: AVX2 (8 rows per register) and AVX-512 (16), chosen at run time ---------- */
@@ -183,7 +211,9 @@ __attribute__((target("avx512f"))) static void rq_block_avx512(
 #define RQ_SIMD_BATCH(NAME, T, W, BLOCK, TARGET)                                      \
   __attribute__((target(TARGET))) ptrdiff_t NAME(const T* X, size_t n_rows,            \
                                                  double* out) {                       \
-    float xT[RQ_NF * W] __attribute__((aligned(64)));                                 \
+    RQ_BUFFER(xT, RQ_NF * W);                                                         \
+    if (!xT) return RQ_NO_MEMORY;                                                     \
+    ptrdiff_t bad = -1;                                                               \
     double m[W];                                                                      \
     for (size_t i = 0; i < n_rows; i += W) {                                          \
       const size_t k = n_rows - i < W ? n_rows - i : W;                               \
@@ -191,21 +221,27 @@ __attribute__((target("avx512f"))) static void rq_block_avx512(
         const size_t row = i + (r < k ? r : k - 1);                                   \
         const T* x = X + row * RQ_NF;                                                 \
         for (int j = 0; j < RQ_NF; ++j) {                                             \
-          if (RQ_BAD(x[j])) return (ptrdiff_t)(row * RQ_NF + j);                      \
+          if (RQ_BAD(x[j])) {                                                         \
+            bad = (ptrdiff_t)(row * RQ_NF + j);                                       \
+            goto done;                                                                \
+          }                                                                           \
           xT[j * W + r] = (float)x[j];                                                \
         }                                                                             \
       }                                                                               \
       BLOCK(xT, m);                                                                   \
       for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r] + rq_base);         \
     }                                                                                 \
-    return -1;                                                                        \
+  done:                                                                               \
+    RQ_RELEASE(xT, RQ_NF * W);                                                        \
+    return bad;                                                                       \
   }
 
 #define RQ_SIMD_PREFIX(NAME, W, BLOCK, TARGET)                                        \
   __attribute__((target(TARGET))) void NAME(const double* prefix, size_t n_prefix,     \
                                             const double* rest, size_t n_rows,        \
                                             double* out) {                            \
-    float xT[RQ_NF * W] __attribute__((aligned(64)));                                 \
+    RQ_BUFFER(xT, RQ_NF * W);                                                         \
+    if (!xT) { rq_fill_nan(out, n_rows); return; }                                    \
     double m[W];                                                                      \
     for (size_t j = 0; j < n_prefix; ++j)                                             \
       for (size_t r = 0; r < W; ++r) xT[j * W + r] = (float)prefix[j];                \
@@ -218,6 +254,7 @@ __attribute__((target("avx512f"))) static void rq_block_avx512(
       BLOCK(xT, m);                                                                   \
       for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r] + rq_base);         \
     }                                                                                 \
+    RQ_RELEASE(xT, RQ_NF * W);                                                        \
   }
 
 RQ_SIMD_BATCH(rq_predict_f64_avx2, double, 8, rq_block_avx2, "avx2")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import textwrap
 import time
@@ -286,20 +287,37 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else BENCH_GATE_FAILED
 
 
+class _Terminated(BaseException):
+    """SIGTERM during ``score``: unwinds like Ctrl-C, so the partial output is removed."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def _score(args: argparse.Namespace) -> int:
     from .runtime import load
     from .score import score_file
 
     model = load(args.artifact)
     start = time.perf_counter()
-    rows = score_file(
-        model,
-        args.input,
-        args.output,
-        chunksize=args.chunksize,
-        on_invalid=args.on_invalid,
-        progress=None if args.quiet else sys.stderr,
-    )
+    # SIGTERM (a deploy, a timeout) would end the process where it stands and leave the
+    # hidden .part file; as an exception it unwinds through score_file, which removes it.
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        rows = score_file(
+            model,
+            args.input,
+            args.output,
+            chunksize=args.chunksize,
+            on_invalid=args.on_invalid,
+            progress=None if args.quiet else sys.stderr,
+        )
+    except _Terminated:
+        print("reco-fast score: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     seconds = time.perf_counter() - start
     if not args.quiet:
         print(

@@ -11,6 +11,7 @@ real outputs can say it did not this time.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import itertools
 import logging
@@ -70,6 +71,8 @@ def check_estimator(estimator: Any) -> None:
         )
     if not hasattr(estimator, "estimators_"):
         raise CompileError("the GradientBoostingClassifier is not fitted; call fit() first")
+    if len(estimator.estimators_) == 0:
+        raise CompileError("the GradientBoostingClassifier has no fitted trees")
     if len(estimator.classes_) != 2:
         raise CompileError(
             f"only binary classifiers are supported; this one has {len(estimator.classes_)} classes"
@@ -206,13 +209,37 @@ def _versions() -> dict[str, str]:
     }
 
 
+def fitted_view(estimator: Any) -> Any:
+    """The estimator as scikit-learn predicts with it: ``n_estimators`` = the fitted trees.
+
+    scikit-learn's ``predict_proba`` sums every tree in ``estimators_``, but treelite
+    reads ``n_estimators`` trees from it: after early stopping (``n_iter_no_change``:
+    fewer trees than ``n_estimators``) or ``set_params(n_estimators=...)`` on a fitted
+    model the two differ, and treelite reads past the array (a segfault) or drops
+    trees. A shallow copy with ``n_estimators`` set to ``len(estimators_)`` is
+    compiled instead; the caller's estimator is not modified.
+    """
+    n_trees = len(estimator.estimators_)
+    if estimator.n_estimators == n_trees:
+        return estimator
+    log.info(
+        "compiling the %d fitted trees (n_estimators=%r: early stopping or set_params)",
+        n_trees,
+        estimator.n_estimators,
+    )
+    view = copy.copy(estimator)
+    view.n_estimators = n_trees
+    return view
+
+
 def _import_treelite(estimator: Any) -> Any:
     import treelite
 
     try:
-        return treelite.sklearn.import_model(estimator)
-    except NotImplementedError as exc:
-        raise CompileError(f"treelite cannot import this estimator: {exc}") from exc
+        return treelite.sklearn.import_model(fitted_view(estimator))
+    except (NotImplementedError, treelite.TreeliteError) as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise CompileError(f"treelite cannot import this estimator: {message}") from exc
 
 
 def _native(value: Any) -> Any:
@@ -469,7 +496,7 @@ def compile_model(
                         for k, v in estimator.get_params().items()
                         if isinstance(v, (int, float, str, bool, type(None)))
                     },
-                    "n_trees": int(estimator.n_estimators_),
+                    "n_trees": len(estimator.estimators_),
                     "backend": default,
                     "backends": {name: {"ns_per_row": timings[name]} for name in checks},
                     "versions": _versions(),

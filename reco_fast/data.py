@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, shown
 from .features import Catalog
 from .schema import (
     CATALOG_COLUMNS,
@@ -86,7 +86,7 @@ def _numeric(path: Path, frame: pd.DataFrame, column: str) -> np.ndarray:
     values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
     bad = np.flatnonzero(np.isnan(values) & (text.str.lower() != "nan").to_numpy())
     if bad.size:
-        raise_rows(column, bad, f"must be a number, got {text.iloc[bad[0]]!r}")
+        raise_rows(column, bad, f"must be a number, got {shown(text.iloc[bad[0]])}")
     return values
 
 
@@ -119,7 +119,8 @@ def load_catalog(path: str | Path, categories: set[str] | None = None) -> Catalo
                 raise_rows(
                     "category",
                     bad,
-                    f"{str(cats[bad[0]])!r} is not a current_category of any page view in the log",
+                    f"{shown(str(cats[bad[0]]))} is not a current_category of any page view "
+                    "in the log",
                 )
         return Catalog(_labels(frame, "product_id"), cats, prices)
     except InputError as exc:
@@ -180,7 +181,9 @@ def load(log_path: str | Path, catalog_path: str | Path | None = None) -> Datase
                     if catalog_path
                     else " (no --catalog given: the catalog was learned from current_product_id)"
                 )
-                raise_rows(column, unknown, f"{str(ids[unknown[0]])!r} is not in the catalog{hint}")
+                raise_rows(
+                    column, unknown, f"{shown(str(ids[unknown[0]]))} is not in the catalog{hint}"
+                )
         for column in CATEGORICAL_FIELDS:
             frame[column] = frame[column].astype(str)
     except InputError as exc:

@@ -6,7 +6,9 @@ serving; :class:`ArtifactError` means the model on disk must not be trusted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import reprlib
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 __all__ = [
     "ArtifactError",
@@ -15,7 +17,41 @@ __all__ = [
     "RecoFastError",
     "SessionNotFound",
     "StoreUnavailable",
+    "shown",
+    "shown_values",
 ]
+
+MAX_SHOWN = 80
+"""Longest echo of one input value in an error message, in characters."""
+MAX_SHOWN_VALUES = 8
+"""How many values of a list (a vocabulary, say) a message shows before "and N more"."""
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = MAX_SHOWN - 20
+_repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxfrozenset = _repr.maxdict = 6
+_repr.maxlevel = 2
+
+
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters.
+
+    Every message that echoes an input uses this, so a 1 MB id or body never
+    becomes a 1 MB message: long strings keep their start and end around
+    ``...``, long containers their first items.
+    """
+    try:
+        text = _repr.repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown_values(values: Iterable[Any], first: int = MAX_SHOWN_VALUES) -> str:
+    """A list of allowed values for a message: the first few, then "... and N more"."""
+    values = list(values)
+    head = ", ".join(shown(v, MAX_SHOWN // 2) for v in values[:first])
+    more = len(values) - first
+    return f"[{head}]" if more <= 0 else f"[{head}, ... and {more} more]"
 
 
 class RecoFastError(Exception):

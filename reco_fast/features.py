@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _spec
-from .errors import InputError
+from .errors import InputError, shown, shown_values
 from .schema import (
     CATEGORICAL_FIELDS,
     FLOAT32_MAX,
@@ -138,8 +138,8 @@ class Vocabulary:
             return self._index[_CODE_FIELD[field_name]][value]
         except (KeyError, TypeError):
             raise InputError(
-                f"{field_name!r} has unknown value {value!r}; the model knows "
-                f"{list(self.values(field_name))}",
+                f"{field_name!r} has unknown value {shown(value)}; the model knows "
+                f"{shown_values(self.values(field_name))}",
                 field=field_name,
             ) from None
 
@@ -160,7 +160,10 @@ class Vocabulary:
         reject(
             field_name,
             bad,
-            lambda r: f"has unknown value {str(values[r])!r}; the model knows {vocab.tolist()}",
+            lambda r: (
+                f"has unknown value {shown(str(values[r]))}; the model knows "
+                f"{shown_values(vocab.tolist())}"
+            ),
             offset,
             errors,
         )
@@ -199,7 +202,7 @@ class Catalog:
         dup = np.flatnonzero(ids[1:] == ids[:-1])
         if dup.size:
             raise InputError(
-                f"catalog has duplicate product_id {str(ids[dup[0]])!r}", field="product_id"
+                f"catalog has duplicate product_id {shown(str(ids[dup[0]]))}", field="product_id"
             )
         if np.any(ids == NONE_PRODUCT):
             raise InputError(
@@ -243,7 +246,7 @@ class Catalog:
             return self._index[product_id]
         except (KeyError, TypeError):
             raise InputError(
-                f"{field_name!r} {product_id!r} is not in the catalog ({len(self)} products)",
+                f"{field_name!r} {shown(product_id)} is not in the catalog ({len(self)} products)",
                 field=field_name,
             ) from None
 
@@ -261,7 +264,7 @@ class Catalog:
         reject(
             field_name,
             bad,
-            lambda r: f"{str(ids[r])!r} is not in the catalog ({len(self)} products)",
+            lambda r: f"{shown(str(ids[r]))} is not in the catalog ({len(self)} products)",
             offset,
             errors,
         )

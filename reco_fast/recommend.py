@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, shown
 from .features import MIN_PRICE_FOR_RATIO
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def _check_args(
     ):
         return k, threshold, _DEFAULT_EXCLUDE  # the common call, checked in a few comparisons
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise InputError(f"k must be a non-negative integer, got {k!r}", field="k")
+        raise InputError(f"k must be a non-negative integer, got {shown(k)}", field="k")
     try:
         t = (
             math.nan
@@ -63,7 +63,7 @@ def _check_args(
         t = math.nan
     if not (0.0 <= t <= 1.0):
         raise InputError(
-            f"threshold must be a number in [0, 1], got {threshold!r}", field="threshold"
+            f"threshold must be a number in [0, 1], got {shown(threshold)}", field="threshold"
         )
     if isinstance(exclude, str):
         exclude = (exclude,)
@@ -71,13 +71,13 @@ def _check_args(
         exclude = set(exclude)
     except TypeError:  # None, a number, unhashable items
         raise InputError(
-            f"exclude must be a list drawn from {list(EXCLUDABLE)}, got {exclude!r:.60}",
+            f"exclude must be a list drawn from {list(EXCLUDABLE)}, got {shown(exclude)}",
             field="exclude",
         ) from None
     unknown = exclude - set(EXCLUDABLE)
     if unknown:
         raise InputError(
-            f"exclude has unknown value(s) {sorted(unknown, key=repr)}; "
+            f"exclude has unknown value(s) {shown(sorted(unknown, key=repr))}; "
             f"choose from {list(EXCLUDABLE)}",
             field="exclude",
         )
@@ -114,6 +114,10 @@ def recommend(
 
     An empty list is a valid answer: below the threshold, showing nothing beats
     showing a poor recommendation (the seed's high-confidence filter).
+
+    Viewed and in-cart products that are not in the model's catalog (delisted by
+    :meth:`Model.with_catalog` while the session was live) are skipped: they are
+    neither excluded nor used for reasons. Candidates must be in the catalog.
     """
     builder = model.builder
     if not builder.ranks_products:
@@ -134,7 +138,17 @@ def recommend(
     cart_ids = session.get(CART_FIELD) or ()
     if isinstance(cart_ids, str) or not isinstance(cart_ids, Sequence):
         raise InputError(f"{CART_FIELD!r} must be a list of product ids", field=CART_FIELD)
-    cart_pos = [catalog.index(p, CART_FIELD) for p in cart_ids]
+    cart_pos = []
+    for p in cart_ids:  # like viewed products, one no longer in the catalog is skipped
+        if not isinstance(p, str):
+            raise InputError(
+                f"{CART_FIELD!r} must be a list of product ids (strings), got an item of "
+                f"type {type(p).__name__}",
+                field=CART_FIELD,
+            )
+        pos = index.get(p)
+        if pos is not None:
+            cart_pos.append(pos)
 
     drop_pos = (viewed_pos if "viewed" in exclude else []) + (
         cart_pos if "in_cart" in exclude else []

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import platform_tag, read_artifact
-from .errors import ArtifactError, InputError
+from .errors import ArtifactError, InputError, shown
 from .features import (
     CANDIDATE_FEATURES,
     FEATURE_SETS,
@@ -209,7 +209,7 @@ def write_catalog(catalog: Catalog, path: Path) -> None:
 
 def _check_on_invalid(on_invalid: Any) -> None:
     if not (isinstance(on_invalid, str) and on_invalid in ON_INVALID):
-        raise ValueError(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r:.60}")
+        raise ValueError(f"on_invalid must be one of {list(ON_INVALID)}, got {shown(on_invalid)}")
 
 
 @dataclass(frozen=True)
@@ -262,7 +262,7 @@ def _flat_kinds(lib: Any) -> list[str]:
 
 def _kernels(lib: Any, backend: str) -> _Kernels:
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+        raise ValueError(f"unknown backend {shown(backend)}; choose from {list(BACKENDS)}")
     if backend == "tl2cgen":
         return _Kernels(
             backend,
@@ -613,6 +613,8 @@ class Model:
             )
             if bad >= 0:
                 self._raise_bad_value(X, int(bad), row_offset)
+            if bad != -1:  # the kernel could not allocate its row buffer
+                raise MemoryError(f"out of memory scoring {X.shape[0]} rows")
         return out
 
     def _raise_bad_value(self, X: np.ndarray, flat: int, row_offset: int) -> None:

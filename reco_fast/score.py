@@ -55,12 +55,15 @@ from typing import Any
 import numpy as np
 
 from .artifact import current_umask
-from .errors import InputError
+from .errors import InputError, shown
 from .schema import NUMERIC_FIELDS
 
 __all__ = ["DEFAULT_CHUNKSIZE", "ON_INVALID", "OUTPUT_COLUMN", "score_file", "supports_on_invalid"]
 
 DEFAULT_CHUNKSIZE = 100_000
+MAX_RECORD_BYTES = 1 << 20
+"""Most bytes past its block one CSV record may span (a quoted field with line breaks):
+a quote that is never closed would otherwise pull the rest of the file into memory."""
 OUTPUT_COLUMN = "click_probability"
 ON_INVALID = ("raise", "nan")
 
@@ -83,13 +86,31 @@ def supports_on_invalid(model: Any) -> bool:
         return False
 
 
-def _csv_blocks(f: Any, chunksize: int) -> Iterator[list[bytes]]:
+def _open_record(lines: list[bytes]) -> int:
+    """Index, among the non-blank records of ``lines``, of the record left open by an
+    odd number of ``"`` (the row a stray quote is in)."""
+    records = quotes = opened = 0
+    for line in lines:
+        if quotes % 2 == 0:
+            opened = records
+        quotes += line.count(b'"')
+        if quotes % 2 == 0 and line.strip():
+            records += 1
+    return opened
+
+
+def _csv_blocks(f: Any, chunksize: int, source: str = "") -> Iterator[list[bytes]]:
     """Lists of at most ``chunksize`` raw records (lines), never splitting a quoted field.
 
     A record that opens a quote and continues on the next line is completed first:
     a block ends only where the count of ``"`` so far is even (RFC 4180 quoting).
+    A record may run at most ``MAX_RECORD_BYTES`` past its block: a quote that is
+    not closed by then (a stray ``"``) raises an InputError naming its data row
+    (0-based), instead of reading the rest of the file into memory.
     Blank lines are dropped, as pandas does.
     """
+    limit = MAX_RECORD_BYTES
+    done = 0  # data rows in the blocks already yielded
     while True:
         lines = list(itertools.islice(f, chunksize))
         if not lines:
@@ -97,11 +118,20 @@ def _csv_blocks(f: Any, chunksize: int) -> Iterator[list[bytes]]:
         data = b"".join(lines)
         quotes = data.count(b'"')
         if quotes % 2:  # a quoted field runs past this block: finish the record
-            for line in f:
+            extra = 0
+            while quotes % 2:
+                line = f.readline(limit - extra + 1)
+                extra += len(line)
+                if not line or extra > limit:
+                    row = done + _open_record(lines)
+                    where = "by the end of the file" if not line else f"within {limit:,} bytes"
+                    raise InputError(
+                        f"{source}data row {row:,} opens a quoted field that is not closed {where}: "
+                        "a stray '\"'? Remove it, or double it inside a quoted field",
+                        rows=[row],
+                    )
                 lines.append(line)
                 quotes += line.count(b'"')
-                if quotes % 2 == 0:
-                    break
             data = b"".join(lines)
         if b'"' in data:  # quoted records may span lines: regroup by quote parity
             records, pending, quotes = [], [], 0
@@ -117,6 +147,7 @@ def _csv_blocks(f: Any, chunksize: int) -> Iterator[list[bytes]]:
         if not lines[0].strip() or b"\n\n" in data or b"\n\r\n" in data:
             lines = [x for x in lines if x.strip()]
         if lines:
+            done += len(lines)
             yield lines
 
 
@@ -138,7 +169,7 @@ def _chunks_csv(
             header = f.readline()
         if not header:
             raise InputError(f"{path}: the file is empty")
-        for block in _csv_blocks(f, chunksize):
+        for block in _csv_blocks(f, chunksize, f"{path}: "):
             data = b"".join(block)
             try:
                 frame = pd.read_csv(
@@ -289,7 +320,7 @@ def score_file(
     if chunksize < 1:
         raise InputError(f"chunksize must be a positive integer, got {chunksize}")
     if on_invalid not in ON_INVALID:
-        raise InputError(f"on_invalid must be one of {list(ON_INVALID)}, got {on_invalid!r}")
+        raise InputError(f"on_invalid must be one of {list(ON_INVALID)}, got {shown(on_invalid)}")
     kwargs: dict[str, Any] = {}
     if on_invalid != "raise":
         if not supports_on_invalid(model):

@@ -15,12 +15,20 @@ Policies (documented and tested):
   a later event naming a different one is rejected.
 - A session idle for longer than the TTL is gone: engagement and cart events
   for it are rejected, and a page view starts a new session.
+- A session whose stored value is corrupt (not a session's JSON, in Redis) is
+  treated as gone, with a message that says so: a page view starts it again.
+- Products delisted by a catalog update (``Model.with_catalog``) while a session
+  is live are skipped: the context keeps the current page's category and price as
+  shown, and ``recommend`` ignores delisted viewed and in-cart products.
+- Ids must be non-empty strings encodable as UTF-8 (no lone surrogates), in every
+  store, so a session that works in memory works in Redis.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import operator
 import threading
 import time
 import uuid
@@ -29,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import InputError, SessionNotFound, StoreUnavailable
+from .errors import InputError, SessionNotFound, StoreUnavailable, shown, shown_values
 from .recommend import CART_FIELD, Recommendation
 from .schema import NONE_PRODUCT
 
@@ -48,7 +56,60 @@ __all__ = [
 
 DEFAULT_TTL_SECONDS = 30 * 60
 DEFAULT_MAX_SESSIONS = 100_000
+DEFAULT_STORE_TIMEOUT_SECONDS = 1.0
+MAX_SECONDS = 1e9
+"""Longest duration a store accepts (about 31 years): a TTL beyond it is a mistake."""
 State = dict[str, Any]
+_STATE_KEYS = frozenset(
+    (
+        "session_id",
+        "customer_id",
+        "device_type",
+        "traffic_source",
+        "start_ts",
+        "last_ts",
+        "current_product_id",
+        "prev",
+        "products_viewed_count",
+        "cart",
+        "time_on_page_sec",
+        "scroll_depth",
+        "clicked_product_image",
+    )
+)
+
+
+def _seconds(name: str, value: Any) -> float:
+    """A duration argument: a finite number of seconds in (0, MAX_SECONDS]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(
+            f"{name} must be a number of seconds, got {type(value).__name__} {shown(value)}"
+        )
+    try:
+        v = float(value)
+    except OverflowError:
+        v = math.inf
+    if not 0.0 < v <= MAX_SECONDS:
+        raise ValueError(
+            f"{name} must be a positive, finite number of seconds (at most {MAX_SECONDS:g}), "
+            f"got {shown(value)}"
+        )
+    return v
+
+
+def _count(name: str, value: Any, low: int = 1) -> int:
+    """An integer argument >= low (a bool or a float such as 0.5 is refused)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        raise ValueError(
+            f"{name} must be an integer >= {low}, got {type(value).__name__} {shown(value)}"
+        ) from None
+    if v < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {v}")
+    return v
 
 
 class SessionStore(Protocol):
@@ -75,10 +136,8 @@ class MemoryStore:
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         clock: Callable[[], float] = time.time,
     ):
-        if ttl <= 0 or max_sessions <= 0:
-            raise ValueError("ttl and max_sessions must be positive")
-        self.ttl = float(ttl)
-        self.max_sessions = int(max_sessions)
+        self.ttl = _seconds("ttl", ttl)
+        self.max_sessions = _count("max_sessions", max_sessions)
         self._clock = clock
         self._lock = threading.Lock()
         self._data: OrderedDict[str, tuple[float, State]] = OrderedDict()
@@ -134,12 +193,23 @@ return 0
 """
 
 
-def _fast_retry() -> Any:
-    """redis-py's retry policy for a live service: a few quick reconnects, then fail fast."""
-    from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
+def _loads(raw: bytes) -> State | None:
+    """A stored session, or None when the value is not one (corrupt)."""
+    try:
+        state = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if not isinstance(state, dict) or not _STATE_KEYS <= state.keys():
+        return None
+    return state
 
-    return Retry(ExponentialBackoff(cap=0.1, base=0.01), 3)
+
+def _corrupt(session_id: str) -> SessionNotFound:
+    return SessionNotFound(
+        f"session {shown(session_id)} has a corrupt value in the session store (not a "
+        "session's JSON); it is treated as gone: start it again with a page_view",
+        field="session_id",
+    )
 
 
 class RedisStore:
@@ -150,16 +220,24 @@ class RedisStore:
     the value is still the one read), re-read and retry on conflict. Concurrent
     updates of one session from several replicas all apply.
 
-    Faults (tested against a real server that is stopped, restarted and whose
-    connections are killed, tests/test_redis_faults.py):
+    Faults (tested against a real server that is stopped, restarted, paused with
+    SIGSTOP, filled to ``maxmemory`` and whose connections are killed,
+    tests/test_redis_faults.py):
 
-    - The server cannot be reached: :class:`StoreUnavailable` (within about a
-      second with :meth:`from_url`'s client). Nothing is half written (a
-      check-and-set applies whole or not at all). The same store reconnects by
-      itself once the server is back: it keeps no connection state between
-      updates, and redis-py reopens dropped connections.
+    - Every call is bounded in time, retries included: it returns, or raises
+      :class:`StoreUnavailable`, within ``timeout`` seconds (default 1) plus one
+      round trip. No new attempt starts after the deadline. With :meth:`from_url`'s
+      client a round trip is bounded by its socket timeouts (``timeout / 4`` to
+      connect and ``timeout / 4`` to read), so a server that hangs (paused, or
+      overloaded) costs about ``timeout`` (0.5 s by default) and a call never
+      takes more than ``1.5 * timeout``. A client of your own needs socket timeouts
+      for this bound to hold (redis-py's default is to wait forever).
+    - The server cannot be reached: :class:`StoreUnavailable`. Nothing is half
+      written (a check-and-set applies whole or not at all). The same store
+      reconnects by itself once the server is back: it keeps no connection state
+      between updates, and redis-py reopens dropped connections.
     - A connection drops mid-update: the update is retried on a new connection
-      (by redis-py, then ``reconnect_retries`` more times, default 1). Each update
+      (``reconnect_retries`` times, default 1, within the deadline). Each update
       has a random event id; the write that applies it also sets a marker key
       ``<prefix without ':'>~event:<id>`` that expires after
       ``idempotency_window`` seconds (default 120), and every attempt checks it
@@ -169,9 +247,15 @@ class RedisStore:
       twice. If the retries fail too, StoreUnavailable says whether the event was
       not applied or "may or may not have been applied" (the write was sent, its
       outcome is unknown).
+    - The server is out of memory (``maxmemory`` with the ``noeviction`` policy)
+      or answers with another error: :class:`StoreUnavailable` naming it; a
+      refused write was not applied.
     - Session state is a cache with a TTL: a server that restarts without
       persistence (``--save ""``) comes back empty, and sessions start again with
-      their next page view (other events raise SessionNotFound).
+      their next page view (other events raise SessionNotFound). A value that is
+      not a session's JSON (written by something else, or damaged) is treated the
+      same way: :class:`SessionNotFound` says it is corrupt, and the next page view
+      replaces it (conditionally, like every write).
 
     The script touches two keys, so on Redis Cluster give ``prefix`` a hash tag
     (e.g. ``"{reco}:session:"``) to keep them in one slot.
@@ -185,76 +269,139 @@ class RedisStore:
         max_retries: int = 50,
         reconnect_retries: int = 1,
         idempotency_window: float = 120.0,
+        timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS,
     ):
         self.client = client
-        self.ttl = float(ttl)
+        self.ttl = _seconds("ttl", ttl)
         self.prefix = prefix
         self.event_prefix = prefix.rstrip(":") + "~event:"  # never matches prefix + "*"
-        self.max_retries = max_retries
-        self.reconnect_retries = reconnect_retries
-        self.idempotency_window = float(idempotency_window)
+        self.max_retries = _count("max_retries", max_retries)
+        self.reconnect_retries = _count("reconnect_retries", reconnect_retries, low=0)
+        self.idempotency_window = _seconds("idempotency_window", idempotency_window)
+        self.timeout = _seconds("timeout", timeout)
         self._cas = client.register_script(_CAS_LUA)  # no round trip: loaded on first use
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisStore:
-        """A store with its own client: 2 s socket timeouts, a few quick reconnects."""
-        import redis
+    def from_url(
+        cls, url: str, *, timeout: float = DEFAULT_STORE_TIMEOUT_SECONDS, **kwargs: Any
+    ) -> RedisStore:
+        """A store with its own client, whose every call takes at most about ``timeout`` s.
 
-        return cls(
-            redis.Redis.from_url(
-                url, socket_timeout=2.0, socket_connect_timeout=2.0, retry=_fast_retry()
-            ),
-            **kwargs,
+        The client's socket timeouts are ``timeout / 4`` (connect and read) and redis-py
+        does not retry by itself: the store's own retries (``reconnect_retries``) are the
+        only ones, within the deadline. Other keyword arguments go to :class:`RedisStore`.
+        """
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        timeout = _seconds("timeout", timeout)
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout / 4,
+            socket_connect_timeout=timeout / 4,
+            retry=Retry(NoBackoff(), 0),
         )
+        return cls(client, timeout=timeout, **kwargs)
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         import redis
 
         return (redis.ConnectionError, redis.TimeoutError)
 
+    def _failed(self, exc: BaseException, outcome: str) -> StoreUnavailable:
+        """StoreUnavailable for an error reply of the server (not a lost connection)."""
+        import redis
+
+        if isinstance(exc, redis.exceptions.OutOfMemoryError):
+            return StoreUnavailable(
+                f"session store is full (Redis reached maxmemory) and refused the write "
+                f"({outcome}); raise maxmemory, or use an eviction policy such as volatile-ttl"
+            )
+        return StoreUnavailable(f"session store error ({outcome}): {shown(str(exc), 200)}")
+
     def get(self, session_id: str) -> State | None:
-        try:
-            raw = self.client.get(self.prefix + session_id)
-        except self._errors() as exc:
-            raise StoreUnavailable(f"session store unavailable: {exc}") from exc
-        return None if raw is None else json.loads(raw)
+        import redis
+
+        deadline = time.monotonic() + self.timeout
+        failures = 0
+        while True:
+            try:
+                raw = self.client.get(self.prefix + session_id)
+                break
+            except self._errors() as exc:  # idempotent: retried on a new connection
+                failures += 1
+                if failures > self.reconnect_retries or time.monotonic() >= deadline:
+                    raise StoreUnavailable(f"session store unavailable: {exc}") from exc
+            except redis.RedisError as exc:
+                raise self._failed(exc, "nothing was read") from exc
+        if raw is None:
+            return None
+        state = _loads(raw)
+        if state is None:
+            raise _corrupt(session_id)
+        return state
 
     def update(self, session_id: str, fn: Callable[[State | None], State]) -> State:
+        import redis
+
         key = self.prefix + session_id
         marker = self.event_prefix + uuid.uuid4().hex
         ttl_ms = max(1, int(self.ttl * 1000))
         window_ms = max(1, int(self.idempotency_window * 1000))
-        write_sent = False  # a write went out whose outcome may be unknown
+        deadline = time.monotonic() + self.timeout
+        unknown = False  # a write went out and its reply was lost: its outcome is unknown
         failures = 0
         conflicts = 0
+        last_error: BaseException | None = None
+
+        def outcome() -> str:
+            if unknown:
+                return "the event may or may not have been applied"
+            return "the event was not applied"
+
         while conflicts < self.max_retries:
+            if time.monotonic() >= deadline and (failures or conflicts):
+                raise StoreUnavailable(
+                    f"session store unavailable ({outcome()}): no answer within "
+                    f"{self.timeout:g} s: {last_error or 'too many conflicting updates'}"
+                ) from last_error
+            sending = False
             try:
                 raw, applied = self.client.mget(key, marker)
                 if applied is not None:  # an earlier attempt applied it; its reply was lost
                     if raw is None:
                         raise StoreUnavailable(
-                            f"session {session_id!r} expired right after the event was applied"
+                            f"session {shown(session_id)} expired right after the event was applied"
                         )
-                    return json.loads(raw)
-                new = fn(None if raw is None else json.loads(raw))
+                    state = _loads(raw)
+                    if state is None:
+                        raise _corrupt(session_id)
+                    return state
+                state = None if raw is None else _loads(raw)
+                try:
+                    new = fn(state)
+                except SessionNotFound:
+                    if raw is not None and state is None:
+                        raise _corrupt(session_id) from None
+                    raise
                 value = json.dumps(new, separators=(",", ":"))
-                write_sent = True
                 old = b"" if raw is None else raw
+                sending = True
                 if self._cas(keys=[key, marker], args=[old, value, ttl_ms, window_ms]):
                     return new
                 conflicts += 1  # another update came first (or this one, resent): re-read
             except self._errors() as exc:
+                unknown = unknown or sending
                 failures += 1
+                last_error = exc
                 if failures <= self.reconnect_retries:
                     continue  # same event id: a retry cannot apply the event twice
-                outcome = (
-                    "the event may or may not have been applied"
-                    if write_sent
-                    else "the event was not applied"
-                )
-                raise StoreUnavailable(f"session store unavailable ({outcome}): {exc}") from exc
+                raise StoreUnavailable(f"session store unavailable ({outcome()}): {exc}") from exc
+            except redis.RedisError as exc:  # an error reply: this attempt was refused
+                raise self._failed(exc, outcome()) from exc
         raise StoreUnavailable(
-            f"session {session_id!r} is too contended: "
+            f"session {shown(session_id)} is too contended: "
             f"{self.max_retries} conflicting updates in a row"
         )
 
@@ -263,20 +410,29 @@ class RedisStore:
 def _check_number(name: str, value: Any, low: float, high: float = math.inf) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(
-            f"{name!r} must be a number, got {type(value).__name__} {value!r:.40}", field=name
+            f"{name!r} must be a number, got {type(value).__name__} {shown(value)}", field=name
         )
     try:
         v = float(value)
     except OverflowError:  # an int beyond float range
         v = math.inf
     if not (low <= v <= high) or not math.isfinite(v):
-        raise InputError(f"{name!r} must be in [{low:g}, {high:g}], got {value!r}", field=name)
+        raise InputError(f"{name!r} must be in [{low:g}, {high:g}], got {shown(value)}", field=name)
     return v
 
 
 def _check_id(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
-        raise InputError(f"{name!r} must be a non-empty string, got {value!r:.40}", field=name)
+        raise InputError(f"{name!r} must be a non-empty string, got {shown(value)}", field=name)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: no store could key it
+            raise InputError(
+                f"{name!r} must be valid Unicode text, got {shown(value)} (a lone surrogate "
+                f"at position {exc.start})",
+                field=name,
+            ) from None
     return value
 
 
@@ -294,6 +450,28 @@ class SessionTracker:
 
     Build it from the model that will score the sessions, so product lookups
     and vocabularies are the model's. Share one tracker between threads.
+
+    Parameters
+    ----------
+    model : Model
+        The model whose catalog and vocabularies events are checked against.
+    store : SessionStore, optional
+        Where sessions live; default a :class:`MemoryStore` of ``ttl`` and
+        ``max_sessions``. A store carries its own TTL (``RedisStore(client, ttl=...)``):
+        giving ``ttl`` or ``max_sessions`` with a store raises ValueError unless they
+        equal the store's, since they would be ignored.
+    ttl : float, optional
+        Seconds a session lives without events (default 1,800), finite and > 0.
+    max_sessions : int, optional
+        Most sessions the in-memory store keeps (default 100,000), an integer >= 1.
+    clock : callable
+        The time in seconds (``time.time``); tests pass a fake one.
+
+    Raises
+    ------
+    ValueError
+        A bad ``ttl`` or ``max_sessions`` (named), or either given with a store that
+        has another value; a model without a catalog.
     """
 
     def __init__(
@@ -301,10 +479,22 @@ class SessionTracker:
         model: Model,
         store: SessionStore | None = None,
         *,
-        ttl: float = DEFAULT_TTL_SECONDS,
-        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        ttl: float | None = None,
+        max_sessions: int | None = None,
         clock: Callable[[], float] = time.time,
     ):
+        if ttl is not None:
+            ttl = _seconds("ttl", ttl)
+        if max_sessions is not None:
+            max_sessions = _count("max_sessions", max_sessions)
+        if store is not None:
+            for name, value in (("ttl", ttl), ("max_sessions", max_sessions)):
+                if value is not None and getattr(store, name, None) != value:
+                    raise ValueError(
+                        f"{name}={value!r} would be ignored: the {type(store).__name__} passed "
+                        f"as store has its own ({getattr(store, name, 'none')!r}); set it on the "
+                        "store instead (e.g. RedisStore(client, ttl=...)), or pass no store"
+                    )
         builder = model.builder
         if builder.catalog is None:
             raise ValueError("tracking sessions needs a model with a product catalog")
@@ -317,7 +507,13 @@ class SessionTracker:
         )
         self._clock = clock
         self.store: SessionStore = (
-            store if store is not None else MemoryStore(ttl, max_sessions, clock)
+            store
+            if store is not None
+            else MemoryStore(
+                DEFAULT_TTL_SECONDS if ttl is None else ttl,
+                DEFAULT_MAX_SESSIONS if max_sessions is None else max_sessions,
+                clock,
+            )
         )
         self.ttl = self.store.ttl
 
@@ -339,17 +535,19 @@ class SessionTracker:
         try:
             return self._cat.products[product_id]
         except KeyError:
-            raise InputError(f"{name!r} {product_id!r} is not in the catalog", field=name) from None
+            raise InputError(
+                f"{name!r} {shown(product_id)} is not in the catalog", field=name
+            ) from None
 
     def _live(self, state: State | None, session_id: str, ts: float) -> State:
         if state is None:
             raise SessionNotFound(
-                f"session {session_id!r} is unknown or expired; start it with a page_view",
+                f"session {shown(session_id)} is unknown or expired; start it with a page_view",
                 field="session_id",
             )
         if ts - state["last_ts"] > self.ttl:
             raise SessionNotFound(
-                f"session {session_id!r} expired after {self.ttl:g} s idle; "
+                f"session {shown(session_id)} expired after {self.ttl:g} s idle; "
                 "start it again with a page_view",
                 field="session_id",
             )
@@ -372,9 +570,14 @@ class SessionTracker:
         traffic_source: str | None = None,
         ts: float | None = None,
     ) -> dict[str, Any]:
-        """The viewed product becomes current; the previous three shift; engagement resets."""
+        """The viewed product becomes current; the previous three shift; engagement resets.
+
+        The product's category and price as shown are kept with the session, so a
+        catalog update that delists it (``Model.with_catalog``) does not break the
+        session: its context keeps them until the next page view.
+        """
         _check_id("session_id", session_id)
-        self._product("product_id", product_id)
+        shown_category, shown_price = self._product("product_id", product_id)
         ts = self._ts(ts)
         for name, value, allowed in (
             ("device_type", device_type, self._cat.devices),
@@ -382,7 +585,8 @@ class SessionTracker:
         ):
             if value is not None and (not isinstance(value, str) or value not in allowed):
                 raise InputError(
-                    f"{name!r} has unknown value {value!r}; the model knows {sorted(allowed)}",
+                    f"{name!r} has unknown value {shown(value)}; the model knows "
+                    f"{shown_values(sorted(allowed))}",
                     field=name,
                 )
         if customer_id is not None:
@@ -405,6 +609,8 @@ class SessionTracker:
                     "last_ts": at,
                     "page_ts": at,
                     "current_product_id": product_id,
+                    "current_category": shown_category,
+                    "current_price": shown_price,
                     "prev": [],
                     "products_viewed_count": 1,
                     "cart": [],
@@ -416,12 +622,13 @@ class SessionTracker:
             for name, value in (("device_type", device_type), ("traffic_source", traffic_source)):
                 if value is not None and value != state[name]:
                     raise InputError(
-                        f"{name!r} {value!r} differs from the session's {state[name]!r}", field=name
+                        f"{name!r} {shown(value)} differs from the session's {shown(state[name])}",
+                        field=name,
                     )
             if customer_id is not None and state["customer_id"] not in ("", customer_id):
                 raise InputError(
-                    f"'customer_id' {customer_id!r} differs from the session's "
-                    f"{state['customer_id']!r}",
+                    f"'customer_id' {shown(customer_id)} differs from the session's "
+                    f"{shown(state['customer_id'])}",
                     field="customer_id",
                 )
             new = dict(state)
@@ -429,6 +636,8 @@ class SessionTracker:
             new["prev"] = ([state["current_product_id"], *state["prev"]])[:3]
             new.update(
                 current_product_id=product_id,
+                current_category=shown_category,
+                current_price=shown_price,
                 last_ts=at,
                 page_ts=at,
                 products_viewed_count=state["products_viewed_count"] + 1,
@@ -515,7 +724,8 @@ class SessionTracker:
             state = self._live(state, session_id, at)
             if product_id not in state["cart"]:
                 raise InputError(
-                    f"product {product_id!r} is not in the cart of session {session_id!r}",
+                    f"product {shown(product_id)} is not in the cart of session "
+                    f"{shown(session_id)}",
                     field="product_id",
                 )
             cart = list(state["cart"])
@@ -535,12 +745,23 @@ class SessionTracker:
         state = self.store.get(session_id)
         if state is None:
             raise SessionNotFound(
-                f"session {session_id!r} is unknown or expired", field="session_id"
+                f"session {shown(session_id)} is unknown or expired", field="session_id"
             )
         return self._context(state)
 
     def _context(self, state: State) -> dict[str, Any]:
-        category, price = self._cat.products[state["current_product_id"]]
+        product = state["current_product_id"]
+        item = self._cat.products.get(product)
+        if item is None:  # delisted since it was viewed: the category and price it was shown at
+            item = (state.get("current_category"), state.get("current_price"))
+            if item[0] is None or item[1] is None:  # a session stored by an older reco_fast
+                raise InputError(
+                    f"session {shown(state['session_id'])}: its current product "
+                    f"{shown(product)} is no longer in the catalog; the session continues "
+                    "with its next page_view",
+                    field="current_product_id",
+                )
+        category, price = item
         prev = [*state["prev"], NONE_PRODUCT, NONE_PRODUCT, NONE_PRODUCT]
         return {
             "session_id": state["session_id"],

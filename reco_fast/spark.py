@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .artifact import METADATA_FILE, load_metadata_file
-from .errors import ArtifactError
+from .errors import ArtifactError, shown
 from .features import FEATURE_SETS, SESSION_NUMERIC, VIEWED_FIELDS
 from .runtime import Model, load
 from .schema import CATEGORICAL_FIELDS
@@ -159,7 +159,7 @@ def _required_columns(meta: dict[str, Any], features: bool) -> tuple[str, ...]:
 def output_schema(schema: StructType, output_col: str = "click_probability") -> StructType:
     """The input schema plus a non-null double column ``output_col``."""
     if output_col in schema.fieldNames():
-        raise ValueError(f"the DataFrame already has a column {output_col!r}; pick another")
+        raise ValueError(f"the DataFrame already has a column {shown(output_col)}; pick another")
     return StructType([*schema.fields, StructField(output_col, DoubleType(), nullable=False)])
 
 

@@ -432,6 +432,95 @@ def test_score_without_pandas_is_a_one_line_error(built, small_csv, tmp_path):
     assert not out.exists()
 
 
+# ---- score: resources ------------------------------------------------------------------------
+def _stray_quote_csv(small_csv: Path, path: Path, row: int, copies: int = 1) -> None:
+    """small_csv (repeated ``copies`` times) with a '"' opening data row ``row``'s
+    session_id and never closed."""
+    lines = small_csv.read_text().splitlines(keepends=True)
+    body = lines[1:] * copies
+    body[row] = '"' + body[row]
+    path.write_text(lines[0] + "".join(body))
+
+
+def test_score_stray_quote_reads_a_bounded_amount(built, small_csv, tmp_path, monkeypatch):
+    """A quote that opens a field and is never closed made score read the rest of the
+    file into one block (693 MB against 143 MB on a large file): a record may now span
+    at most MAX_RECORD_BYTES past its block, then the row is named."""
+    import reco_fast.score as score
+
+    src, out = tmp_path / "stray.csv", tmp_path / "scored.csv"
+    _stray_quote_csv(small_csv, src, row=1234)
+    monkeypatch.setattr(score, "MAX_RECORD_BYTES", 20_000, raising=False)
+    sizes: list[int] = []
+    real = pd.read_csv
+
+    def spy(data, *args, **kwargs):
+        sizes.append(len(data.getvalue()))
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(pd, "read_csv", spy)
+    with pytest.raises(score.InputError, match="data row 1,234 opens a quoted field") as info:
+        score.score_file(built.model, src, out, chunksize=100, progress=None)
+    assert info.value.rows == (1234,)
+    assert str(src) in str(info.value)
+    block = max(len(line) for line in src.read_bytes().splitlines(True)) * 100
+    assert max(sizes) <= block  # blocks before the stray quote only: nothing larger was parsed
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["stray.csv"]
+
+
+def test_score_stray_quote_is_a_one_line_error_naming_the_row(built, small_csv, tmp_path):
+    src, out = tmp_path / "stray.csv", tmp_path / "scored.csv"
+    _stray_quote_csv(small_csv, src, row=2500, copies=5)  # 1.5 MB after the quote
+    proc = run("score", built.path, "--input", src, "--output", out, "--chunksize", "1000")
+    line = one_line_error(proc, "score")
+    assert "data row 2,500 opens a quoted field that is not closed" in line
+    assert proc.returncode == 2
+    assert list(tmp_path.iterdir()) == [src]
+
+
+def test_score_sigterm_removes_the_partial_output(built, small_csv, tmp_path):
+    """SIGTERM used to end the process where it stood, leaving the hidden .part file."""
+    import signal
+    import time
+
+    out = tmp_path / "scored.csv"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reco_fast.cli",
+            "score",
+            str(built.path),
+            "--input",
+            str(small_csv),
+            "--output",
+            str(out),
+            "--chunksize",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("*.part")):  # scoring has started
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "terminated" in stderr and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- every failure is one line -----------------------------------------------------------------
 
 

@@ -311,3 +311,148 @@ def test_verification_catches_what_check_estimator_would_refuse(
         reco_fast.compile_model(estimator, out, verify_X=X)
     assert "nothing was written" in str(exc.value)
     nothing_written(tmp_path, out)
+
+
+# ---- estimators and widths that used to crash the process ---------------------------------------
+# Each case runs in a child process, so a segfault fails the test instead of killing pytest.
+
+_CHILD_PRELUDE = """
+import json, sys, threading
+import numpy as np
+from sklearn.ensemble import GradientBoostingClassifier
+import reco_fast
+from reco_fast import CompileError
+
+def max_diff(model, estimator, X):
+    expected = estimator.predict_proba(X)[:, 1]
+    worst = 0.0
+    for name in model.available_backends():
+        m = model.using(name)
+        for got in (
+            m.predict_proba_features(X),
+            m.predict_proba_features(X.astype(np.float32)),
+            np.asarray([m._one(row) for row in X[:5].tolist()]),
+        ):
+            worst = max(worst, float(np.max(np.abs(got - expected[: len(got)]))))
+    return worst
+"""
+
+
+def _run_child(body: str, tmp_path: Path, timeout: float = 240) -> dict:
+    import json
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD_PRELUDE + body)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "artifact")],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_early_stopped_estimator_compiles_its_fitted_trees(seed: int, tmp_path: Path) -> None:
+    """n_iter_no_change stops after 15-30 of 500 trees: treelite read n_estimators trees
+    from the shorter estimators_ (segfault, or a raw TreeliteError)."""
+    result = _run_child(
+        f"""
+rng = np.random.default_rng({seed})
+X = rng.normal(size=(600, 5))
+y = (X[:, 0] + rng.normal(size=600) > 0).astype(int)
+est = GradientBoostingClassifier(
+    n_estimators=500, n_iter_no_change=3, max_depth=3, random_state={seed}
+).fit(X, y)
+model = reco_fast.compile_model(est, sys.argv[1], verify_X=X)
+print(json.dumps({{"fitted": len(est.estimators_), "n_estimators": est.n_estimators,
+                  "n_trees": model.metadata["n_trees"], "diff": max_diff(model, est, X)}}))
+""",
+        tmp_path,
+    )
+    assert result["fitted"] < result["n_estimators"] == 500  # early stopping happened
+    assert result["n_trees"] == result["fitted"]
+    assert result["diff"] <= TOLERANCE
+
+
+@pytest.mark.parametrize("n_estimators", [51, 10])
+def test_set_params_after_fit_compiles_what_sklearn_predicts(
+    n_estimators: int, tmp_path: Path
+) -> None:
+    """set_params(n_estimators=...) on a fitted 50-tree model: scikit-learn still predicts
+    with the 50 fitted trees; 51 used to segfault, 10 used to be refused."""
+    result = _run_child(
+        f"""
+rng = np.random.default_rng(0)
+X = rng.normal(size=(300, 4))
+y = (X[:, 0] - X[:, 1] + rng.normal(size=300) > 0).astype(int)
+est = GradientBoostingClassifier(n_estimators=50, max_depth=2, random_state=0).fit(X, y)
+est.set_params(n_estimators={n_estimators})
+model = reco_fast.compile_model(est, sys.argv[1], verify_X=X)
+print(json.dumps({{"n_trees": model.metadata["n_trees"], "diff": max_diff(model, est, X),
+                  "n_estimators": est.n_estimators}}))
+""",
+        tmp_path,
+    )
+    assert result["n_trees"] == 50
+    assert result["n_estimators"] == n_estimators  # the caller's estimator is untouched
+    assert result["diff"] <= TOLERANCE
+
+
+def test_treelite_errors_are_compile_errors(monkeypatch, tmp_path: Path) -> None:
+    import treelite
+
+    def broken(estimator):
+        raise treelite.TreeliteError("Check failed: something inside treelite\n" + "x" * 5000)
+
+    monkeypatch.setattr(treelite.sklearn, "import_model", broken)
+    X, y = _data()
+    estimator = GradientBoostingClassifier(n_estimators=3).fit(X, y)
+    out = tmp_path / "out"
+    with pytest.raises(CompileError, match="treelite cannot import this estimator") as exc:
+        reco_fast.compile_model(estimator, out)
+    assert len(str(exc.value)) < 400
+    nothing_written(tmp_path, out)
+
+
+def test_wide_model_scores_in_a_thread_with_a_small_stack(tmp_path: Path) -> None:
+    """20,000 features: the AVX-512 kernel kept 64 bytes per feature on the C stack (1.3 MB),
+    which overflows a 1 MiB thread stack. Row buffers now come from the heap beyond a few KB."""
+    result = _run_child(
+        """
+rng = np.random.default_rng(0)
+n = 20_000
+X = rng.normal(size=(40, n)).astype(np.float32).astype(np.float64)
+y = (X[:, 0] + X[:, -1] > 0).astype(int)
+est = GradientBoostingClassifier(n_estimators=3, max_depth=2, random_state=0).fit(X, y)
+compiled = reco_fast.compile_model(est, sys.argv[1], verify_X=X)
+out = {}
+def score():
+    model = reco_fast.load(sys.argv[1])  # the golden checks run every backend too
+    out["diff"] = max_diff(model, est, X)
+    out["backends"] = list(model.available_backends())
+threading.stack_size(1 << 20)
+t = threading.Thread(target=score)
+t.start()
+t.join()
+print(json.dumps(out))
+""",
+        tmp_path,
+    )
+    assert "tl2cgen" in result["backends"] and len(result["backends"]) >= 2
+    assert result["diff"] <= TOLERANCE
+
+
+def test_kernel_out_of_memory_is_a_memory_error(built: Built) -> None:
+    """A kernel that cannot allocate its row buffer returns -2: never unscored output."""
+    model = built.model
+    X = np.ascontiguousarray(built.split.X_test[:4], dtype=np.float64)
+    with pytest.raises(MemoryError):
+        model._run(lambda *args: -2, "double[]", X)

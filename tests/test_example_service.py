@@ -245,6 +245,45 @@ def test_a_model_that_cannot_rank_is_refused_at_startup(service, request):
         service.create_app(model_path=seed.path)
 
 
+# ---- what the service reads and echoes is bounded --------------------------------------------
+def test_a_large_body_is_refused_unread(client, service):
+    """A 5 MB body used to be parsed whole and echoed whole in the 422 response."""
+    body = b'{"scroll_depth": 0.5, "note": "' + b"y" * 5_000_000 + b'"}'
+    r = client.post(
+        "/sessions/s/engagement", content=body, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413, r.text[:300]
+    assert len(r.content) < 300
+    assert str(service.MAX_BODY_BYTES) in r.json()["detail"]
+
+
+def test_a_large_chunked_body_is_refused(client):
+    """No Content-Length: counted as it arrives."""
+
+    def chunks():
+        yield b'{"product_id": "'
+        for _ in range(100):
+            yield b"z" * 10_000
+        yield b'"}'
+
+    r = client.post(
+        "/sessions/s/cart", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413, r.text[:300]
+    assert len(r.content) < 300
+
+
+def test_validation_errors_echo_bounded_input(client):
+    r = client.post("/sessions/s/engagement", json={"scroll": "y" * 60_000})
+    assert r.status_code == 422
+    assert len(r.content) < 1000, r.text[:300]
+    detail = r.json()["detail"]
+    assert detail[0]["loc"] == ["body", "scroll"]
+    r = client.post("/sessions/s/page_view", json={"product_id": "P" * 60_000})
+    assert r.status_code == 422  # not in the catalog: the library's message, bounded
+    assert len(r.content) < 500, r.text[:300]
+
+
 # ---- /health and the documented command ------------------------------------------------------
 
 

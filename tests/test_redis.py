@@ -284,3 +284,53 @@ def test_unreachable_redis_is_store_unavailable(model, products):
     # a bad event is still refused as bad input, before the store is asked
     with pytest.raises(InputError):
         tracker.engagement("s", scroll_depth=2.0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b"\xff\xfe\x00", b"[1, 2]", b'"a string"', b"{}", b'{"session_id": "s"}'],
+    ids=["not-json", "not-utf8", "a-list", "a-string", "empty-object", "missing-fields"],
+)
+def test_corrupt_session_value_is_a_clear_session_not_found(model, client, prefix, products, raw):
+    """A value that is not a session's JSON used to raise a raw JSONDecodeError (or a
+    KeyError): it is a corrupt session, treated as gone, and a page view replaces it."""
+    tracker = SessionTracker(model, RedisStore(client, prefix=prefix))
+    client.set(prefix + "s", raw)
+    for event in (
+        lambda: tracker.context("s"),
+        lambda: tracker.recommend("s"),
+        lambda: tracker.engagement("s", scroll_depth=0.5),
+        lambda: tracker.add_to_cart("s", products[1]),
+    ):
+        with pytest.raises(SessionNotFound, match="'s' has a corrupt value") as info:
+            event()
+        assert info.value.field == "session_id"
+    assert client.get(prefix + "s") == raw  # refused events wrote nothing
+    ctx = tracker.page_view("s", products[0], device_type="Desktop", traffic_source="Direct")
+    assert (ctx["products_viewed_count"], ctx["products_in_cart"]) == (1, 0)
+    assert tracker.context("s") == ctx
+
+
+def test_lone_surrogate_session_id_is_input_error_with_redis(model, client, prefix, products):
+    """redis-py raised UnicodeEncodeError encoding the key."""
+    tracker = SessionTracker(model, RedisStore(client, prefix=prefix))
+    with pytest.raises(InputError, match="lone surrogate"):
+        tracker.page_view("s\udc80", products[0], device_type="Desktop", traffic_source="Direct")
+    with pytest.raises(InputError, match="lone surrogate"):
+        tracker.context("s\udc80")
+    assert list(client.scan_iter(match=prefix + "*")) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"ttl": float("nan")}, "ttl"),
+        ({"ttl": 0}, "ttl"),
+        ({"timeout": float("inf")}, "timeout"),
+        ({"idempotency_window": -1}, "idempotency_window"),
+        ({"max_retries": 0.5}, "max_retries"),
+    ],
+)
+def test_redis_store_bad_arguments_are_value_errors(client, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        RedisStore(client, **kwargs)

@@ -244,18 +244,29 @@ def _patch_write(
     return calls
 
 
+def _retrying_client(srv: Server) -> Any:
+    """A client whose redis-py resends a command after a dropped connection by itself."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(srv.url, socket_timeout=1.0, retry=Retry(NoBackoff(), 2))
+
+
+@pytest.mark.parametrize("client_kind", ["from_url", "retrying"])
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_dropped_write_applies_the_event_exactly_once(
-    when: str, fresh: Server, model, products, monkeypatch
+    when: str, client_kind: str, fresh: Server, model, products, monkeypatch
 ):
-    """ "after" is the lost reply: the write applied, the client saw an error and resent
-    it; the resent check-and-set is refused and the re-read finds the event's id."""
-    tracker = SessionTracker(model, RedisStore(_client(fresh), prefix="t:"))
+    """ "after" is the lost reply: the write applied, the client saw an error. from_url's
+    client does not resend (the store's retry re-reads and finds the event's id); a
+    client that resends by itself has its resent check-and-set refused, then the same."""
+    client = _client(fresh) if client_kind == "from_url" else _retrying_client(fresh)
+    tracker = SessionTracker(model, RedisStore(client, prefix="t:"))
     _start(tracker, products)
     calls = _patch_write(monkeypatch, when, times=1)
     ctx = tracker.add_to_cart("s", products[1])
     assert ctx[CART_FIELD] == [products[1]]
-    assert calls[0] == 2
+    assert calls[0] == (1 if when == "after" and client_kind == "from_url" else 2)
     monkeypatch.undo()
     assert tracker.context("s")[CART_FIELD] == [products[1]]
     ctx = tracker.engagement("s", time_on_page_sec=12.0)
@@ -350,3 +361,51 @@ def test_burst_with_connections_killed_loses_nothing_and_doubles_nothing(
         count = cart.count(products[1 + i])
         assert acked[i] <= count <= acked[i] + unknown[i], (i, acked, unknown, count)
         assert acked[i] >= n // 2  # transparently retried: most events succeed
+
+
+# ---- a server that hangs or is full -------------------------------------------------------
+def test_hung_server_fails_every_call_within_the_deadline(fresh: Server, model, products):
+    """SIGSTOP: the kernel still accepts connections, nothing answers. Each call used to
+    block 8-33 s (redis-py's retries times the socket timeout, times the store's own
+    retries); from_url's store bounds the whole call, retries included."""
+    store = RedisStore.from_url(fresh.url)  # timeout 1 s: at most about 1.5 s a call
+    tracker = SessionTracker(model, store)
+    _start(tracker, products)
+    assert fresh.proc is not None
+    fresh.proc.send_signal(signal.SIGSTOP)
+    try:
+        for event in (
+            lambda: tracker.add_to_cart("s", products[1]),
+            lambda: tracker.context("s"),
+            lambda: tracker.page_view("s", products[2]),
+            lambda: tracker.recommend("s"),
+        ):
+            start = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="session store unavailable"):
+                event()
+            assert time.monotonic() - start < 1.5 * store.timeout + 0.3
+    finally:
+        fresh.proc.send_signal(signal.SIGCONT)
+    ctx = tracker.add_to_cart("s", products[3])  # the same store works again
+    assert products[3] in ctx[CART_FIELD]
+
+
+def test_server_at_maxmemory_is_store_unavailable(fresh: Server, model, products):
+    """A write refused for memory used to escape as redis-py's OutOfMemoryError (an HTTP
+    500 in examples/service.py); nothing is applied, reads keep working."""
+    admin = _client(fresh)
+    tracker = SessionTracker(model, RedisStore(_client(fresh), prefix="t:"))
+    _start(tracker, products)
+    before = tracker.context("s")
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(StoreUnavailable, match="maxmemory") as info:
+            tracker.add_to_cart("s", products[1])
+        assert "was not applied" in str(info.value)
+        with pytest.raises(StoreUnavailable, match="maxmemory"):
+            tracker.page_view("other", products[0], device_type="Desktop", traffic_source="Direct")
+        assert tracker.context("s") == before
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert tracker.add_to_cart("s", products[1])["products_in_cart"] == 1

@@ -500,3 +500,113 @@ def test_threads_on_same_and_different_sessions_equal_serial(
     assert min(hot.values()) > 100
     assert serial["hot"][0] == 1 + hot["page_view"]
     assert serial["hot"][1] == hot["add"]
+
+
+# ---- arguments, ids and message sizes -------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"max_sessions": 0.5}, "max_sessions"),  # int(0.5) == 0: every session evicted
+        ({"max_sessions": 2.0}, "max_sessions"),
+        ({"max_sessions": True}, "max_sessions"),
+        ({"ttl": float("nan")}, "ttl"),  # every session expired at once
+        ({"ttl": float("inf")}, "ttl"),
+        ({"ttl": "60"}, "ttl"),  # a TypeError from a comparison before
+    ],
+)
+def test_bad_ttl_and_max_sessions_are_value_errors_naming_them(model, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SessionTracker(model, **kwargs)
+    with pytest.raises(ValueError, match=name):
+        MemoryStore(**kwargs)
+
+
+def test_ttl_or_max_sessions_with_a_store_is_refused_not_ignored(model, products):
+    store = MemoryStore(ttl=60, max_sessions=10)
+    with pytest.raises(ValueError, match=r"ttl=120\.0 would be ignored"):
+        SessionTracker(model, store, ttl=120)
+    with pytest.raises(ValueError, match="max_sessions=5 would be ignored"):
+        SessionTracker(model, store, max_sessions=5)
+    tracker = SessionTracker(model, store, ttl=60, max_sessions=10)  # the same: fine
+    assert tracker.ttl == 60.0
+    tracker = SessionTracker(model, ttl=30)  # without a store it configures the memory store
+    assert (tracker.ttl, tracker.store.ttl) == (30.0, 30.0)
+
+
+@pytest.mark.parametrize("field", ["session_id", "product_id", "customer_id"])
+def test_lone_surrogate_in_an_id_is_an_input_error(tracker, products, field):
+    """No store can key a lone surrogate (Redis raised UnicodeEncodeError): refused in
+    every store, so a session that works in memory works in Redis too."""
+    args = {"session_id": "s", "product_id": products[0], "customer_id": "c"}
+    args[field] = "s\ud800x"
+    with pytest.raises(InputError, match="lone surrogate") as info:
+        tracker.page_view(
+            args["session_id"],
+            args["product_id"],
+            customer_id=args["customer_id"],
+            device_type=DEVICE,
+            traffic_source=TRAFFIC,
+        )
+    assert info.value.field == field
+    assert len(tracker.store) == 0
+
+
+def test_error_messages_echo_bounded_inputs(tracker, products):
+    huge = "x" * 1_000_000
+    start(tracker, "s", products[0], customer_id="a")
+    cases = [
+        lambda: tracker.context(huge),
+        lambda: tracker.engagement(huge, scroll_depth=0.5),
+        lambda: start(tracker, "t", huge),
+        lambda: tracker.add_to_cart("s", huge),
+        lambda: tracker.remove_from_cart("s", huge),
+        lambda: tracker.page_view("s", products[1], device_type=huge),
+        lambda: tracker.page_view("s", products[1], customer_id=huge),
+        lambda: tracker.engagement("s", scroll_depth=[0.5] * 100_000),
+    ]
+    for case in cases:
+        with pytest.raises(InputError) as info:
+            case()
+        assert len(str(info.value)) < 300, str(info.value)[:300]
+
+
+# ---- a catalog update while sessions are live ---------------------------------------------
+def test_delisted_products_are_skipped_in_live_sessions(model, products, catalog):
+    """with_catalog drops products a live session viewed, carted and is viewing: its
+    context keeps the page as shown, and recommend skips the delisted products (it used
+    to raise a bare KeyError, and a delisted cart item failed every later recommend)."""
+    store = MemoryStore()
+    before = SessionTracker(model, store)
+    current, viewed, carted, kept = products[3], products[1], products[2], products[0]
+    start(before, "s", kept)
+    before.page_view("s", viewed, ts=1010.0)
+    before.add_to_cart("s", carted, ts=1020.0)
+    before.add_to_cart("s", kept, ts=1025.0)
+    before.page_view("s", current, ts=1030.0)
+    shown = before.context("s")
+
+    gone = {current, viewed, carted}
+    smaller = model.with_catalog(
+        [
+            {"product_id": p, "category": c, "price": pr}
+            for p, (c, pr) in catalog.items()
+            if p not in gone
+        ]
+    )
+    after = SessionTracker(smaller, store)  # e.g. a replica restarted on the new catalog
+    ctx = after.context("s")
+    assert ctx == shown  # the page as it was shown: category and price of the current product
+    listed = dict(ctx, **{CART_FIELD: [kept]})
+    expected = smaller.recommend(listed, k=5, threshold=0.0)
+    assert len(expected) == 5
+    assert after.recommend("s", k=5, threshold=0.0) == expected
+    assert smaller.recommend(shown, k=5, threshold=0.0) == expected  # the old tracker's context
+    assert not gone & {r.product_id for r in expected}
+    ctx = after.engagement("s", scroll_depth=0.5, ts=1040.0)
+    assert (ctx["scroll_depth"], ctx["products_in_cart"]) == (0.5, 2)
+    assert after.recommend("s", k=5, threshold=0.0)  # still serving
+    ctx = after.page_view("s", kept, ts=1050.0)  # the session moves on
+    assert ctx["prev_product_1"] == current
+    assert after.recommend("s", k=5, threshold=0.0)
+    with pytest.raises(InputError, match="not in the catalog"):
+        after.add_to_cart("s", carted, ts=1060.0)  # new events still need listed products
