@@ -16,6 +16,7 @@ from .errors import (
     SessionNotFound,
     StoreUnavailable,
 )
+from .eventsession import EventTracker
 from .features import Catalog
 from .handle import ModelHandle
 from .recommend import Recommendation
@@ -39,6 +40,7 @@ __all__ = [
     "BatchResult",
     "Catalog",
     "CompileError",
+    "EventTracker",
     "InputError",
     "MemoryStore",
     "Model",

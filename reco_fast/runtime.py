@@ -795,6 +795,16 @@ class Model:
             )
         return self._builder
 
+    @property
+    def ranks_from_events(self) -> bool:
+        """True for a model trained on a raw event log (``reco-fast build --events``).
+
+        Its sessions are ``{"products": [ids, most recent last], "cart": [ids]}``
+        (track them with :class:`reco_fast.EventTracker`); other models read the
+        seed's page-view schema (:class:`reco_fast.SessionTracker`).
+        """
+        return getattr(self._builder, "tables", None) is not None
+
     def predict_proba(self, sessions: Any, on_invalid: str = "raise") -> float | np.ndarray:
         """Click probability of one page view (a dict -> float) or of many (-> ndarray).
 

@@ -60,6 +60,7 @@ DEFAULT_STORE_TIMEOUT_SECONDS = 1.0
 MAX_SECONDS = 1e9
 """Longest duration a store accepts (about 31 years): a TTL beyond it is a mistake."""
 State = dict[str, Any]
+_EVENT_STATE_KEYS = frozenset(("session_id", "kind", "start_ts", "last_ts", "products", "cart"))
 _STATE_KEYS = frozenset(
     (
         "session_id",
@@ -199,7 +200,11 @@ def _loads(raw: bytes) -> State | None:
         state = json.loads(raw)
     except ValueError:  # not JSON, or not UTF-8
         return None
-    if not isinstance(state, dict) or not _STATE_KEYS <= state.keys():
+    if not isinstance(state, dict):
+        return None
+    if state.get("kind") == "events":  # reco_fast.eventsession.EventTracker's sessions
+        return state if _EVENT_STATE_KEYS <= state.keys() else None
+    if not _STATE_KEYS <= state.keys():
         return None
     return state
 

@@ -351,7 +351,7 @@ def test_build_model_cli_bad_csv(text_log, built: Built, tmp_path: Path) -> None
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, proc.stderr
     assert errors[0] == proc.stderr.strip().splitlines()[-1]
-    assert errors[0].startswith("reco-fast build: error: ")
+    assert errors[0].startswith("build_model.py: error: ")
     assert "'scroll_depth' must be <= 1, got 1.5 (row 4)" in errors[0]
     assert "Traceback" not in proc.stderr
     assert not out.exists()
