@@ -118,7 +118,7 @@ def build(
             split=parts,
             estimator=estimator,
             train_seconds=train_seconds,
-            model=staged,
+            model=staged._with_builder(builder),
             threshold=threshold,
             source=dataset.source,
         )

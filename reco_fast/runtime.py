@@ -987,6 +987,17 @@ class Model:
         clone._builder = builder.with_catalog(catalog)
         return clone
 
+    def _with_builder(self, builder: Any) -> Model:
+        """This model's library with ``builder``: the build pipeline's view of a staged
+        artifact (its report replays recommend before the artifact is published)."""
+        if builder.feature_names != self.feature_names:
+            raise ValueError("the builder's features are not this model's")
+        clone = object.__new__(Model)
+        clone.__dict__.update(self.__dict__)
+        clone._builder = builder
+        clone._loaded_catalog = getattr(builder, "catalog", None)
+        return clone
+
     def _columns(self, sessions: Any, errors: RowErrors | None = None) -> Mapping[str, Any]:
         """A list of dicts or a DataFrame as columns of the required fields.
 

@@ -184,7 +184,14 @@ def test_thresholds_and_business_impact(report: dict, built: Built, proba: np.nd
     assert b["baseline_ctr"] == pytest.approx(y.mean(), abs=1e-15)
     assert b["model_ctr"] == hc["ctr"]
     assert b["baseline_clicks_per_day"] == pytest.approx(300_000 * y.mean())
-    assert b["model_clicks_per_day"] == pytest.approx(300_000 * hc["ctr"])
+    # the model fills only the slots that clear the threshold: coverage, measured by recommend
+    assert 0.0 < hc["coverage"] <= 1.0 and 0.0 < hc["shown_per_page_view"] <= 3.0
+    assert hc["coverage_method"].startswith("recommend(k=3)")
+    assert b["model_recommendations_per_day"] == pytest.approx(100_000 * hc["shown_per_page_view"])
+    assert b["model_clicks_per_day"] == pytest.approx(
+        100_000 * hc["shown_per_page_view"] * hc["ctr"]
+    )
+    assert "slots" in b["assumptions"] and b["coverage"] == hc["coverage"]
     assert b["baseline_revenue_per_day"] == pytest.approx(5 * b["baseline_clicks_per_day"])
     assert b["model_revenue_per_day"] == pytest.approx(5 * b["model_clicks_per_day"])
     inc = b["model_clicks_per_day"] - b["baseline_clicks_per_day"]
@@ -192,7 +199,9 @@ def test_thresholds_and_business_impact(report: dict, built: Built, proba: np.nd
     assert b["incremental_revenue_per_day"] == pytest.approx(5 * inc)
     assert b["incremental_revenue_per_year"] == pytest.approx(5 * inc * 365)
     assert b["improvement"] == pytest.approx((hc["ctr"] - y.mean()) / y.mean())
-    assert b["roi_vs_baseline"] == pytest.approx(hc["ctr"] / y.mean())
+    assert b["roi_vs_baseline"] == pytest.approx(
+        b["model_clicks_per_day"] / b["baseline_clicks_per_day"]
+    )
 
 
 @pytest.mark.parametrize("by", ["device_type", "traffic_source"])
