@@ -6,6 +6,8 @@ Importing this package needs numpy and cffi only. Training and compiling
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
 from .errors import (
@@ -24,7 +26,7 @@ from .runtime import BatchResult, Model, RowError, load
 from .session import MemoryStore, RedisStore, SessionTracker
 
 
-def compile_model(estimator, out_dir, feature_names=None, **kwargs):  # type: ignore[no-untyped-def]
+def compile_model(estimator: Any, out_dir: Any, feature_names: Any = None, **kwargs: Any) -> Any:
     """Compile a fitted binary GradientBoostingClassifier into a verified artifact.
 
     Imported lazily so that serving never loads scikit-learn, treelite or tl2cgen.

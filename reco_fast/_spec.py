@@ -217,6 +217,7 @@ def _render(node: ast.expr, target: str) -> str:
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Constant):
+        assert isinstance(node.value, (int, float))  # _parse allows numbers only
         value = float(node.value)
         return value.hex() if target == "c" else repr(value)
     if isinstance(node, ast.BinOp):
@@ -258,7 +259,8 @@ def python_expander(fs: FeatureSet) -> Callable[..., list[float]]:
     source = f"def expand({args}):\n    {args}, = map(float, ({args},))\n    return [{body}]\n"
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<reco_fast feature set {fs.name}>", "exec"), namespace)
-    return namespace["expand"]  # type: ignore[no-any-return]
+    expand: Callable[..., list[float]] = namespace["expand"]
+    return expand
 
 
 def numpy_columns(

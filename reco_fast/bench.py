@@ -22,6 +22,7 @@ features of random sessions drawn the same way.
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import json
@@ -335,7 +336,9 @@ def run(
             n_rounds = max(MIN_BATCH_ROUNDS, min(rounds, rounds * ROWS_PER_ROUND // n))
             say(f"batch of {n}")
             samples = time_calls(
-                lambda X=X: model.predict_proba_features(X), n_rounds, max(2, n_rounds // 10)
+                functools.partial(model.predict_proba_features, X),
+                n_rounds,
+                max(2, n_rounds // 10),
             )
             cases.append(_case(f"batch-{n}", f"predict_proba_features, {n} rows", samples, rows=n))
         n = sizes[-1]
@@ -357,7 +360,7 @@ def run(
                 )
             )
 
-    if builder is not None and builder.ranks_products:
+    if builder is not None and builder.ranks_products and builder.catalog is not None:
         from .session import SessionTracker
 
         n_products = len(builder.catalog)

@@ -463,7 +463,7 @@ def compile_model(
                 timings = {name: _ns_per_row(model.using(name), base) for name in checks}
                 default = (
                     "flat"
-                    if forest is not None and min(timings, key=timings.get) != "tl2cgen"
+                    if forest is not None and min(timings, key=timings.__getitem__) != "tl2cgen"
                     else "tl2cgen"
                 )
                 model = model.using(default)

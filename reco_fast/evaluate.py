@@ -274,7 +274,7 @@ def _sessions(events: pd.DataFrame) -> list[tuple[Event, ...]]:
     category = (
         ordered["category"].to_numpy(dtype=object) if "category" in ordered else np.full(n, None)
     )
-    category = np.where(_isna(category), None, category)
+    category = np.where(_isna(category), None, category)  # type: ignore[arg-type]
     price = (
         ordered["price"].to_numpy(dtype=np.float64)
         if "price" in ordered
@@ -754,7 +754,7 @@ class SessionKNN(Popular):
 
     def __call__(self, session: Sequence[Event], k: int) -> list[str]:
         code, _, _ = self.index.current(session)
-        known = {self.index.code.get(e.product_id) for e in session} - {None}
+        known = {c for e in session if (c := self.index.code.get(e.product_id)) is not None}
         if not known:
             return self.index.fill((), k)
         h = self.holders

@@ -210,9 +210,9 @@ def parse_event_types(
     if spec is None:
         return out
     if isinstance(spec, Mapping):
-        items = list(spec.items())
+        items: list[tuple[Any, Any]] = list(spec.items())
     elif isinstance(spec, str):
-        items = []
+        items = []  # (type, raw values) pairs
         for part in spec.split(","):
             if not part.strip():
                 continue
@@ -226,8 +226,8 @@ def parse_event_types(
     else:
         raise TypeError(f"event_types must be a str or a mapping, got {type(spec).__name__}")
     seen: set[str] = set()
-    for key, value in items:
-        key = str(key).strip()
+    for raw_key, value in items:
+        key = str(raw_key).strip()
         if key not in EVENT_TYPES:
             raise ValueError(
                 f"event types: unknown type {_short(key)} (types: {', '.join(EVENT_TYPES)})"

@@ -7,6 +7,7 @@ dict is printed, written as ``report.json`` and rendered as ``report.md``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,7 +53,7 @@ def _rate_table(frame: pd.DataFrame, by: str) -> list[dict[str, Any]]:
 def _time_per_row(fn: Callable[[], Any], n_rows: int, budget_s: float = 0.2) -> float:
     """Median seconds per row over repeated calls (at least 5, about budget_s in total)."""
     fn()
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + budget_s
     while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 2000):
         start = time.perf_counter()
@@ -219,8 +220,8 @@ def build_report(
     speed = []
     for n in BATCH_SIZES:
         X = np.ascontiguousarray(split.X_test[:n])
-        sk = _time_per_row(lambda X=X: estimator.predict_proba(X), n)
-        cp = _time_per_row(lambda X=X: model.predict_proba_features(X), n)
+        sk = _time_per_row(functools.partial(estimator.predict_proba, X), n)
+        cp = _time_per_row(functools.partial(model.predict_proba_features, X), n)
         speed.append(
             {
                 "batch": n,

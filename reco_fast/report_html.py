@@ -31,7 +31,7 @@ CALIBRATION_BINS = 10
 def _thin(*columns: np.ndarray, limit: int = MAX_CURVE_POINTS) -> list[list[float]]:
     """At most ``limit`` evenly spaced points of a curve (first and last kept)."""
     n = len(columns[0])
-    idx = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)) if n else []
+    idx: Any = np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int)) if n else []
     return [np.asarray(c, dtype=float)[idx].tolist() for c in columns]
 
 

@@ -150,7 +150,7 @@ def _required_columns(meta: dict[str, Any], features: bool) -> tuple[str, ...]:
             "this artifact was compiled from a bare feature matrix and knows no session "
             "schema; score a DataFrame of its feature columns with features=True"
         )
-    fields = (*CATEGORICAL_FIELDS, *SESSION_NUMERIC)
+    fields: tuple[str, ...] = (*CATEGORICAL_FIELDS, *SESSION_NUMERIC)
     if feature_set == "ranking":
         fields += (*VIEWED_FIELDS, "recommended_product_id")
     return fields
@@ -175,7 +175,7 @@ def _scorer(
                 X = pdf[list(columns)].to_numpy(dtype=np.float64)
                 proba = model.predict_proba_features(X)
             elif len(pdf):
-                proba = model.predict_proba(pdf)
+                proba = np.asarray(model.predict_proba(pdf), dtype=np.float64)
             else:
                 proba = np.empty(0, dtype=np.float64)
             pdf[output_col] = np.asarray(proba, dtype=np.float64)
