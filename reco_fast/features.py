@@ -20,13 +20,14 @@ from .errors import InputError, shown, shown_values
 from .schema import (
     CATEGORICAL_FIELDS,
     FLOAT32_MAX,
+    INT_EXACT,
     NONE_PRODUCT,
     NUMERIC_FIELDS,
     RowErrors,
     as_column,
     as_float_array,
     as_str_array,
-    describe_numeric_problem,
+    check_number,
     raise_rows,
     reject,
     validate_numeric,
@@ -58,6 +59,7 @@ SESSION_NUMERIC = (
 )
 VIEWED_FIELDS = ("current_product_id", "prev_product_1", "prev_product_2", "prev_product_3")
 _CODE_FIELD = {"current_category": 0, "device_type": 1, "traffic_source": 2}
+_FAST_MAX = float(INT_EXACT)
 
 
 def session_kernel_c(feature_set: str) -> tuple[str, str]:
@@ -290,20 +292,7 @@ def _scalar(session: Mapping[str, Any], name: str) -> Any:
 
 
 def _number(session: Mapping[str, Any], name: str) -> float:
-    v = _scalar(session, name)
-    if type(v) is not float:
-        if isinstance(v, str) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise InputError(
-                f"{name!r} must be a number, got {type(v).__name__} {v!r:.40}", field=name
-            )
-        try:
-            v = float(v)
-        except OverflowError:
-            raise InputError(f"{name!r} is too large for float32", field=name) from None
-    f = NUMERIC_FIELDS[name]
-    if not (f.low <= v <= f.high) or (f.integer and v != int(v)):
-        raise InputError(f"{name!r} {describe_numeric_problem(f, v)}", field=name)
-    return v
+    return check_number(name, _scalar(session, name))
 
 
 def _label(session: Mapping[str, Any], name: str) -> str:
@@ -423,17 +412,22 @@ class FeatureBuilder:
             )
             _, price, cart, _, _, t, sc, img, mins, viewed = raw
             # Comparisons raise TypeError for strings and None, and are False for NaN;
-            # a type the C call cannot convert is caught by the caller's fallback.
+            # a type the C call cannot convert is caught by the caller's fallback. The
+            # bound 2**53 sends larger numbers to the checked path, which converts an
+            # int beyond it to float32 once (a C double argument would round it twice);
+            # `% 1` raises TypeError for complex numbers, which numpy orders and C
+            # would truncate to their real part: the checked path refuses them.
             if (
-                0.0 <= price <= FLOAT32_MAX
-                and 0.0 <= t <= FLOAT32_MAX
-                and 0.0 <= mins <= FLOAT32_MAX
+                0.0 <= price <= _FAST_MAX
+                and 0.0 <= t <= _FAST_MAX
+                and 0.0 <= mins <= _FAST_MAX
                 and 0.0 <= sc <= 1.0
                 and (img == 0 or img == 1)
-                and 0 <= cart <= FLOAT32_MAX
+                and 0 <= cart <= _FAST_MAX
                 and cart % 1 == 0
-                and 0 <= viewed <= FLOAT32_MAX
+                and 0 <= viewed <= _FAST_MAX
                 and viewed % 1 == 0
+                and (price + t + sc + mins + img) % 1 >= 0.0
             ):
                 return raw
         except (KeyError, TypeError, ValueError, OverflowError):

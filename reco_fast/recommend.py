@@ -7,7 +7,6 @@ few numpy operations and one trip into C, not a Python loop.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ import numpy as np
 
 from .errors import InputError, shown
 from .features import MIN_PRICE_FOR_RATIO
+from .schema import as_number
 
 if TYPE_CHECKING:
     from .runtime import Model
@@ -53,15 +53,10 @@ def _check_args(
         return k, threshold, _DEFAULT_EXCLUDE  # the common call, checked in a few comparisons
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
         raise InputError(f"k must be a non-negative integer, got {shown(k)}", field="k")
-    try:
-        t = (
-            math.nan
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating))
-            else float(threshold)
-        )
-    except OverflowError:  # an int beyond float range
-        t = math.nan
-    if not (0.0 <= t <= 1.0):
+    # any real number (np.int64(0), a Fraction, a 0-d array...) by the rules every
+    # value follows (schema.as_number); a bool is a mistake, not a threshold
+    t = None if isinstance(threshold, (bool, np.bool_)) else as_number(threshold)
+    if t is None or not (0.0 <= t <= 1.0):
         raise InputError(
             f"threshold must be a number in [0, 1], got {shown(threshold)}", field="threshold"
         )

@@ -40,15 +40,25 @@ from .features import (
     spec_for,
 )
 from .recommend import EXCLUDABLE, Recommendation, recommend
-from .schema import FLOAT32_MAX, RowError, RowErrors
+from .schema import (
+    FLOAT32_MAX,
+    INT_EXACT,
+    RowError,
+    RowErrors,
+    as_column,
+    as_number,
+    ints_as_float,
+    is_scalar,
+    not_a_number,
+)
 
 __all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
 
 ON_INVALID = ("raise", "nan")
 """What a batch does with a row it cannot score: raise an InputError, or score NaN."""
 
-_SCALAR_TYPES = (str, bytes, int, float, bool, np.generic)
 GOLDEN_TOLERANCE = 1e-12
+_MAX_LISTED = 5
 
 
 # Libraries imported in this process, by (sha256 of their bytes, module name). A library is
@@ -541,8 +551,10 @@ class Model:
         ValueError
             ``backend`` is not one of :data:`BACKENDS`.
         """
-        if backend is not None and backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r:.60}")
+        if backend is not None and not (isinstance(backend, str) and backend in BACKENDS):
+            raise ValueError(
+                f"backend must be None or one of {list(BACKENDS)}, got {backend!r:.60}"
+            )
         checked = read_artifact(path)  # everything that can be checked without running it
         root, meta = checked.root, checked.metadata
         try:
@@ -719,19 +731,32 @@ class Model:
 
     # ---- feature matrices ------------------------------------------------------------------
     def _check_features(self, X: Any) -> np.ndarray:
-        """scikit-learn-style validation of an (n, n_features) matrix."""
+        """scikit-learn-style validation of an (n, n_features) matrix.
+
+        Returns a C-contiguous float64 or float32 array for the compiled loops.
+        Integers are rounded to float32 once, as scikit-learn does with an integer
+        array (never int -> float64 -> float32); see :func:`reco_fast.schema.as_number`.
+        Named columns are matched to ``feature_names`` by name (:meth:`_named_features`).
+        """
+        named = self._named_features(X)
+        if named is not None:
+            return named
         try:
             arr = np.asarray(X)
         except (TypeError, ValueError) as exc:  # ragged nested lists
-            raise InputError(f"X must be a 2D numeric array: {exc}", field="X") from None
-        if arr.dtype.kind not in "biuf":
-            if arr.dtype.kind == "O":
-                try:
-                    arr = arr.astype(np.float64)
-                except (TypeError, ValueError, OverflowError) as exc:
-                    raise InputError(f"X must be numeric: {exc}", field="X") from None
-            else:
-                raise InputError(f"X must be numeric, got dtype {arr.dtype}", field="X")
+            raise InputError(f"X must be a 2D numeric array: {exc}"[:200], field="X") from None
+        if not isinstance(X, np.ndarray) and (
+            arr.dtype.kind in "US"
+            or (arr.dtype.kind == "f" and bool((np.abs(arr) > INT_EXACT).any()))
+        ):
+            # a list: numpy turned [2**60 + 2**36 + 1, 0.5] into float64 (an int
+            # rounded twice) or [1, "a"] into strings; convert the items one by one
+            try:
+                arr = np.asarray(X, dtype=object)
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"X must be a 2D numeric array: {exc}"[:200], field="X") from None
+        if arr.dtype.kind not in "biufO":
+            raise InputError(f"X must be numeric, got dtype {arr.dtype}", field="X")
         if arr.ndim != 2:
             raise InputError(
                 f"Expected a 2D array of shape (n_samples, {self.n_features}), got "
@@ -743,20 +768,148 @@ class Model:
                 f"X has {arr.shape[1]} features, but the model expects {self.n_features}",
                 field="X",
             )
-        if arr.dtype != np.float32:
-            arr = np.ascontiguousarray(arr, dtype=np.float64)
+        if arr.dtype.kind == "O":
+            out = np.empty(arr.shape, dtype=np.float64)
+            for j in range(arr.shape[1]):
+                out[:, j] = self._object_feature(arr[:, j], f"X[:, {j}]")
+            return out
+        if arr.dtype.kind in "biu" or arr.dtype.itemsize > 8 or arr.dtype == np.float16:
+            # integers, bools, float16 and longdouble: straight to float32, as scikit-learn
+            return np.ascontiguousarray(arr, dtype=np.float32)
+        return np.ascontiguousarray(arr)  # float32 or float64
+
+    @staticmethod
+    def _object_feature(items: np.ndarray, where: str) -> np.ndarray:
+        """One feature column of Python objects as float64, by :func:`as_number`'s rules."""
+        out = np.empty(items.shape[0], dtype=np.float64)
+        for i, v in enumerate(items.tolist()):
+            x = as_number(v)
+            if x is None:
+                raise InputError(f"X must be numeric: {where} row {i} {not_a_number(v)}", field="X")
+            out[i] = x
+        return out
+
+    def _named_features(self, X: Any) -> np.ndarray | None:
+        """A DataFrame (pandas, pyarrow, or anything with named columns), a dict of columns
+        or a numpy structured array as the (n, n_features) float64 matrix, or None when X
+        has no column names.
+
+        Columns named with strings are matched to ``feature_names`` by name, in any
+        order; a missing or unknown name is refused (scikit-learn refuses a DataFrame
+        whose names differ from the ones it was fitted with). Columns not named with
+        strings (a DataFrame's default 0, 1, 2, ...) are taken in order, as
+        scikit-learn does. Each column is converted on its own, so an integer column
+        is rounded to float32 once whatever the other columns hold.
+        """
+        if isinstance(X, np.ndarray):
+            if X.dtype.names is None:
+                return None
+            if X.ndim != 1:
+                raise InputError(
+                    "a structured X must be one-dimensional (one record per row), got shape "
+                    f"{X.shape}",
+                    field="X",
+                )
+            names: list[Any] = list(X.dtype.names)
+            arrays = X
+
+            def column(i: int) -> Any:
+                return arrays[names[i]]
+        elif isinstance(X, Mapping):
+            names = list(X.keys())
+            mapping = X
+
+            def column(i: int) -> Any:
+                return mapping[names[i]]
+        elif hasattr(X, "columns") and hasattr(X, "iloc"):  # pandas
+            names = list(X.columns)
+            frame = X
+
+            def column(i: int) -> Any:
+                return frame.iloc[:, i].to_numpy()
+        elif hasattr(X, "column_names") and hasattr(X, "column"):  # pyarrow Table, RecordBatch
+            names = list(X.column_names)
+            column = X.column
+        elif hasattr(X, "columns") and hasattr(X, "to_series"):  # polars
+            names = list(X.columns)
+            column = X.to_series
         else:
-            arr = np.ascontiguousarray(arr)
-        return arr
+            return None
+        text = [isinstance(n, str) for n in names]
+        if names and not any(text) and not isinstance(X, Mapping):
+            # unnamed columns (a DataFrame's 0, 1, 2, ...): by position, as scikit-learn
+            if len(names) != self.n_features:
+                raise InputError(
+                    f"X has {len(names)} features, but the model expects {self.n_features}",
+                    field="X",
+                )
+            order = list(range(len(names)))
+        else:
+            if not all(text):
+                raise InputError(
+                    "X's column names must all be strings (the model's feature names), got "
+                    f"{_listed(sorted({type(n).__name__ for n in names}))}",
+                    field="X",
+                )
+            seen: set[str] = set()
+            duplicated = [n for n in names if n in seen or seen.add(n)]
+            known = set(self.feature_names)
+            unknown = [n for n in names if n not in known]
+            missing = [f for f in self.feature_names if f not in seen]
+            if duplicated or unknown or missing:
+                problems = [
+                    f"{what} {_listed(which)}"
+                    for what, which in (
+                        ("missing", missing),
+                        ("unknown", unknown),
+                        ("duplicated", duplicated),
+                    )
+                    if which
+                ]
+                raise InputError(
+                    f"X's columns must be the model's {self.n_features} features, by name: "
+                    + "; ".join(problems)
+                    + " (see model.feature_names)",
+                    field="X",
+                )
+            position = {n: i for i, n in enumerate(names)}
+            order = [position[f] for f in self.feature_names]
+        cols = [as_column("X", column(i)) for i in order]
+        n = cols[0].shape[0]
+        out = np.empty((n, self.n_features), dtype=np.float64)
+        for j, (i, col) in enumerate(zip(order, cols, strict=True)):
+            where = f"column {names[i]!r:.40}"
+            if col.shape[0] != n:
+                raise InputError(
+                    f"X's {where} has {col.shape[0]} values, but the first has {n}", field="X"
+                )
+            kind = col.dtype.kind
+            if kind in "biu":
+                out[:, j] = ints_as_float(col)
+            elif kind == "f" and col.dtype.itemsize <= 8:
+                out[:, j] = col
+            elif kind == "f":  # longdouble: straight to float32, as scikit-learn
+                out[:, j] = col.astype(np.float32)
+            elif kind == "O":
+                out[:, j] = self._object_feature(col, where)
+            else:
+                raise InputError(f"X must be numeric, got dtype {col.dtype} in {where}", field="X")
+        return out
 
     def predict_proba_features(
         self, X: Any, *, n_threads: int = 1, on_invalid: str = "raise"
     ) -> np.ndarray:
-        """Click probability for each row of X, columns in ``feature_names`` order.
+        """Click probability for each row of X (-> float64 ndarray of shape (n,)).
 
-        Inputs are rounded through float32 before they reach the trees, exactly
-        as scikit-learn does. ``n_threads`` > 1 splits the rows over threads; the
-        compiled loop runs without the GIL.
+        ``X`` is an (n, n_features) array-like in ``feature_names`` order (any
+        numeric dtype, lists, object arrays of numbers), or named columns matched to
+        ``feature_names`` by name in any order: a pandas or pyarrow DataFrame, a dict
+        of columns, a numpy structured array (a missing, unknown or duplicated name is
+        an InputError). Inputs are rounded to float32 before they reach the trees,
+        exactly as scikit-learn does; an integer is rounded once, as scikit-learn
+        rounds an integer array (see :func:`reco_fast.schema.as_number`).
+        ``n_threads`` > 1 splits the rows over threads; the compiled loop runs
+        without the GIL.
 
         ``on_invalid="raise"`` (the default) raises an InputError for the first row
         with a NaN, an infinity or a value too large for float32; ``"nan"`` gives
@@ -882,8 +1035,7 @@ class Model:
             return False
         for name in self.builder.required_fields:  # the first field present decides
             if name in sessions:
-                value = sessions[name]
-                return value is None or isinstance(value, _SCALAR_TYPES)
+                return is_scalar(sessions[name])
         return True
 
     def _feature_errors(self, X: np.ndarray, errors: RowErrors) -> None:
@@ -910,7 +1062,7 @@ class Model:
         """The feature matrix the model scores for these sessions (for inspection)."""
         if isinstance(sessions, Mapping):
             first = sessions.get(self.builder.required_fields[0])
-            if first is None or isinstance(first, _SCALAR_TYPES):
+            if is_scalar(first):
                 return np.asarray([self.builder.row(sessions)], dtype=np.float64)
             return self.builder.transform(sessions)
         return self.builder.transform(self._columns(sessions))
@@ -1039,6 +1191,13 @@ class Model:
             # one item per row, even when every item is a list of the same length
             cols[f] = np.fromiter(col, dtype=object, count=len(col)) if col else np.empty(0)
         return cols
+
+
+def _listed(items: Sequence[Any]) -> str:
+    """At most a few items, each shortened: error messages stay bounded."""
+    shown = ", ".join(f"{v!r:.40}" for v in items[:_MAX_LISTED])
+    more = f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"[{shown}]{more}"
 
 
 def load(path: str | os.PathLike[str], backend: str | None = None) -> Model:

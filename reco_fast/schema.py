@@ -8,9 +8,13 @@ Only numpy is imported: this module is on the serving path.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as _field
+from decimal import Decimal
+from numbers import Number, Real
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +36,13 @@ NONE_PRODUCT = "NONE"
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MAX_REPORTED_ROWS = 5
+
+INT_EXACT = 2**53
+"""Integers up to this magnitude are exact in float64 (and keep their value in the features)."""
+TOO_LARGE = 2.0 * FLOAT32_MAX
+"""What :func:`as_number` gives for an integer beyond float32: a finite float64 that every
+check (and the compiled loops) reports as "too large for float32"."""
+_FLOAT32_MAX_INT = int(FLOAT32_MAX)
 
 
 @dataclass(frozen=True)
@@ -169,8 +180,130 @@ def reject(
         errors.add(field, r, problem(r), offset)
 
 
-def _not_a_number(v: object) -> str:
+# ---- one rule per raw number, whatever the entry point --------------------------------
+#
+# Every path that turns a caller's value into a number (a session dict, a column, a
+# DataFrame, a feature matrix, a tracker event, an argument such as threshold) goes
+# through as_number (scalars) or as_float_array / ints_as_float (columns):
+#
+# - float, numpy floating: the value as float64 (the compiled model then rounds it to
+#   float32, as scikit-learn does);
+# - int, numpy integer (any width, signed or not), Python ints of any size: exact when
+#   float64 holds them (|n| <= 2**53); beyond that, rounded once to the nearest float32,
+#   as numpy casts an int64 array to float32 (which is what scikit-learn does with an
+#   integer array). Never int -> float64 -> float32: that rounds twice;
+# - bool, numpy bool: 0.0 / 1.0;
+# - Decimal, Fraction and other real numbers: float(value), as numpy converts them;
+# - a 0-d numpy array of a real dtype: its item, by the rules above;
+# - anything else (str, bytes, None, complex, datetime, timedelta, ...) is not a number.
+
+
+def float32_of_int(n: int) -> float:
+    """The float32 nearest to the integer ``n`` (ties to even), as a Python float.
+
+    Exact for any size (numpy's own conversion of a Python int goes through float64
+    first and can round twice); ``inf`` (signed) beyond float32's range.
+    """
+    m = -n if n < 0 else n
+    shift = m.bit_length() - 24
+    if shift > 0:
+        if shift > 105:
+            return -math.inf if n < 0 else math.inf
+        q, r = m >> shift, m & ((1 << shift) - 1)
+        half = 1 << (shift - 1)
+        if r > half or (r == half and q & 1):
+            q += 1
+        m = q << shift
+        if m > _FLOAT32_MAX_INT:
+            return -math.inf if n < 0 else math.inf
+    f = float(m)
+    return -f if n < 0 else f
+
+
+def _int_value(n: int) -> float:
+    if -INT_EXACT <= n <= INT_EXACT:
+        return float(n)
+    f = float32_of_int(n)
+    if f - f == 0.0:
+        return f
+    return -TOO_LARGE if n < 0 else TOO_LARGE
+
+
+def as_number(value: Any) -> float | None:
+    """The float64 a caller's raw number stands for, or None if it is not a real number.
+
+    The rules are in the comment above; an integer too large for float32 gives
+    ``±TOO_LARGE``, which every check reports as "too large for float32".
+    """
+    t = type(value)
+    if t is float:
+        return value
+    if t is int:
+        return _int_value(value)
+    if isinstance(value, (bool, np.bool_)):
+        return 1.0 if value else 0.0
+    if isinstance(value, np.timedelta64):  # a numpy integer subclass, but a duration
+        return None
+    if isinstance(value, (int, np.integer)):
+        return _int_value(int(value))
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0 and value.dtype.kind in "biuf":
+            return as_number(value[()])
+        return None
+    if isinstance(value, (Real, Decimal)):
+        try:
+            f = float(value)
+        except OverflowError:  # a Fraction beyond float64
+            return -TOO_LARGE if value < 0 else TOO_LARGE
+        except (TypeError, ValueError):  # Decimal("sNaN")
+            return math.nan
+        if f - f != 0.0 and f == f and isinstance(value, Decimal) and value.is_finite():
+            return math.copysign(TOO_LARGE, f)  # Decimal("1e400"): finite, but too large
+        return f
+    return None
+
+
+def is_scalar(value: Any) -> bool:
+    """One value (a session field), as opposed to a column of values."""
+    return (
+        value is None
+        or isinstance(value, (str, bytes, Number, np.generic))
+        or (isinstance(value, np.ndarray) and value.ndim == 0)
+    )
+
+
+def not_a_number(v: object) -> str:
+    """What is wrong with a value :func:`as_number` refuses (bounded length)."""
     return f"must be a number, got {type(v).__name__} {v!r:.40}"
+
+
+_not_a_number = not_a_number
+
+
+def check_number(name: str, value: Any, field: NumericField | None = None) -> float:
+    """One raw number of a session field (or of a tracker event, or an argument),
+    converted by :func:`as_number` and checked against ``field``'s domain (default: the
+    session field ``name``); an InputError naming ``name`` otherwise."""
+    v = as_number(value)
+    if v is None:
+        raise InputError(f"{name!r} {not_a_number(value)}", field=name)
+    f = NUMERIC_FIELDS[name] if field is None else field
+    if not (f.low <= v <= f.high) or (f.integer and v != math.floor(v)):
+        raise InputError(f"{name!r} {describe_numeric_problem(f, v)}", field=name)
+    return v
+
+
+def ints_as_float(arr: np.ndarray) -> np.ndarray:
+    """An integer or bool array as float64 by the integer rule of :func:`as_number`
+    (vectorised: exact up to 2**53, rounded once to float32 beyond)."""
+    out = arr.astype(np.float64)
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize >= 8 and arr.size:
+        big = (arr > INT_EXACT) | (arr < -INT_EXACT) if arr.dtype.kind == "i" else arr > INT_EXACT
+        if big.any():
+            out[big] = arr[big].astype(np.float32)
+    return out
 
 
 def _object_column(values: object) -> np.ndarray:
@@ -214,21 +347,29 @@ def as_float_array(
     errors: RowErrors | None = None,
     offset: int = 0,
 ) -> np.ndarray:
-    """Convert one column to float64, refusing strings, None and other non-numbers by row.
+    """Convert one column to float64 by the rules of :func:`as_number`, refusing strings,
+    None, complex numbers, datetimes, durations and other non-numbers by row.
 
     With ``errors``, a refused value is recorded there and becomes 0.0 (a value
     every numeric field accepts), so the domain check does not report it again.
     """
     arr = as_column(field, values)
-    if arr.dtype.kind in "US" and not isinstance(values, np.ndarray):
-        # [1.5, "abc"] coerces to strings; keep the items so the bad row is the one named
+    if not isinstance(values, np.ndarray) and (
+        arr.dtype.kind not in "biufO"  # [1.5, "abc"] coerces to strings, [0.5, 1j] to
+        # complex: judge the items, so the bad row is the one named
+        or (arr.dtype.kind == "f" and bool((np.abs(arr) > INT_EXACT).any()))
+        # [2**60 + 2**36 + 1, 0.5] is float64 already: an int rounded twice
+    ):
         arr = _object_column(values)
     _check_length(field, arr, n_rows)
-    if arr.dtype.kind in "biuf":
+    if arr.dtype.kind in "biu":
+        return ints_as_float(arr)
+    if arr.dtype.kind == "f":
         return arr.astype(np.float64, copy=False)
     out = np.empty(arr.shape[0], dtype=np.float64)
-    if arr.dtype.kind in "mMV":
-        # datetime64[ns].tolist() gives ints: refuse the dtype, not the items
+    if arr.dtype.kind != "O":
+        # datetime64[ns].tolist() gives ints, complex loses nothing but is not a number:
+        # refuse the dtype, not the items
         out[:] = 0.0
         reject(
             field,
@@ -239,21 +380,14 @@ def as_float_array(
         )
         return out
     bad: list[int] = []
-    too_large: list[int] = []
     items = arr.tolist()
     for i, v in enumerate(items):
-        if isinstance(v, (bool, int, float, np.integer, np.floating)):
-            try:
-                out[i] = float(v)
-            except OverflowError:
-                too_large.append(i)
-                out[i] = 0.0
-        else:
+        x = as_number(v)
+        if x is None:
             bad.append(i)
-            out[i] = 0.0
-    problems = {i: "is too large for float32" for i in too_large}
-    problems.update((i, _not_a_number(items[i])) for i in bad)
-    reject(field, sorted(problems), problems.__getitem__, offset, errors)
+            x = 0.0
+        out[i] = x
+    reject(field, bad, lambda r: not_a_number(items[r]), offset, errors)
     return out
 
 
@@ -300,6 +434,26 @@ def validate_numeric(
     return x
 
 
+def _plain_text(items: list[Any]) -> bool:
+    """Every item is a str without a NUL character (so a numpy str array holds them all)."""
+    try:
+        return "\x00" not in "".join(items)
+    except TypeError:  # an item that is not a str
+        return False
+
+
+def text_array(values: np.ndarray) -> np.ndarray:
+    """A 1-D object array of text as a numpy str array when that loses nothing, else as is.
+
+    Strings are compared exactly, NUL characters included, on every path. A numpy str
+    array is faster to compare but drops trailing NULs (``np.asarray(["Home\\x00"])``
+    holds ``"Home"``), so it is used only when every item is a str without a NUL.
+    """
+    if values.dtype.kind != "O" or not _plain_text(values.tolist()):
+        return values
+    return values.astype(str) if values.size else np.empty(0, dtype="U1")
+
+
 def as_str_array(
     field: str,
     values: object,
@@ -318,9 +472,10 @@ def as_str_array(
     """
     arr = as_column(field, values)
     if arr.dtype.kind in "US" and not isinstance(values, np.ndarray):
-        # numpy turns [b"Books", "Home"] into strings: keep the bytes so they are named
+        # numpy turns [b"Books", 3, "Home\x00"] into "Books", "3", "Home": keep the items
+        # unless they are all str without NUL (see text_array)
         items = _object_column(values)
-        if arr.dtype.kind == "S" or any(isinstance(v, (bytes, bytearray)) for v in items):
+        if not _plain_text(items.tolist()):
             arr = items
     _check_length(field, arr, n_rows)
     if arr.dtype.kind == "U":
@@ -343,6 +498,11 @@ def as_str_array(
             # str items as they are: a numpy str array would drop trailing NULs and
             # turn "Books\x00" into a known "Books"; comparisons stay exact
             return np.fromiter(items, dtype=object, count=len(items))
+        # kept as a numpy str array (a catalog): refuse what it cannot hold
+        nul = [i for i, v in enumerate(items) if v.endswith("\x00")]
+        reject(field, nul, lambda r: f"ends with a NUL character: {items[r]!r:.40}", offset, errors)
+        for i in nul:
+            items[i] = fill
         return np.asarray(items, dtype=str)
     reject(
         field,

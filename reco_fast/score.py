@@ -45,6 +45,7 @@ import inspect
 import io
 import itertools
 import os
+import re
 import sys
 import tempfile
 import time
@@ -56,7 +57,7 @@ import numpy as np
 
 from .artifact import current_umask
 from .errors import InputError, shown
-from .schema import NUMERIC_FIELDS
+from .schema import INT_EXACT, NUMERIC_FIELDS, text_array
 
 __all__ = ["DEFAULT_CHUNKSIZE", "ON_INVALID", "OUTPUT_COLUMN", "score_file", "supports_on_invalid"]
 
@@ -66,6 +67,7 @@ MAX_RECORD_BYTES = 1 << 20
 a quote that is never closed would otherwise pull the rest of the file into memory."""
 OUTPUT_COLUMN = "click_probability"
 ON_INVALID = ("raise", "nan")
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
 
 
 def _require_pandas() -> Any:
@@ -181,6 +183,16 @@ def _chunks_csv(
             except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
                 msg = " ".join(str(exc).split()) or type(exc).__name__
                 raise InputError(f"{path}: not a readable CSV file: {msg}") from None
+            rounded = [c for c in NUMERIC_FIELDS if c in frame.columns and _beyond_exact(frame[c])]
+            if rounded:
+                # pandas parsed a column of ints and floats as float64, rounding an int
+                # beyond 2**53: read those columns as text, converted cell by cell
+                frame = pd.read_csv(
+                    io.BytesIO(header + (data if data.endswith(b"\n") else data + b"\n")),
+                    keep_default_na=False,
+                    na_filter=False,
+                    dtype=dict.fromkeys([*text_fields, *rounded], str),
+                )
             raw = block if b'"' not in data and len(frame) == len(block) else None
             yield frame, raw, header, (min(f.tell() / size, 1.0) if size else 1.0)
 
@@ -221,37 +233,54 @@ def _chunks_parquet(
         yield frame, None, b"", (done / total if total else 1.0)
 
 
-def _columns(builder: Any, frame: Any) -> dict[str, Any]:
-    """The fields the model reads, as numpy columns (text as numpy strings: fast to encode)."""
+def _beyond_exact(col: Any) -> bool:
+    """A float column holding a value beyond 2**53 (where an int parsed as float64 was rounded)."""
+    values = col.to_numpy()
+    return values.dtype.kind == "f" and bool((np.abs(values) > INT_EXACT).any())
+
+
+def _text_numbers(col: Any) -> np.ndarray:
+    """A CSV column of text cells as numbers: float64, or objects where a cell is not a
+    number (kept as it is, so the error or the NaN lands on its row) or is an integer
+    beyond 2**53 (kept as a Python int, which the model rounds to float32 once)."""
+    pd = _require_pandas()
+    values = col.to_numpy()
+    num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
+    stripped = col.astype(str).str.strip()
+    text = stripped.to_numpy()
+    bad = np.isnan(num) & (stripped.str.lower().to_numpy() != "nan")
+    huge = np.flatnonzero(np.abs(num) > INT_EXACT)
+    if not bad.any() and not huge.size:
+        return num
+    mixed = num.astype(object)
+    mixed[bad] = values[bad]
+    for i in huge.tolist():
+        if _INT_TEXT.fullmatch(text[i]):
+            mixed[i] = int(text[i])
+    return mixed
+
+
+def _columns(builder: Any, frame: Any, csv: bool) -> dict[str, Any]:
+    """The fields the model reads, as numpy columns (text as numpy strings when that loses
+    nothing: fast to encode).
+
+    Values go to ``predict_proba`` as they are, so the file is judged by the rules of
+    every other entry point: a duration or datetime column is not a number. The one
+    conversion is a CSV's text: a numeric column pandas could not parse (a cell that
+    is not a number) is converted cell by cell, keeping each bad cell on its row.
+    """
     cols = {}
     for name in builder.required_fields:
         if name not in frame.columns:
             raise InputError(f"missing column {name!r}", field=name)
         col = frame[name]
+        values = col.to_numpy()
         if name in NUMERIC_FIELDS:
-            values = col.to_numpy()
-            if values.dtype.kind not in "biuf":
-                # text in a numeric column: convert what parses, keep the rest as the
-                # original cell so the error (or NaN) lands on the right row
-                pd = _require_pandas()
-                num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
-                text = col.astype(str).str.strip().str.lower().to_numpy()
-                bad = np.isnan(num) & (text != "nan")
-                if bad.any():
-                    mixed = num.astype(object)
-                    mixed[bad] = values[bad]
-                    values = mixed
-                else:
-                    values = num
-            cols[name] = values
+            if csv and values.dtype.kind == "O":
+                values = _text_numbers(col)
         else:
-            values = col.to_numpy()
-            if values.dtype.kind == "O" and all(isinstance(v, str) for v in values[:1]):
-                try:
-                    values = values.astype(str)
-                except (TypeError, ValueError):
-                    pass  # mixed values: predict_proba names the bad row
-            cols[name] = values
+            values = text_array(values)
+        cols[name] = values
     return cols
 
 
@@ -352,7 +381,7 @@ def score_file(
                 if OUTPUT_COLUMN in frame.columns:
                     raise InputError(f"{src}: already has a {OUTPUT_COLUMN!r} column")
                 try:
-                    cols = _columns(builder, frame)
+                    cols = _columns(builder, frame, reader is _chunks_csv)
                     try:
                         proba = model.predict_proba(cols, **kwargs)
                     except InputError as exc:

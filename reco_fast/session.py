@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import InputError, SessionNotFound, StoreUnavailable, shown, shown_values
 from .recommend import CART_FIELD, Recommendation
-from .schema import NONE_PRODUCT
+from .schema import NONE_PRODUCT, NumericField, check_number
 
 if TYPE_CHECKING:
     from .runtime import Model
@@ -412,18 +412,12 @@ class RedisStore:
 
 
 # ---- events -------------------------------------------------------------------------------
-def _check_number(name: str, value: Any, low: float, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(
-            f"{name!r} must be a number, got {type(value).__name__} {shown(value)}", field=name
-        )
-    try:
-        v = float(value)
-    except OverflowError:  # an int beyond float range
-        v = math.inf
-    if not (low <= v <= high) or not math.isfinite(v):
-        raise InputError(f"{name!r} must be in [{low:g}, {high:g}], got {shown(value)}", field=name)
-    return v
+_TS = NumericField("ts")
+
+
+def _check_number(name: str, value: Any, field: NumericField | None = None) -> float:
+    """A number of an event, by the same rules as a session field (schema.check_number)."""
+    return check_number(name, value, field)
 
 
 def _check_id(name: str, value: Any) -> str:
@@ -525,7 +519,7 @@ class SessionTracker:
     # -- helpers --
     def _ts(self, ts: float | None) -> float | None:
         """A client's event time, validated; None means "now", read as the event applies."""
-        return None if ts is None else _check_number("ts", ts, 0.0)
+        return None if ts is None else _check_number("ts", ts, _TS)
 
     def _at(self, ts: float | None, state: State | None) -> float:
         """The event's time. "Now" is read inside the store's atomic update and never
@@ -669,25 +663,14 @@ class SessionTracker:
         t = (
             None
             if time_on_page_sec is None
-            else _check_number("time_on_page_sec", time_on_page_sec, 0.0, 3.0e38)
+            else _check_number("time_on_page_sec", time_on_page_sec)
         )
-        s = None if scroll_depth is None else _check_number("scroll_depth", scroll_depth, 0.0, 1.0)
-        c = None
-        if clicked_product_image is not None:
-            c = int(
-                _check_number(
-                    "clicked_product_image",
-                    int(clicked_product_image)
-                    if isinstance(clicked_product_image, bool)
-                    else clicked_product_image,
-                    0.0,
-                    1.0,
-                )
-            )
-            if c != clicked_product_image:
-                raise InputError(
-                    "'clicked_product_image' must be 0 or 1", field="clicked_product_image"
-                )
+        s = None if scroll_depth is None else _check_number("scroll_depth", scroll_depth)
+        c = (
+            None
+            if clicked_product_image is None
+            else int(_check_number("clicked_product_image", clicked_product_image))
+        )
 
         def apply(state: State | None) -> State:
             at = self._at(ts, state)

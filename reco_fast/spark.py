@@ -172,8 +172,9 @@ def _scorer(
         model = worker_model(ref.path, ref.backend)
         for pdf in batches:
             if features:
-                X = pdf[list(columns)].to_numpy(dtype=np.float64)
-                proba = model.predict_proba_features(X)
+                # by name, each column converted on its own (an integer column is
+                # rounded to float32 once, never through float64)
+                proba = model.predict_proba_features(pdf[list(columns)])
             elif len(pdf):
                 proba = np.asarray(model.predict_proba(pdf), dtype=np.float64)
             else:

@@ -13,6 +13,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 import reco_fast
 from reco_fast import pipeline
 from reco_fast.data import DEFAULT_CATALOG_FILE, DEFAULT_LOG_FILE
-from reco_fast.schema import LABEL
+from reco_fast.schema import FLOAT32_MAX, LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +50,24 @@ def subprocess_env() -> dict[str, str]:
     )
     env.pop("PYTHONSTARTUP", None)
     return env
+
+
+def nearest_float32(n: int) -> float:
+    """The float32 nearest to the integer n (ties to even) by exact arithmetic, or ±inf:
+    written apart from the library's own conversion."""
+    sign = -1.0 if n < 0 else 1.0
+    m = abs(n)
+    top = Fraction(FLOAT32_MAX) + Fraction(2**103)  # halfway from FLOAT32_MAX to 2**128
+    if m >= top:
+        return sign * math.inf
+    near = np.float32(min(float(m), FLOAT32_MAX))  # within an ulp or two of m
+    candidates = {near}
+    with np.errstate(over="ignore"):  # next to the largest float32 is inf
+        for _ in range(2):
+            candidates |= {np.nextafter(c, np.float32(d)) for c in candidates for d in (0, np.inf)}
+    finite = [c for c in candidates if np.isfinite(c)]
+    best = min(finite, key=lambda c: (abs(Fraction(float(c)) - m), int(c.view(np.uint32)) & 1))
+    return sign * float(best)
 
 
 def native(value: Any) -> Any:

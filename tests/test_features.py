@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Built
+from conftest import Built, nearest_float32
 from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.ensemble import GradientBoostingClassifier
@@ -289,6 +289,12 @@ NUMERIC = [
 ]
 
 
+def _as_feature(v: Any) -> float:
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**53:
+        return nearest_float32(v)
+    return float(v)
+
+
 @given(data=st.data())
 def test_row_equals_transform_hypothesis(builders: list[FeatureBuilder], built: Built, data):
     ranking = builders[0]
@@ -298,8 +304,10 @@ def test_row_equals_transform_hypothesis(builders: list[FeatureBuilder], built: 
         assert rows.shape == (len(batch), builder.n_features)
         assert_bitwise_equal(rows, builder.transform(_columns(batch)))
         assert_bitwise_equal(rows, builder.transform(pd.DataFrame(batch)))
-    # and the notebook's pandas code agrees on these (boundary-heavy) values
-    frame = pd.DataFrame(batch).astype({c: np.float64 for c in NUMERIC})
+    # and the notebook's pandas code agrees on these (boundary-heavy) values, each number
+    # taken as the features take it: an int beyond 2**53 (float64's exact range) as its
+    # float32 value, rounded once
+    frame = pd.DataFrame([{**s, **{c: _as_feature(s[c]) for c in NUMERIC}} for s in batch])
     expected = notebook_features(frame, built.catalog, fit_on=built.log)
     names = NOTEBOOK_SEED_FEATURES + NOTEBOOK_CANDIDATE_FEATURES
     ranking_rows = np.array([ranking.row(s) for s in batch], dtype=np.float64)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Built
+from conftest import Built, nearest_float32
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -445,6 +445,37 @@ def feature_arrays(draw: Any, n_features: int) -> np.ndarray:
     return X
 
 
+def reference_matrix(X: np.ndarray) -> np.ndarray | None:
+    """X as scikit-learn's float32 sees it (float64 holding those values), or None when X
+    is not numeric. Integer arrays: numpy's cast to float32 (what scikit-learn applies);
+    Python ints: rounded once to float32; strings, None...: not numbers."""
+    if X.dtype.kind in "biu":
+        return X.astype(np.float32).astype(np.float64)
+    if X.dtype.kind == "f":
+        return X.astype(np.float64)
+    if X.dtype.kind != "O":
+        return None
+    out = np.empty(X.shape, dtype=np.float64)
+    for idx, v in np.ndenumerate(X):
+        if isinstance(v, (bool, float)):
+            out[idx] = float(v)
+        elif isinstance(v, int):
+            out[idx] = nearest_float32(v)
+        else:
+            return None
+    return out
+
+
+@FUZZ
+@given(n=st.one_of(st.integers(-(2**64), 2**64), st.integers(-(2**130), 2**130)))
+def test_nearest_float32_reference(n: int) -> None:
+    """The reference agrees with numpy's int64 / uint64 cast, where that exists."""
+    if -(2**63) <= n < 2**63:
+        assert nearest_float32(n) == float(np.array(n, dtype=np.int64).astype(np.float32))
+    if 0 <= n < 2**64:
+        assert nearest_float32(n) == float(np.array(n, dtype=np.uint64).astype(np.float32))
+
+
 @FUZZ
 @given(data=st.data(), on_invalid=st.sampled_from(["raise", "nan"]))
 def test_feature_arrays(data: Any, on_invalid: str, model: reco_fast.Model) -> None:
@@ -459,16 +490,10 @@ def test_feature_arrays(data: Any, on_invalid: str, model: reco_fast.Model) -> N
     except Exception as exc:
         assert isinstance(exc, InputError), f"{type(exc).__name__}: {exc}"
         event("refused")
-        numeric = X.dtype.kind in "biuf"
-        if X.dtype.kind == "O":
-            try:
-                clean = np.ascontiguousarray(X, dtype=np.float64)
-            except (TypeError, ValueError, OverflowError):
-                numeric = False
-        if not shape_ok or not numeric:
+        clean = reference_matrix(X)
+        if not shape_ok or clean is None:
             assert exc.field == "X", exc
             return
-        clean = np.ascontiguousarray(X, dtype=np.float64)
         bad = ~(np.abs(clean) <= FLOAT32_MAX)
         assert on_invalid == "raise" and bad.any(), f"refused: {exc}"
         r, c = np.argwhere(bad)[0]
@@ -478,7 +503,8 @@ def test_feature_arrays(data: Any, on_invalid: str, model: reco_fast.Model) -> N
     event(f"scored ({'some' if (~np.isfinite(got)).any() else 'no'} NaN rows)")
     np.testing.assert_array_equal(X, before)  # the input is never written
     assert shape_ok and X.dtype.kind in "biufO"
-    clean = np.ascontiguousarray(X, dtype=np.float64)
+    clean = reference_matrix(X)
+    assert clean is not None, "a matrix of non-numbers was scored"
     assert isinstance(got, np.ndarray) and got.shape == (X.shape[0],) and got.dtype == np.float64
     ok = (np.abs(clean) <= FLOAT32_MAX).all(axis=1)
     assert on_invalid == "nan" or ok.all()

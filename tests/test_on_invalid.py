@@ -359,7 +359,8 @@ def test_ragged_and_list_values(built: Built) -> None:
     assert info.value.rows == (1,)
     with pytest.raises(InputError, match=r"^X must be"):
         model.predict_proba_features([[0.0] * 24, [0.0] * 23])
-    with pytest.raises(InputError, match=r"^X must be numeric"):
+    # an int too large for float32 is a bad value like 1e39, named by row and feature
+    with pytest.raises(InputError, match=r"^X\[0, 0\] \('category_enc'\) is too large"):
         model.predict_proba_features(np.full((1, 24), 10**400, dtype=object))
 
 

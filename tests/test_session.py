@@ -233,7 +233,6 @@ BAD_EVENTS: dict[str, Callable[[SessionTracker, list[str]], Any]] = {
     "infinite time": lambda t, p: t.engagement("s", time_on_page_sec=float("inf"), ts=2000),
     "huge int time": lambda t, p: t.engagement("s", time_on_page_sec=10**400, ts=2000),
     "time as list": lambda t, p: t.engagement("s", time_on_page_sec=[5], ts=2000),
-    "time as bool": lambda t, p: t.engagement("s", time_on_page_sec=True, ts=2000),
     "clicked 2": lambda t, p: t.engagement("s", clicked_product_image=2, ts=2000),
     "clicked 0.5": lambda t, p: t.engagement("s", clicked_product_image=0.5, ts=2000),
     "clicked -1": lambda t, p: t.engagement("s", clicked_product_image=-1, ts=2000),
