@@ -490,7 +490,7 @@ class FeatureBuilder:
                 and (price + t + sc + mins + img) % 1 >= 0.0
             ):
                 return raw
-        except (KeyError, TypeError, ValueError, OverflowError):
+        except Exception:  # KeyError, TypeError, Decimal's InvalidOperation for NaN, ...
             pass
         return self._checked_session_raw(session)
 

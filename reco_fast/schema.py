@@ -257,8 +257,10 @@ def as_number(value: Any) -> float | None:
             f = float(value)
         except OverflowError:  # a Fraction beyond float64
             return -TOO_LARGE if value < 0 else TOO_LARGE
-        except (TypeError, ValueError):  # Decimal("sNaN")
+        except ValueError:  # Decimal("sNaN")
             return math.nan
+        except Exception:  # a Real whose __float__ fails: not a number we can use
+            return None
         if f - f != 0.0 and f == f and isinstance(value, Decimal) and value.is_finite():
             return math.copysign(TOO_LARGE, f)  # Decimal("1e400"): finite, but too large
         return f
@@ -328,6 +330,8 @@ def as_column(field: str, values: object) -> np.ndarray:
             ) from None
     if arr.ndim == 0:
         arr = arr.reshape(-1)
+    if arr.ndim > 1 and not isinstance(values, np.ndarray):
+        arr = _object_column(values)  # [[], []] or [[1, 2]]: one list per row, judged by row
     if arr.ndim != 1:
         raise InputError(f"{field!r} must be one-dimensional, got shape {arr.shape}", field=field)
     return arr
