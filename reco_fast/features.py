@@ -27,6 +27,7 @@ from .schema import (
     as_float_array,
     as_str_array,
     check_number,
+    not_a_string,
     raise_rows,
     reject,
     validate_numeric,
@@ -365,7 +366,7 @@ def _number(session: Mapping[str, Any], name: str) -> float:
 def _label(session: Mapping[str, Any], name: str) -> str:
     v = _scalar(session, name)
     if not isinstance(v, str):
-        raise InputError(f"{name!r} must be a string, got {type(v).__name__} {v!r:.40}", field=name)
+        raise InputError(f"{name!r} {not_a_string(v)}", field=name)
     return v
 
 

@@ -281,7 +281,9 @@ def not_a_number(v: object) -> str:
     return f"must be a number, got {type(v).__name__} {v!r:.40}"
 
 
-_not_a_number = not_a_number
+def not_a_string(v: object) -> str:
+    """What is wrong with a value where text belongs (bounded length)."""
+    return f"must be a string, got {type(v).__name__} {v!r:.40}"
 
 
 def check_number(name: str, value: Any, field: NumericField | None = None) -> float:
@@ -492,7 +494,7 @@ def as_str_array(
         reject(
             field,
             bad,
-            lambda r: f"must be a string, got {type(items[r]).__name__} {items[r]!r:.40}",
+            lambda r: not_a_string(items[r]),
             offset,
             errors,
         )
