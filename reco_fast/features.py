@@ -28,6 +28,7 @@ from .schema import (
     as_float_array,
     as_str_array,
     check_number,
+    not_a_string,
     raise_rows,
     reject,
     validate_numeric,
@@ -298,7 +299,7 @@ def _number(session: Mapping[str, Any], name: str) -> float:
 def _label(session: Mapping[str, Any], name: str) -> str:
     v = _scalar(session, name)
     if not isinstance(v, str):
-        raise InputError(f"{name!r} must be a string, got {type(v).__name__} {v!r:.40}", field=name)
+        raise InputError(f"{name!r} {not_a_string(v)}", field=name)
     return v
 
 
@@ -430,7 +431,7 @@ class FeatureBuilder:
                 and (price + t + sc + mins + img) % 1 >= 0.0
             ):
                 return raw
-        except (KeyError, TypeError, ValueError, OverflowError):
+        except Exception:  # KeyError, TypeError, Decimal's InvalidOperation for NaN, ...
             pass
         return self._checked_session_raw(session)
 

@@ -1030,13 +1030,15 @@ class Model:
         return BatchResult(proba, errors.sorted_errors())
 
     def _is_single(self, sessions: Any) -> bool:
-        """A mapping whose first field is a scalar is one page view, not a dict of columns."""
+        """A mapping is one page view unless every field it has is a column (not a scalar).
+
+        So ``{"current_category": [], "current_price": 5.0, ...}`` is one page view whose
+        category is not a string, as in a list of dicts, not a batch of no rows.
+        """
         if not isinstance(sessions, Mapping):
             return False
-        for name in self.builder.required_fields:  # the first field present decides
-            if name in sessions:
-                return is_scalar(sessions[name])
-        return True
+        present = [sessions[f] for f in self.builder.required_fields if f in sessions]
+        return not present or any(is_scalar(v) for v in present)
 
     def _feature_errors(self, X: np.ndarray, errors: RowErrors) -> None:
         """Record rows of a feature matrix the compiled model refuses (NaN, inf, > float32)."""
@@ -1061,8 +1063,7 @@ class Model:
     def features(self, sessions: Any) -> np.ndarray:
         """The feature matrix the model scores for these sessions (for inspection)."""
         if isinstance(sessions, Mapping):
-            first = sessions.get(self.builder.required_fields[0])
-            if is_scalar(first):
+            if self._is_single(sessions):
                 return np.asarray([self.builder.row(sessions)], dtype=np.float64)
             return self.builder.transform(sessions)
         return self.builder.transform(self._columns(sessions))

@@ -257,8 +257,10 @@ def as_number(value: Any) -> float | None:
             f = float(value)
         except OverflowError:  # a Fraction beyond float64
             return -TOO_LARGE if value < 0 else TOO_LARGE
-        except (TypeError, ValueError):  # Decimal("sNaN")
+        except ValueError:  # Decimal("sNaN")
             return math.nan
+        except Exception:  # a Real whose __float__ fails: not a number we can use
+            return None
         if f - f != 0.0 and f == f and isinstance(value, Decimal) and value.is_finite():
             return math.copysign(TOO_LARGE, f)  # Decimal("1e400"): finite, but too large
         return f
@@ -279,7 +281,9 @@ def not_a_number(v: object) -> str:
     return f"must be a number, got {type(v).__name__} {v!r:.40}"
 
 
-_not_a_number = not_a_number
+def not_a_string(v: object) -> str:
+    """What is wrong with a value where text belongs (bounded length)."""
+    return f"must be a string, got {type(v).__name__} {v!r:.40}"
 
 
 def check_number(name: str, value: Any, field: NumericField | None = None) -> float:
@@ -328,6 +332,8 @@ def as_column(field: str, values: object) -> np.ndarray:
             ) from None
     if arr.ndim == 0:
         arr = arr.reshape(-1)
+    if arr.ndim > 1 and not isinstance(values, np.ndarray):
+        arr = _object_column(values)  # [[], []] or [[1, 2]]: one list per row, judged by row
     if arr.ndim != 1:
         raise InputError(f"{field!r} must be one-dimensional, got shape {arr.shape}", field=field)
     return arr
@@ -488,7 +494,7 @@ def as_str_array(
         reject(
             field,
             bad,
-            lambda r: f"must be a string, got {type(items[r]).__name__} {items[r]!r:.40}",
+            lambda r: not_a_string(items[r]),
             offset,
             errors,
         )

@@ -412,12 +412,7 @@ class RedisStore:
 
 
 # ---- events -------------------------------------------------------------------------------
-_TS = NumericField("ts")
-
-
-def _check_number(name: str, value: Any, field: NumericField | None = None) -> float:
-    """A number of an event, by the same rules as a session field (schema.check_number)."""
-    return check_number(name, value, field)
+_TS = NumericField("ts")  # an event's time in seconds: non-negative, within float32
 
 
 def _check_id(name: str, value: Any) -> str:
@@ -519,7 +514,7 @@ class SessionTracker:
     # -- helpers --
     def _ts(self, ts: float | None) -> float | None:
         """A client's event time, validated; None means "now", read as the event applies."""
-        return None if ts is None else _check_number("ts", ts, _TS)
+        return None if ts is None else check_number("ts", ts, _TS)
 
     def _at(self, ts: float | None, state: State | None) -> float:
         """The event's time. "Now" is read inside the store's atomic update and never
@@ -660,16 +655,12 @@ class SessionTracker:
         """Update the current page's engagement signals (time and scroll only grow)."""
         _check_id("session_id", session_id)
         ts = self._ts(ts)
-        t = (
-            None
-            if time_on_page_sec is None
-            else _check_number("time_on_page_sec", time_on_page_sec)
-        )
-        s = None if scroll_depth is None else _check_number("scroll_depth", scroll_depth)
+        t = None if time_on_page_sec is None else check_number("time_on_page_sec", time_on_page_sec)
+        s = None if scroll_depth is None else check_number("scroll_depth", scroll_depth)
         c = (
             None
             if clicked_product_image is None
-            else int(_check_number("clicked_product_image", clicked_product_image))
+            else int(check_number("clicked_product_image", clicked_product_image))
         )
 
         def apply(state: State | None) -> State:
