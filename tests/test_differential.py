@@ -291,7 +291,7 @@ def test_the_tracker_gives_scikit_learns_answer(
     """Events with values spelled any way -> a context scored as scikit-learn scores it."""
     row = data.draw(valid_rows(ref))[0]
     spelt = data.draw(spelled(Rows([row])))[0]
-    tracker = reco_fast.SessionTracker(model, ttl=1e12)  # sessions of up to 1e6 minutes
+    tracker = reco_fast.SessionTracker(model, ttl=1e9)  # the longest TTL a store takes (about 31 years)
     ts = 1_000_000.0
     history = [p for p in (row["prev_product_3"], row["prev_product_2"], row["prev_product_1"])]
     history = [p for p in history if p in ref.products] + [row["current_product_id"]]

@@ -335,7 +335,10 @@ def test_batch(data: Any, form: str, model: reco_fast.Model, ref: Reference, bas
             if form == "dict of columns"
             else pd.DataFrame(filled)
         )
-        bad = {i: ref.bad_fields(r) for i, r in enumerate(filled)}
+        # a DataFrame column has one dtype: one complex cell makes the whole column complex,
+        # so the rows to check are the frame's own, as pandas holds them
+        seen = filled if form == "dict of columns" else batch.to_dict("records")
+        bad = {i: ref.bad_fields(r) for i, r in enumerate(seen)}
         absent = [f for f in ref.required if f not in filled[0]]
         if absent:
             for on_invalid in ("raise", "nan"):

@@ -80,6 +80,8 @@ def session_neighbours(
         },
         feature_set=builder.feature_set,
         write_extra=write_extra,
+        builder=builder,
+        sessions=built.log.iloc[built.split.idx_test[:64]].to_dict("records"),
     )
     return est, model
 
