@@ -9,7 +9,7 @@ See ``python build_model.py --help`` for training on your own log.
 
 import sys
 
-from reco_fast.cli import build_main
+from reco_fast.tools.cli import build_main
 
 if __name__ == "__main__":
     sys.exit(build_main())

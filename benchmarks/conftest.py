@@ -1,7 +1,7 @@
 """Fixtures for the performance suite: one build per session, and its honest peers.
 
 ``env`` builds the default artifact into pytest's temporary directory
-(``reco_fast.pipeline.build``), refits the same scikit-learn estimator on the
+(``reco_fast.build.pipeline.build``), refits the same scikit-learn estimator on the
 same split (``random_state=42`` makes it identical) and exports tl2cgen's own
 predictor library from it. Before any timing, both peers are checked to give
 the artifact's probabilities to 1e-12, so every comparison is between
@@ -38,11 +38,12 @@ from _perf import (
 )
 
 import reco_fast
-from reco_fast import bench, pipeline, train
-from reco_fast.data import DEFAULT_CATALOG_FILE, DEFAULT_LOG_FILE
-from reco_fast.data import load as load_data
-from reco_fast.recommend import recommend
-from reco_fast.schema import LABEL
+from reco_fast.build import pipeline, train
+from reco_fast.build.data import DEFAULT_CATALOG_FILE, DEFAULT_LOG_FILE
+from reco_fast.build.data import load as load_data
+from reco_fast.features.schema import LABEL
+from reco_fast.serve.recommend import recommend
+from reco_fast.tools import bench
 
 TOLERANCE = 1e-12
 
@@ -112,7 +113,7 @@ class Env:
     estimator: Any  # the refitted GradientBoostingClassifier
     predictor: Any  # tl2cgen.Predictor(nthread=1)
     X: np.ndarray  # the log's feature matrix, every row
-    session: dict[str, Any]  # reco_fast.bench.sample_session(model): what the CLI measures
+    session: dict[str, Any]  # reco_fast.tools.bench.sample_session(model): what the CLI measures
     cores: int
 
     def impl(self, name: str) -> Any:

@@ -11,7 +11,7 @@ import pytest
 from _perf import GATES, IMPLS, PREDICTOR, RECO, RECO_TL2CGEN, SKLEARN
 
 import reco_fast
-from reco_fast.bench import tracker_workload
+from reco_fast.tools.bench import tracker_workload
 
 K = 3
 ROUNDS = {RECO: (3_000, 300), RECO_TL2CGEN: (1_000, 100), SKLEARN: (200, 20), PREDICTOR: (600, 60)}

@@ -10,7 +10,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .errors import (
+from reco_fast.errors import (
     ArtifactError,
     CompileError,
     InputError,
@@ -18,21 +18,21 @@ from .errors import (
     SessionNotFound,
     StoreUnavailable,
 )
-from .eventsession import EventTracker
-from .features import Catalog
-from .handle import ModelHandle
-from .recommend import Recommendation
-from .runtime import BatchResult, Model, RowError, load
-from .session import MemoryStore, RedisStore, SessionTracker
+from reco_fast.features.page import Catalog
+from reco_fast.serve.eventsession import EventTracker
+from reco_fast.serve.handle import ModelHandle
+from reco_fast.serve.model import BatchResult, Model, RowError, load
+from reco_fast.serve.recommend import Recommendation
+from reco_fast.serve.session import MemoryStore, RedisStore, SessionTracker
 
 
 def compile_model(estimator: Any, out_dir: Any, feature_names: Any = None, **kwargs: Any) -> Any:
     """Compile a fitted binary GradientBoostingClassifier into a verified artifact.
 
     Imported lazily so that serving never loads scikit-learn, treelite or tl2cgen.
-    See :func:`reco_fast.compile.compile_model`.
+    See :func:`reco_fast.compiler.driver.compile_model`.
     """
-    from .compile import compile_model as _compile
+    from reco_fast.compiler.driver import compile_model as _compile
 
     return _compile(estimator, out_dir, feature_names, **kwargs)
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
+from reco_fast.errors import ArtifactError
 
 __all__ = [
     "FORMAT_VERSION",

@@ -1,4 +1,4 @@
-"""Print calibration statistics of ``reco_fast._generate.generate``.
+"""Print calibration statistics of ``reco_fast.build.generate.generate``.
 
 Not a test: run it by hand (``python tests/_calibrate_generator.py``) after
 touching the generator, and compare with the seed data set's numbers
@@ -23,7 +23,7 @@ from sklearn.preprocessing import LabelEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reco_fast._generate import generate
+from reco_fast.build.generate import generate
 
 FEATURE_COLS = [
     "category_enc",

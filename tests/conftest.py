@@ -1,6 +1,6 @@
 """Shared fixtures: one default build per test session, reused by every test file.
 
-``built`` runs ``reco_fast.pipeline.build`` once (about 10 s) on the generated
+``built`` runs ``reco_fast.build.pipeline.build`` once (about 10 s) on the generated
 default data, entirely inside pytest's temporary directory. The pipeline's own
 ``split`` and ``fit`` are wrapped (not replaced) so tests can compare the
 compiled artifact with the exact scikit-learn estimator it was built from.
@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 import reco_fast
-from reco_fast import pipeline
-from reco_fast.data import DEFAULT_CATALOG_FILE, DEFAULT_LOG_FILE
-from reco_fast.schema import FLOAT32_MAX, LABEL
+from reco_fast.build import pipeline
+from reco_fast.build.data import DEFAULT_CATALOG_FILE, DEFAULT_LOG_FILE
+from reco_fast.features.schema import FLOAT32_MAX, LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ class Built:
     catalog: pd.DataFrame
     X: np.ndarray  # the full feature matrix the pipeline trained and split
     y: np.ndarray
-    split: Any  # reco_fast.train.Split
+    split: Any  # reco_fast.build.train.Split
     estimator: Any  # the fitted sklearn GradientBoostingClassifier
 
     @property

@@ -20,10 +20,10 @@ from conftest import Built
 from sklearn.ensemble import GradientBoostingClassifier
 
 import reco_fast
-import reco_fast.compile
+import reco_fast.compiler.driver
 from reco_fast import ArtifactError, CompileError
 from reco_fast.artifact import FORMAT_VERSION, METADATA_FILE, metadata_digest, platform_tag
-from reco_fast.features import FEATURE_SETS, definition_sha256
+from reco_fast.features.page import FEATURE_SETS, definition_sha256
 
 
 def sha256(path: Path) -> str:
@@ -294,7 +294,7 @@ def test_failed_compile_keeps_previous_artifact(
         reco_fast.compile_model(estimator, copy)
     assert snapshot(copy) == before
     # refused later, by verification, after staging was written
-    monkeypatch.setattr(reco_fast.compile, "check_estimator", lambda e: None)
+    monkeypatch.setattr(reco_fast.compiler.driver, "check_estimator", lambda e: None)
     with pytest.raises(CompileError, match="differs from scikit-learn"):
         reco_fast.compile_model(estimator, copy)
     assert snapshot(copy) == before

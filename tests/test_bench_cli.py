@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from reco_fast import bench
-from reco_fast.cli import BENCH_GATE_FAILED, main
+from reco_fast.tools import bench
+from reco_fast.tools.cli import BENCH_GATE_FAILED, main
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--rounds", "30", "--batch-sizes", "1,10,100,10000", "--threads", "2"]
@@ -110,7 +110,7 @@ def test_bad_arguments_are_usage_errors(built, args, capsys):
 def test_help():
     env = dict(os.environ, PYTHONPATH=str(REPO))
     r = subprocess.run(
-        [sys.executable, "-m", "reco_fast.cli", "bench", "--help"],
+        [sys.executable, "-m", "reco_fast.tools.cli", "bench", "--help"],
         capture_output=True,
         text=True,
         env=env,

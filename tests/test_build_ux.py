@@ -17,8 +17,10 @@ import pytest
 from conftest import REPO, subprocess_env
 
 import reco_fast
-from reco_fast import CompileError, _codegen, pipeline, train
-from reco_fast import compile as compile_mod
+from reco_fast import CompileError
+from reco_fast.build import pipeline, train
+from reco_fast.compiler import codegen as _codegen
+from reco_fast.compiler import driver as compile_mod
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +75,9 @@ def test_training_logs_progress_and_trains_the_same_model(caplog):
     X = rng.normal(size=(400, 4))
     y = (X[:, 1] + rng.normal(scale=0.5, size=400) > 0).astype(int)
     params = {"n_estimators": 6}
-    with caplog.at_level(logging.INFO, logger="reco_fast.train"):
+    with caplog.at_level(logging.INFO, logger="reco_fast.build.train"):
         model, seconds = train.fit(X, y, params, progress_every_s=0.0)
-    lines = [r.getMessage() for r in caplog.records if r.name == "reco_fast.train"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "reco_fast.build.train"]
     assert [line.split(",")[0] for line in lines] == [
         f"training: {i} of 6 trees" for i in range(1, 6)
     ]
@@ -105,9 +107,9 @@ def test_the_c_compile_logs_its_start_progress_and_end(tiny, tmp_path, monkeypat
     staggered = [sys.executable, "-c", STAGGERED_CC, *real_cc]
     monkeypatch.setattr(_codegen, "_compiler", lambda: staggered)
     monkeypatch.setattr(_codegen, "COMPILE_PROGRESS_EVERY_S", 2.0)
-    with caplog.at_level(logging.INFO, logger="reco_fast._codegen"):
+    with caplog.at_level(logging.INFO, logger="reco_fast.compiler.codegen"):
         reco_fast.compile_model(tiny, tmp_path / "art")
-    lines = [r.getMessage() for r in caplog.records if r.name == "reco_fast._codegen"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "reco_fast.compiler.codegen"]
     assert lines[0].startswith("compiling 3 C files ("), lines
     progress = [ln for ln in lines if ln.startswith("compiling: ")]
     assert len(progress) >= 2 and all("s elapsed" in ln for ln in progress), lines
@@ -193,7 +195,7 @@ def test_the_build_extra_installs_matplotlib_for_the_reports_plots():
 
 def test_a_build_without_matplotlib_warns(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    with caplog.at_level(logging.WARNING, logger="reco_fast.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="reco_fast.build.pipeline"):
         assert pipeline.warn_if_no_plots() is True
     assert "report.html will have its tables but no plots" in caplog.text
     monkeypatch.delitem(sys.modules, "matplotlib")

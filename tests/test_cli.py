@@ -26,15 +26,15 @@ from hypothesis import strategies as st
 
 import reco_fast
 from reco_fast.artifact import write_metadata
-from reco_fast.cli import MAX_ERROR_CHARS, error_line, info_summary
-from reco_fast.score import supports_on_invalid
+from reco_fast.tools.cli import MAX_ERROR_CHARS, error_line, info_summary
+from reco_fast.tools.score import supports_on_invalid
 
 SUBCOMMANDS = ("build", "verify", "info", "bench", "score", "recommend")
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "reco_fast.cli", *map(str, args)],
+        [sys.executable, "-m", "reco_fast.tools.cli", *map(str, args)],
         capture_output=True,
         text=True,
         env=subprocess_env(),
@@ -416,7 +416,7 @@ def test_score_output_is_readable_by_csv_module(built, small_csv, tmp_path):
 
 def test_score_without_pandas_is_a_one_line_error(built, small_csv, tmp_path):
     code = (
-        "import sys; sys.modules['pandas'] = None; from reco_fast.cli import main; "
+        "import sys; sys.modules['pandas'] = None; from reco_fast.tools.cli import main; "
         "sys.exit(main(sys.argv[1:]))"
     )
     out = tmp_path / "o.csv"
@@ -446,7 +446,7 @@ def test_score_stray_quote_reads_a_bounded_amount(built, small_csv, tmp_path, mo
     """A quote that opens a field and is never closed made score read the rest of the
     file into one block (693 MB against 143 MB on a large file): a record may now span
     at most MAX_RECORD_BYTES past its block, then the row is named."""
-    import reco_fast.score as score
+    import reco_fast.tools.score as score
 
     src, out = tmp_path / "stray.csv", tmp_path / "scored.csv"
     _stray_quote_csv(small_csv, src, row=1234)
@@ -488,7 +488,7 @@ def test_score_sigterm_removes_the_partial_output(built, small_csv, tmp_path):
         [
             sys.executable,
             "-m",
-            "reco_fast.cli",
+            "reco_fast.tools.cli",
             "score",
             str(built.path),
             "--input",
@@ -584,10 +584,10 @@ def test_a_python_file_as_library_is_refused_without_running_it(built, tmp_path)
 
 def test_an_unexpected_exception_is_one_line_with_its_type(built):
     code = (
-        "import sys, reco_fast.runtime as r\n"
+        "import sys, reco_fast.serve.model as r\n"
         "def load(*a, **k): raise KeyError('zzz')\n"
         "r.load = load\n"
-        "from reco_fast.cli import main; sys.exit(main(sys.argv[1:]))\n"
+        "from reco_fast.tools.cli import main; sys.exit(main(sys.argv[1:]))\n"
     )
     proc = run_code(code, "verify", built.path)
     assert proc.returncode == 1
@@ -623,7 +623,7 @@ def test_a_failed_c_compile_is_one_line_from_reco_fast_build(built, small_csv, t
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "import reco_fast.compile as c\n"
+        "import reco_fast.compiler.driver as c\n"
         "real = c.generate_c\n"
         "def generate_c(*args, **kwargs):\n"
         "    sources = real(*args, **kwargs)\n"
@@ -631,7 +631,7 @@ def test_a_failed_c_compile_is_one_line_from_reco_fast_build(built, small_csv, t
         "    (Path(args[2]) / 'model.c').write_text(bad)\n"
         "    return {**sources, 'model.c': bad}\n"
         "c.generate_c = generate_c\n"
-        "from reco_fast.cli import main; sys.exit(main(sys.argv[1:]))\n"
+        "from reco_fast.tools.cli import main; sys.exit(main(sys.argv[1:]))\n"
     )
     out = tmp_path / "art"
     proc = run_code(

@@ -15,9 +15,9 @@ from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
 import reco_fast
-import reco_fast.compile
+import reco_fast.compiler.driver
 from reco_fast import CompileError
-from reco_fast.compile import TOLERANCE, adversarial_inputs, tree_thresholds
+from reco_fast.compiler.driver import TOLERANCE, adversarial_inputs, tree_thresholds
 
 
 def max_diff(model: reco_fast.Model, estimator, X: np.ndarray) -> float:
@@ -303,7 +303,7 @@ def test_verification_catches_what_check_estimator_would_refuse(
 ) -> None:
     """Without the up-front check, loss='exponential' compiles to the wrong link function:
     the comparison with scikit-learn is what refuses it, and nothing is written."""
-    monkeypatch.setattr(reco_fast.compile, "check_estimator", lambda estimator: None)
+    monkeypatch.setattr(reco_fast.compiler.driver, "check_estimator", lambda estimator: None)
     X, y = _data()
     estimator = GradientBoostingClassifier(n_estimators=10, loss="exponential").fit(X, y)
     out = tmp_path / "out"

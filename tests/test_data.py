@@ -13,9 +13,9 @@ from conftest import REPO, SMALL_ROWS, Built, subprocess_env
 
 import reco_fast
 from reco_fast import InputError
-from reco_fast import data as rdata
-from reco_fast._generate import generate
-from reco_fast.schema import LOG_COLUMNS
+from reco_fast.build import data as rdata
+from reco_fast.build.generate import generate
+from reco_fast.features.schema import LOG_COLUMNS
 
 # ---- the generator -----------------------------------------------------------------------------
 
@@ -361,9 +361,9 @@ def test_seed_model_on_the_default_data_reproduces_the_seed_results() -> None:
     """The seed's notebook on the generated data: high-confidence (>= 0.7) click rate about
     71% (the seed's 71.2%), engagement score the strongest feature, and time on page, price
     and scroll depth among the strongest (the seed's top five hold all four)."""
-    from reco_fast._generate import generate
-    from reco_fast.features import FeatureBuilder, Vocabulary
-    from reco_fast.train import fit, split
+    from reco_fast.build.generate import generate
+    from reco_fast.build.train import fit, split
+    from reco_fast.features.page import FeatureBuilder, Vocabulary
 
     log, _ = generate(seed=42)
     vocabulary = Vocabulary.fit(log["current_category"], log["device_type"], log["traffic_source"])

@@ -14,7 +14,7 @@ Numbers are spelled many ways (Python and numpy scalars, Decimal, Fraction, 0-d
 arrays) and may be integers beyond float64's exact range; text may carry NUL
 characters. The one rule: a number is its float64 value, except an integer beyond
 2**53, which is its float32 value rounded once (how scikit-learn rounds an integer
-array); text is compared exactly. ``reco_fast.spark`` is left to tests/test_spark.py
+array); text is compared exactly. ``reco_fast.tools.spark`` is left to tests/test_spark.py
 (a Spark session is slow to start).
 """
 
@@ -38,8 +38,9 @@ from hypothesis import strategies as st
 from test_features import NOTEBOOK_CANDIDATE_FEATURES, NOTEBOOK_SEED_FEATURES, notebook_features
 
 import reco_fast
-from reco_fast import InputError, cli
-from reco_fast.schema import FLOAT32_MAX, NONE_PRODUCT, NUMERIC_FIELDS
+from reco_fast import InputError
+from reco_fast.features.schema import FLOAT32_MAX, NONE_PRODUCT, NUMERIC_FIELDS
+from reco_fast.tools import cli
 
 DIFF = settings(
     max_examples=40,
@@ -291,7 +292,9 @@ def test_the_tracker_gives_scikit_learns_answer(
     """Events with values spelled any way -> a context scored as scikit-learn scores it."""
     row = data.draw(valid_rows(ref))[0]
     spelt = data.draw(spelled(Rows([row])))[0]
-    tracker = reco_fast.SessionTracker(model, ttl=1e9)  # the longest TTL a store takes (about 31 years)
+    tracker = reco_fast.SessionTracker(
+        model, ttl=1e9
+    )  # the longest TTL a store takes (about 31 years)
     ts = 1_000_000.0
     history = [p for p in (row["prev_product_3"], row["prev_product_2"], row["prev_product_1"])]
     history = [p for p in history if p in ref.products] + [row["current_product_id"]]

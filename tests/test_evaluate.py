@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import ndcg_score
 
-from reco_fast.evaluate import (
+from reco_fast.build.evaluate import (
     BASELINES,
     CoVisitation,
     Popular,
@@ -29,7 +29,7 @@ from reco_fast.evaluate import (
     rank_metrics,
     split_by_time,
 )
-from reco_fast.events import read_events
+from reco_fast.build.events import read_events
 
 REES46 = Path(__file__).resolve().parents[1].parent / "shared/data/rees46/events-2019-10-01.csv"
 REES46_COLUMNS = (
@@ -257,7 +257,7 @@ TOY = _events(
 
 def _session(*products, price=math.nan, category=None):
     """A session so far whose last event has the given price/category (others as the toy)."""
-    from reco_fast.evaluate import Event
+    from reco_fast.build.evaluate import Event
 
     events = [
         Event(float(i), "view", p, CATEGORY.get(p), PRICE.get(p, math.nan))

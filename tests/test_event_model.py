@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import reco_fast
-from reco_fast import cli, pipeline
+from reco_fast.build import pipeline
+from reco_fast.tools import cli
 
 REPO = Path(__file__).resolve().parents[1]
 REES46 = REPO.parent / "shared" / "data" / "rees46" / "events-2019-10-01.csv"
@@ -154,7 +155,7 @@ def test_events_options_are_checked(minimal_log, tmp_path, capsys):
 
 def test_the_readme_table_is_this_build_s_evaluation(rees46):
     """The README's REES46 table is what the documented command measures, not typed by hand."""
-    from reco_fast.evaluate import format_table
+    from reco_fast.build.evaluate import format_table
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert format_table(rees46.evaluation).strip() in readme

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import reco_fast
-from reco_fast import cli
-from reco_fast.eventsession import MAX_PRODUCTS, EventTracker
+from reco_fast.serve.eventsession import MAX_PRODUCTS, EventTracker
+from reco_fast.tools import cli
 
 
 @pytest.fixture(scope="module")

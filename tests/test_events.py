@@ -15,8 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from reco_fast.build.events import (
+    DEFAULT_EVENT_TYPES,
+    parse_columns,
+    parse_event_types,
+    read_events,
+)
 from reco_fast.errors import InputError
-from reco_fast.events import DEFAULT_EVENT_TYPES, parse_columns, parse_event_types, read_events
 
 REES46 = Path(__file__).resolve().parents[1].parent / "shared/data/rees46/events-2019-10-01.csv"
 REES46_COLUMNS = (
@@ -327,7 +332,7 @@ def test_unknown_event_types_refused_or_dropped(tmp_path, caplog) -> None:
     with pytest.raises(InputError, match=r"'click' \(2 rows\), '' \(1 row\)") as exc:
         read_events(path, columns)
     assert exc.value.field == "e" and exc.value.rows == (1, 2, 3)
-    with caplog.at_level(logging.WARNING, logger="reco_fast.events"):
+    with caplog.at_level(logging.WARNING, logger="reco_fast.build.events"):
         got = read_events(path, columns, unknown_types="drop")
     assert got["product_id"].tolist() == ["a"]
     assert got.attrs["dropped_unknown_types"] == {"click": 2, "": 1}

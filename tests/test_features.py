@@ -16,13 +16,13 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 
-from reco_fast.features import (
+from reco_fast.features.page import (
     CANDIDATE_FEATURES,
     FEATURE_SETS,
     SEED_FEATURES,
     FeatureBuilder,
 )
-from reco_fast.schema import FLOAT32_MAX, LABEL
+from reco_fast.features.schema import FLOAT32_MAX, LABEL
 
 NOTEBOOK_SEED_FEATURES = [
     "category_enc",

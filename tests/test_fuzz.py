@@ -25,8 +25,8 @@ from hypothesis.extra import numpy as hnp
 
 import reco_fast
 from reco_fast import InputError
-from reco_fast.recommend import CART_FIELD, EXCLUDABLE
-from reco_fast.schema import FLOAT32_MAX, NONE_PRODUCT, NUMERIC_FIELDS
+from reco_fast.features.schema import FLOAT32_MAX, NONE_PRODUCT, NUMERIC_FIELDS
+from reco_fast.serve.recommend import CART_FIELD, EXCLUDABLE
 
 FUZZ = settings(
     max_examples=300,

@@ -26,12 +26,13 @@ from conftest import Built, nearest_float32
 from sklearn.ensemble import GradientBoostingClassifier
 
 import reco_fast
-from reco_fast import InputError, cli
+from reco_fast import InputError
 from reco_fast.artifact import CATALOG_FILE
-from reco_fast.compile import compile_model
+from reco_fast.compiler.driver import compile_model
 from reco_fast.errors import ArtifactError
-from reco_fast.runtime import write_catalog
-from reco_fast.schema import LABEL
+from reco_fast.features.schema import LABEL
+from reco_fast.serve.model import write_catalog
+from reco_fast.tools import cli
 
 TOLERANCE = 1e-12
 LOW = 2.0**60  # two neighbouring float32 values ...
@@ -253,7 +254,7 @@ def test_every_integer_dtype_as_scikit_learn(built: Built, neighbours) -> None:
     ],
 )
 def test_python_ints_of_any_size_are_rounded_once(n: int) -> None:
-    from reco_fast.schema import as_number, float32_of_int
+    from reco_fast.features.schema import as_number, float32_of_int
 
     assert float32_of_int(n) == nearest_float32(n)
     assert as_number(n) == nearest_float32(n)

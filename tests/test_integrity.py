@@ -30,10 +30,12 @@ import pytest
 from conftest import Built
 
 import reco_fast
-from reco_fast import ArtifactError, CompileError, artifact, features, runtime
+from reco_fast import ArtifactError, CompileError, artifact
 from reco_fast.artifact import METADATA_FILE, metadata_digest
-from reco_fast.cli import main as cli_main
-from reco_fast.features import FEATURE_SETS, FeatureBuilder
+from reco_fast.features import page as features
+from reco_fast.features.page import FEATURE_SETS, FeatureBuilder
+from reco_fast.serve import model as runtime
+from reco_fast.tools.cli import main as cli_main
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def test_a_changed_feature_definition_is_refused(
     copy: Path, monkeypatch: pytest.MonkeyPatch, feature: str, expr: str
 ) -> None:
     """One expression of the specification edited: every generated path would change."""
-    from reco_fast import _spec
+    from reco_fast.features import spec as _spec
 
     fs = _spec.FEATURE_SETS["ranking"]
 
@@ -150,7 +152,7 @@ def test_a_changed_feature_definition_is_refused(
 
 
 def test_the_definition_digest_is_the_specification_hash() -> None:
-    from reco_fast import _spec
+    from reco_fast.features import spec as _spec
 
     for name in FEATURE_SETS:
         assert features.definition_sha256(name) == _spec.spec_hash(_spec.FEATURE_SETS[name])

@@ -13,7 +13,7 @@ import pytest
 from conftest import Built
 
 from reco_fast import InputError
-from reco_fast.runtime import BatchResult, RowError
+from reco_fast.serve.model import BatchResult, RowError
 
 N_ROWS = 10
 # row -> {field: bad value}; every other row is valid
@@ -249,7 +249,7 @@ def test_features_shape_errors_still_raise(built: Built) -> None:
 def test_feature_rows_the_compiled_model_refuses_are_reported_by_feature(built: Built) -> None:
     """Session checks keep every feature finite; the feature-level check behind them
     (what the compiled model refuses) still names the feature and the row."""
-    from reco_fast.schema import RowErrors
+    from reco_fast.features.schema import RowErrors
 
     model = built.model
     X = built.split.X_test[:3].copy()

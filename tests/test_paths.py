@@ -14,7 +14,7 @@ import pytest
 from sklearn.ensemble import GradientBoostingClassifier
 
 import reco_fast
-from reco_fast import cli
+from reco_fast.tools import cli
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from reco_fast import Catalog, InputError, Recommendation, SessionTracker
-from reco_fast.recommend import CART_FIELD
+from reco_fast.serve.recommend import CART_FIELD
 
 REASONS = {
     "same category as the viewed product",

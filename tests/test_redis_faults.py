@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from reco_fast import RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
-from reco_fast.recommend import CART_FIELD
+from reco_fast.serve.recommend import CART_FIELD
 
 redis = pytest.importorskip("redis")
 

@@ -23,16 +23,10 @@ import pytest
 from conftest import REPO, Built, session_from_row, subprocess_env
 
 import reco_fast
-from reco_fast import (
-    ArtifactError,
-    MemoryStore,
-    ModelHandle,
-    SessionNotFound,
-    SessionTracker,
-    pipeline,
-)
+from reco_fast import ArtifactError, MemoryStore, ModelHandle, SessionNotFound, SessionTracker
 from reco_fast import artifact as artifact_mod
-from reco_fast import compile as compile_mod
+from reco_fast.build import pipeline
+from reco_fast.compiler import driver as compile_mod
 
 
 # ---- helpers -------------------------------------------------------------------------------

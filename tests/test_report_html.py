@@ -13,7 +13,7 @@ import sys
 import pandas as pd
 import pytest
 
-from reco_fast.report_html import curves, render_html
+from reco_fast.build.report_html import curves, render_html
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = ("roc", "pr", "calibration", "sweep", "importance", "device", "traffic", "speed")
@@ -152,7 +152,7 @@ def test_rendering_leaves_the_callers_matplotlib_state_alone(built):
         "matplotlib.use('svg')\n"
         "import matplotlib.pyplot as plt\n"
         "import pandas as pd\n"
-        "from reco_fast.report_html import curves, render_html\n"
+        "from reco_fast.build.report_html import curves, render_html\n"
         f"root = {str(built.path)!r}\n"
         "report = json.load(open(root + '/report.json'))\n"
         "pred = pd.read_csv(root + '/realtime_recommendation_predictions.csv')\n"

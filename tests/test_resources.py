@@ -14,7 +14,7 @@ import pytest
 import reco_fast
 import reco_fast.artifact as artifact
 from reco_fast import InputError
-from reco_fast.features import Vocabulary
+from reco_fast.features.page import Vocabulary
 
 HUGE = "x" * 1_000_000
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from reco_fast import InputError, MemoryStore, SessionNotFound, SessionTracker
-from reco_fast.recommend import CART_FIELD
+from reco_fast.serve.recommend import CART_FIELD
 
 DEVICE, TRAFFIC = "Desktop", "Direct"
 

@@ -1,4 +1,4 @@
-"""reco_fast.spark against a real local Spark (``local[2]``, loopback only).
+"""reco_fast.tools.spark against a real local Spark (``local[2]``, loopback only).
 
 Needs pyspark, pyarrow and a Java runtime (``java`` on PATH or ``JAVA_HOME``).
 Without them the module is skipped, except under CI (``CI`` set), where it fails.
@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 import reco_fast
-from reco_fast.schema import LABEL
+from reco_fast.features.schema import LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ try:
 except ImportError as exc:
     _unavailable(f"pyspark/pyarrow not installed ({exc}); pip install -e '.[spark]'")
 
-import reco_fast.spark as rspark  # noqa: E402
+import reco_fast.tools.spark as rspark  # noqa: E402
 
 
 def _java() -> str | None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reco_fast import _spec
+from reco_fast.features import spec as _spec
 
 FS = _spec.FEATURE_SETS["ranking"]
 EXPAND = _spec.python_expander(FS)

@@ -37,12 +37,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import InputError, SessionNotFound, StoreUnavailable, shown, shown_values
-from .recommend import CART_FIELD, Recommendation
-from .schema import NONE_PRODUCT, NumericField, check_number
+from reco_fast.errors import InputError, SessionNotFound, StoreUnavailable, shown, shown_values
+from reco_fast.features.schema import NONE_PRODUCT, NumericField, check_number
+from reco_fast.serve.recommend import CART_FIELD, Recommendation
 
 if TYPE_CHECKING:
-    from .runtime import Model
+    from reco_fast.serve.model import Model
 
 __all__ = [
     "DEFAULT_TTL_SECONDS",
@@ -202,7 +202,7 @@ def _loads(raw: bytes) -> State | None:
         return None
     if not isinstance(state, dict):
         return None
-    if state.get("kind") == "events":  # reco_fast.eventsession.EventTracker's sessions
+    if state.get("kind") == "events":  # reco_fast.serve.eventsession.EventTracker's sessions
         return state if _EVENT_STATE_KEYS <= state.keys() else None
     if not _STATE_KEYS <= state.keys():
         return None

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _spec
-from .errors import InputError, shown, shown_values
-from .schema import (
+from reco_fast.errors import InputError, shown, shown_values
+from reco_fast.features import spec as _spec
+from reco_fast.features.schema import (
     CATEGORICAL_FIELDS,
     FLOAT32_MAX,
     INT_EXACT,
@@ -69,7 +69,7 @@ def session_kernel_c(feature_set: str) -> tuple[str, str]:
     The single-page-view path passes the raw numbers of :meth:`FeatureBuilder.raw`
     straight to C, which derives the features there: building a 24-element
     Python list and converting it costs more than the trees. Generated from the
-    feature specification (:mod:`reco_fast._spec`), like the Python and numpy paths.
+    feature specification (:mod:`reco_fast.features.spec`), like the Python and numpy paths.
     """
     return _spec.c_session_kernel(_spec.FEATURE_SETS[feature_set])
 
@@ -604,7 +604,7 @@ class FeatureBuilder:
 def definition_sha256(feature_set: str) -> str:
     """A digest of everything that defines ``feature_set``'s values, recorded in each artifact.
 
-    It is the feature specification's hash (:func:`reco_fast._spec.spec_hash`:
+    It is the feature specification's hash (:func:`reco_fast.features.spec.spec_hash`:
     every feature's name and expression, in order, and every input with its
     source), from which the Python, numpy and C paths are all generated. An
     artifact whose digest differs was compiled against other definitions:
@@ -625,9 +625,9 @@ def definition_sha256(feature_set: str) -> str:
 
 def spec_for(feature_set: str) -> _spec.FeatureSet | None:
     """The specification of a feature set by name: the seed's sets or an event set
-    (``events[+category][+price]``, :mod:`reco_fast.sessionmodel`); None if unknown."""
+    (``events[+category][+price]``, :mod:`reco_fast.features.events`); None if unknown."""
     if feature_set in _spec.FEATURE_SETS:
         return _spec.FEATURE_SETS[feature_set]
-    from .sessionmodel import parse_feature_set
+    from reco_fast.features.events import parse_feature_set
 
     return parse_feature_set(feature_set)

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import CATALOG_FILE
-from .data import DEFAULT_SEED, generate_default, load
-from .features import FEATURE_SETS, FeatureBuilder, Vocabulary
-from .report import build_report, predictions_frame, render_markdown
-from .report_html import curves, render_html
-from .runtime import Model, write_catalog
-from .schema import LABEL
-from .train import fit, split
+from reco_fast.artifact import CATALOG_FILE
+from reco_fast.build.data import DEFAULT_SEED, generate_default, load
+from reco_fast.features.page import FEATURE_SETS, FeatureBuilder, Vocabulary
+from reco_fast.build.report import build_report, predictions_frame, render_markdown
+from reco_fast.build.report_html import curves, render_html
+from reco_fast.serve.model import Model, write_catalog
+from reco_fast.features.schema import LABEL
+from reco_fast.build.train import fit, split
 
 __all__ = ["BuildResult", "build"]
 
@@ -67,7 +67,7 @@ def build(
     threshold: float = 0.7,
 ) -> BuildResult:
     """Run the whole pipeline; raise (and write nothing) if any stage fails."""
-    from .compile import compile_model
+    from reco_fast.compiler.driver import compile_model
 
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; choose from {list(FEATURE_SETS)}")
@@ -173,7 +173,7 @@ class EventBuildResult:
 
 def _event_session(events: Sequence[Any]) -> dict[str, Any] | None:
     """An event-model session dict from a replayed session's events (or None: nothing touched)."""
-    from .sessiontrain import TOUCH_TYPES
+    from reco_fast.build.sessiontrain import TOUCH_TYPES
 
     products = [e.product_id for e in events if e.type in TOUCH_TYPES]
     cart: list[str] = []
@@ -198,10 +198,10 @@ def build_events(
 ) -> EventBuildResult:
     """Train, evaluate, compile and verify a model from a raw event log (issue "Real shops' logs").
 
-    Steps: read the log (:func:`reco_fast.events.read_events`); split by time and
-    session (:func:`reco_fast.evaluate.split_by_time`, the last ``test_fraction``
+    Steps: read the log (:func:`reco_fast.build.events.read_events`); split by time and
+    session (:func:`reco_fast.build.evaluate.split_by_time`, the last ``test_fraction``
     of sessions held out); learn the item tables and training rows from the
-    training side only (:mod:`reco_fast.sessiontrain`); fit the
+    training side only (:mod:`reco_fast.build.sessiontrain`); fit the
     GradientBoostingClassifier; compile and verify it; replay the held-out
     sessions through the compiled model's ``recommend`` and through the
     baselines, and write ``evaluation.json`` (HitRate@k, MRR@k, NDCG@k, coverage
@@ -218,11 +218,11 @@ def build_events(
     CompileError
         The compiled model is not equal to scikit-learn's.
     """
-    from .compile import compile_model
-    from .evaluate import baselines, evaluate, format_table, split_by_time
-    from .events import parse_columns, parse_event_types, read_events
-    from .sessionmodel import EventBuilder, retrieve
-    from .sessiontrain import fit_tables, next_targets, session_sequences, training_rows
+    from reco_fast.compiler.driver import compile_model
+    from reco_fast.build.evaluate import baselines, evaluate, format_table, split_by_time
+    from reco_fast.build.events import parse_columns, parse_event_types, read_events
+    from reco_fast.features.events import EventBuilder, retrieve
+    from reco_fast.build.sessiontrain import fit_tables, next_targets, session_sequences, training_rows
 
     start = time.perf_counter()
     steps = 6

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from reco_fast.errors import InputError
 
 __all__ = [
     "CATALOG_COLUMNS",

@@ -2,7 +2,7 @@
 
 Build-time only: pandas and scipy are imported inside the functions.
 
-Input is the canonical event table of :func:`reco_fast.events.read_events`
+Input is the canonical event table of :func:`reco_fast.build.events.read_events`
 (``session_id``, ``ts``, ``type``, ``product_id``; ``category`` and ``price``
 used when present).
 
@@ -263,7 +263,7 @@ def _check_events(events: Any, required: Iterable[str], name: str) -> None:
     if missing:
         raise ValueError(
             f"{name}: missing column {', '.join(map(repr, missing))} "
-            "(give the canonical events of reco_fast.events.read_events)"
+            "(give the canonical events of reco_fast.build.events.read_events)"
         )
 
 

@@ -24,7 +24,7 @@ category (documented in the README). A product without a known price has price
 ``-1`` (``UNKNOWN_PRICE``), so its price features are negative and the trees
 can tell it apart.
 
-Every feature is one entry of the feature specification (:mod:`reco_fast._spec`),
+Every feature is one entry of the feature specification (:mod:`reco_fast.features.spec`),
 and this module computes the *inputs* of those expressions with numpy, for one
 session and many candidates (serving, evaluation) or for training rows, through
 the same function, so training and serving agree by construction.
@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _spec
-from .errors import ArtifactError, InputError
+from reco_fast.errors import ArtifactError, InputError
+from reco_fast.features import spec as _spec
 
 __all__ = ["COVIS_WINDOW", "PREV_DECAY", "UNKNOWN_PRICE", "ItemTables", "event_feature_set"]
 
@@ -585,7 +585,7 @@ class EventBuilder:
             if len(cases) == n_recommend:
                 break
         if not cases:
-            from .errors import CompileError
+            from reco_fast.errors import CompileError
 
             raise CompileError("no session gives a top-k list free of near ties for golden outputs")
         out["recommend"] = cases

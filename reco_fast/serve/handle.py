@@ -21,10 +21,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .artifact import METADATA_FILE
-from .errors import ArtifactError
-from .recommend import Recommendation
-from .runtime import Model, load
+from reco_fast.artifact import METADATA_FILE
+from reco_fast.errors import ArtifactError
+from reco_fast.serve.model import Model, load
+from reco_fast.serve.recommend import Recommendation
 
 __all__ = ["ModelHandle"]
 

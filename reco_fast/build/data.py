@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import InputError, shown
-from .features import Catalog
-from .schema import (
+from reco_fast.errors import InputError, shown
+from reco_fast.features.page import Catalog
+from reco_fast.features.schema import (
     CATALOG_COLUMNS,
     CATEGORICAL_FIELDS,
     LABEL,
@@ -48,7 +48,7 @@ class Dataset:
 
 def generate_default(data_dir: str | Path = "data", seed: int = DEFAULT_SEED) -> tuple[Path, Path]:
     """Write the seed-like default data set (see ``_generate``) and return its two paths."""
-    from ._generate import generate
+    from reco_fast.build.generate import generate
 
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)

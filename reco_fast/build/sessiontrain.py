@@ -1,7 +1,7 @@
 """Training an event-log model: item tables, training rows with sampled negatives, the fit.
 
 Build side (numpy, pandas, scikit-learn). The input is the canonical event
-frame of :func:`reco_fast.events.read_events`: ``session_id, ts, type,
+frame of :func:`reco_fast.build.events.read_events`: ``session_id, ts, type,
 product_id`` and optionally ``category`` and ``price``, one row per event,
 sorted by session and time.
 
@@ -11,7 +11,7 @@ that product and ``n_negatives`` negatives are sampled, a share ``hard_share``
 of them "hard" (the current product's co-visitation neighbours and products of
 its category, the candidates a ranker must tell apart) and the rest by
 popularity. Each page view is one group (``groups``), so LambdaMART can train on
-the same rows. Features are computed by :func:`reco_fast.sessionmodel.feature_matrix`
+the same rows. Features are computed by :func:`reco_fast.features.events.feature_matrix`
 with the session's own contribution to the tables left out.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .sessionmodel import (
+from reco_fast.features.events import (
     COVIS_WINDOW,
     UNKNOWN_PRICE,
     ItemTables,
@@ -218,7 +218,7 @@ def training_rows(
             gs.append(np.full(len(cand), group))
             group += 1
     if not Xs:
-        from .errors import InputError
+        from reco_fast.errors import InputError
 
         raise InputError(
             "the training events have no session with two different products in a row; "

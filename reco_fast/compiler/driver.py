@@ -26,10 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from ._codegen import build_library, generate_c, module_name
-from ._ir import UnsupportedForest, from_treelite
-from .artifact import (
+from reco_fast import __version__
+from reco_fast.artifact import (
     FORMAT_VERSION,
     build_lock,
     platform_tag,
@@ -39,7 +37,9 @@ from .artifact import (
     write_error,
     write_metadata,
 )
-from .errors import ArtifactError, CompileError
+from reco_fast.compiler.codegen import build_library, generate_c, module_name
+from reco_fast.compiler.ir import UnsupportedForest, from_treelite
+from reco_fast.errors import ArtifactError, CompileError
 
 __all__ = ["TOLERANCE", "adversarial_inputs", "compile_model"]
 
@@ -271,7 +271,7 @@ def golden_sessions(
     CompileError
         The pool is empty, or (ranking) no session has a top k free of near ties.
     """
-    from .features import NONE_PRODUCT
+    from reco_fast.features.page import NONE_PRODUCT
 
     fields = builder.required_fields
     rows = [{f: _native(s[f]) for f in fields} for s in pool]
@@ -356,14 +356,14 @@ def compile_model(
     the build pipeline add its feature spec, catalog and report to the same
     atomic write.
 
-    ``feature_set`` needs ``builder`` (the build's :class:`~reco_fast.features.FeatureBuilder`)
+    ``feature_set`` needs ``builder`` (the build's :class:`~reco_fast.features.page.FeatureBuilder`)
     and ``sessions`` (raw page views, e.g. the test split's rows): golden raw sessions
     (:func:`golden_sessions`) are recorded and checked at every load, with the feature
-    specification (names, order, :func:`~reco_fast.features.definition_sha256`).
+    specification (names, order, :func:`~reco_fast.features.page.definition_sha256`).
     The staged artifact is loaded with every load-time check before it is published.
     """
-    from .features import FEATURE_SETS, definition_sha256, spec_for
-    from .runtime import Model
+    from reco_fast.features.page import FEATURE_SETS, definition_sha256, spec_for
+    from reco_fast.serve.model import Model
 
     check_estimator(estimator)
     n_features = int(estimator.n_features_in_)
@@ -473,7 +473,7 @@ def compile_model(
                     golden_s = None
                 elif feature_set in FEATURE_SETS:
                     golden_s = golden_sessions(estimator, builder, sessions or ())
-                else:  # an event-trained model builds its own (reco_fast.sessionmodel)
+                else:  # an event-trained model builds its own (reco_fast.features.events)
                     golden_s = builder.golden_sessions(
                         lambda X: estimator.predict_proba(X)[:, 1],
                         list(sessions or ()),

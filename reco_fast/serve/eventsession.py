@@ -1,6 +1,6 @@
 """Live sessions for event-trained models: views, cart, purchases -> the products a session touched.
 
-A model built with ``--events`` (:mod:`reco_fast.sessionmodel`) reads a session as
+A model built with ``--events`` (:mod:`reco_fast.features.events`) reads a session as
 the products it touched, most recent last, and its cart. :class:`EventTracker`
 keeps exactly that per session, in the same stores as :class:`SessionTracker`
 (in memory, or Redis for several replicas), with the same guarantees: every
@@ -25,12 +25,18 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError, SessionNotFound
-from .recommend import Recommendation
-from .session import DEFAULT_MAX_SESSIONS, DEFAULT_TTL_SECONDS, MemoryStore, SessionStore, State
+from reco_fast.errors import InputError, SessionNotFound
+from reco_fast.serve.recommend import Recommendation
+from reco_fast.serve.session import (
+    DEFAULT_MAX_SESSIONS,
+    DEFAULT_TTL_SECONDS,
+    MemoryStore,
+    SessionStore,
+    State,
+)
 
 if TYPE_CHECKING:
-    from .runtime import Model
+    from reco_fast.serve.model import Model
 
 __all__ = ["MAX_PRODUCTS", "EventTracker"]
 

@@ -55,9 +55,9 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import current_umask
-from .errors import InputError, shown
-from .schema import INT_EXACT, NUMERIC_FIELDS, text_array
+from reco_fast.artifact import current_umask
+from reco_fast.errors import InputError, shown
+from reco_fast.features.schema import INT_EXACT, NUMERIC_FIELDS, text_array
 
 __all__ = ["DEFAULT_CHUNKSIZE", "ON_INVALID", "OUTPUT_COLUMN", "score_file", "supports_on_invalid"]
 

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import _spec
-from ._ir import Forest
-from .artifact import platform_tag
+from reco_fast.artifact import platform_tag
+from reco_fast.compiler.ir import Forest
+from reco_fast.features import spec as _spec
 
 __all__ = ["CDEF", "build_library", "flat_source", "generate_c"]
 
@@ -203,14 +203,14 @@ def _run_tl2cgen(treelite_model: Any, gen_dir: Path) -> None:
             known = any(k in line for k in _TL2CGEN_KNOWN)
             log.log(logging.DEBUG if known else logging.WARNING, "tl2cgen: %s", line)
     if done.returncode != 0:
-        from .errors import CompileError
+        from reco_fast.errors import CompileError
 
         raise CompileError(f"tl2cgen could not generate C for this model: {_first_error(output)}")
 
 
 def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str, str]:
     """C and cdef for one page view from its raw numbers: ``rs_predict_<backend>(...)``."""
-    from .features import FEATURE_SETS, candidate_kernel_c, session_kernel_c
+    from reco_fast.features.page import FEATURE_SETS, candidate_kernel_c, session_kernel_c
 
     if len(FEATURE_SETS[feature_set]) != n_features:
         raise ValueError(
@@ -437,7 +437,7 @@ def flat_source(forest: Forest) -> str:
     def f32(v: float) -> str:
         return "INFINITY" if math.isinf(v) else _f32(v)
 
-    template = (Path(__file__).parent / "_flat_template.c").read_text()
+    template = (Path(__file__).parent / "flat_template.c").read_text()
     fields = {
         "N_FEATURES": str(forest.n_features),
         "N_TREES": str(forest.n_trees),
@@ -507,7 +507,7 @@ def build_library(sources: dict[str, str], src_dir: Path, out_dir: Path) -> Path
     """
     import cffi
 
-    from .errors import CompileError
+    from reco_fast.errors import CompileError
 
     src_dir, out_dir = Path(os.path.abspath(src_dir)), Path(os.path.abspath(out_dir))
     name = module_name(sources)

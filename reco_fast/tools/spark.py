@@ -2,10 +2,10 @@
 
 ::
 
-    import reco_fast.spark
+    import reco_fast.tools.spark
 
-    scored = reco_fast.spark.score(df, "/shared/artifacts/reco_model")
-    scored = reco_fast.spark.score(features_df, model, features=True)
+    scored = reco_fast.tools.spark.score(df, "/shared/artifacts/reco_model")
+    scored = reco_fast.tools.spark.score(features_df, model, features=True)
 
 :func:`score` returns ``df`` with one more column, the click probability, computed
 by ``Model.predict_proba`` on each Arrow batch (``mapInPandas``): the same numbers,
@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .artifact import METADATA_FILE, load_metadata_file
-from .errors import ArtifactError, shown
-from .features import FEATURE_SETS, SESSION_NUMERIC, VIEWED_FIELDS
-from .runtime import Model, load
-from .schema import CATEGORICAL_FIELDS
+from reco_fast.artifact import METADATA_FILE, load_metadata_file
+from reco_fast.errors import ArtifactError, shown
+from reco_fast.features.page import FEATURE_SETS, SESSION_NUMERIC, VIEWED_FIELDS
+from reco_fast.features.schema import CATEGORICAL_FIELDS
+from reco_fast.serve.model import Model, load
 
 try:  # pyspark is an optional dependency; the error says how to get it
     from pyspark.sql.types import (
@@ -64,7 +64,7 @@ try:  # pyspark is an optional dependency; the error says how to get it
     )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        f"reco_fast.spark needs pyspark and pyarrow: pip install 'reco_fast[spark]' ({exc})"
+        f"reco_fast.tools.spark needs pyspark and pyarrow: pip install 'reco_fast[spark]' ({exc})"
     ) from exc
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import ArtifactError, InputError, RecoFastError
+from reco_fast import __version__
+from reco_fast.errors import ArtifactError, InputError, RecoFastError
 
 __all__ = ["build_main", "main"]
 
@@ -42,7 +42,7 @@ def _build(args: argparse.Namespace) -> int:
         return _build_events(args)
     if args.columns is not None or args.event_types is not None:
         raise InputError("--columns and --event-types go with --events FILE", field="--columns")
-    from .pipeline import build
+    from reco_fast.build.pipeline import build
 
     result = build(
         args.data,
@@ -65,7 +65,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _build_events(args: argparse.Namespace) -> int:
-    from .pipeline import build_events
+    from reco_fast.build.pipeline import build_events
 
     if args.columns is None:
         raise InputError(
@@ -98,7 +98,7 @@ def _build_events(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     # Reads metadata.json and report.json only: never imports the artifact's native
     # library, so it is safe on an artifact that is damaged, foreign or untrusted.
-    from .artifact import METADATA_FILE, load_metadata_file
+    from reco_fast.artifact import METADATA_FILE, load_metadata_file
 
     root = Path(args.artifact)
     if not root.is_dir():
@@ -143,7 +143,7 @@ def _num(value: Any) -> float | None:
 def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str) -> str:
     """The human summary ``reco-fast info`` prints: what the model is, its features,
     its test-split quality, its backend and how it was built (metadata and report only)."""
-    from .artifact import platform_tag
+    from reco_fast.artifact import platform_tag
 
     lines = [f"{root}: reco_fast model artifact (format {meta.get('format_version')})"]
 
@@ -249,8 +249,8 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .artifact import read_artifact
-    from .runtime import load
+    from reco_fast.artifact import read_artifact
+    from reco_fast.serve.model import load
 
     # Every check that needs no native code first (metadata checksum, format, platform,
     # file names, every file's sha256): a failing artifact is refused before any of it runs.
@@ -270,8 +270,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from . import bench
-    from .runtime import load
+    from reco_fast.serve.model import load
+    from reco_fast.tools import bench
 
     model = load(args.artifact, backend=args.backend)
     progress = None if args.json else (lambda msg: print(f"measuring {msg}", file=sys.stderr))
@@ -296,8 +296,8 @@ def _terminate(signum: int, frame: Any) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from .runtime import load
-    from .score import score_file
+    from reco_fast.serve.model import load
+    from reco_fast.tools.score import score_file
 
     model = load(args.artifact)
     start = time.perf_counter()
@@ -354,7 +354,7 @@ def _read_session(text: str) -> Any:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from .runtime import load
+    from reco_fast.serve.model import load
 
     session = _read_session(args.session)
     model = load(args.artifact)
@@ -516,8 +516,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("artifact")
     v.set_defaults(func=_verify)
 
-    from .bench import DEFAULT_BATCH_SIZES, DEFAULT_ROUNDS, GATES
-    from .runtime import BACKENDS
+    from reco_fast.serve.model import BACKENDS
+    from reco_fast.tools.bench import DEFAULT_BATCH_SIZES, DEFAULT_ROUNDS, GATES
 
     be = add(
         "bench",
@@ -568,7 +568,7 @@ def parser() -> argparse.ArgumentParser:
         )
     be.set_defaults(func=_bench)
 
-    from .score import DEFAULT_CHUNKSIZE, ON_INVALID
+    from reco_fast.tools.score import DEFAULT_CHUNKSIZE, ON_INVALID
 
     sc = add(
         "score",

@@ -77,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InputError
+from reco_fast.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InputError
+from reco_fast.errors import InputError
 
 if TYPE_CHECKING:
-    from .runtime import Model
+    from reco_fast.serve.model import Model
 
 __all__ = [
     "DEFAULT_BATCH_SIZES",
@@ -361,7 +361,7 @@ def run(
             )
 
     if builder is not None and builder.ranks_products and builder.catalog is not None:
-        from .session import SessionTracker
+        from reco_fast.serve.session import SessionTracker
 
         n_products = len(builder.catalog)
         say("recommend")

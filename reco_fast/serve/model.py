@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import platform_tag, read_artifact
-from .errors import ArtifactError, InputError, shown
-from .features import (
+from reco_fast.artifact import platform_tag, read_artifact
+from reco_fast.errors import ArtifactError, InputError, shown
+from reco_fast.features.page import (
     CANDIDATE_FEATURES,
     FEATURE_SETS,
     Catalog,
@@ -39,8 +39,7 @@ from .features import (
     definition_sha256,
     spec_for,
 )
-from .recommend import EXCLUDABLE, Recommendation, recommend
-from .schema import (
+from reco_fast.features.schema import (
     FLOAT32_MAX,
     INT_EXACT,
     RowError,
@@ -51,6 +50,7 @@ from .schema import (
     is_scalar,
     not_a_number,
 )
+from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
 __all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
 
@@ -568,7 +568,7 @@ class Model:
                 raise ValueError(f"unknown backend {str(meta['backend'])[:40]!r}")
             builder = None
             if meta["feature_set"] is not None and meta["feature_set"] not in FEATURE_SETS:
-                from .sessionmodel import EventBuilder, ItemTables
+                from reco_fast.features.events import EventBuilder, ItemTables
 
                 builder = EventBuilder(ItemTables.load(root))  # files checked by read_artifact
             elif meta["feature_set"] is not None:
@@ -735,7 +735,7 @@ class Model:
 
         Returns a C-contiguous float64 or float32 array for the compiled loops.
         Integers are rounded to float32 once, as scikit-learn does with an integer
-        array (never int -> float64 -> float32); see :func:`reco_fast.schema.as_number`.
+        array (never int -> float64 -> float32); see :func:`reco_fast.features.schema.as_number`.
         Named columns are matched to ``feature_names`` by name (:meth:`_named_features`).
         """
         named = self._named_features(X)
@@ -907,7 +907,7 @@ class Model:
         of columns, a numpy structured array (a missing, unknown or duplicated name is
         an InputError). Inputs are rounded to float32 before they reach the trees,
         exactly as scikit-learn does; an integer is rounded once, as scikit-learn
-        rounds an integer array (see :func:`reco_fast.schema.as_number`).
+        rounds an integer array (see :func:`reco_fast.features.schema.as_number`).
         ``n_threads`` > 1 splits the rows over threads; the compiled loop runs
         without the GIL.
 
@@ -1078,12 +1078,12 @@ class Model:
         exclude: Iterable[str] = EXCLUDABLE,
     ) -> list[Recommendation]:
         """The top k products for this session at or above ``threshold`` (default: the
-        artifact's, 0.7). See :func:`reco_fast.recommend.recommend`."""
+        artifact's, 0.7). See :func:`reco_fast.serve.recommend.recommend`."""
         if getattr(self._builder, "tables", None) is not None:  # an event-trained model
             return self._recommend_events(session, k, threshold, candidates, exclude)
         return recommend(self, session, k, threshold, candidates, exclude)
 
-    # ---- event-trained models (reco_fast.sessionmodel) -------------------------------------
+    # ---- event-trained models (reco_fast.features.events) -------------------------------------
     def _predict_events(self, sessions: Any, on_invalid: str) -> float | np.ndarray:
         _check_on_invalid(on_invalid)
         builder = self._builder
@@ -1117,7 +1117,7 @@ class Model:
         candidates: Sequence[str] | None,
         exclude: Iterable[str],
     ) -> list[Recommendation]:
-        from .recommend import _check_args
+        from reco_fast.serve.recommend import _check_args
 
         k, t, excluded = _check_args(k, self.threshold if threshold is None else threshold, exclude)
         builder = self._builder

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InputError, shown
-from .features import MIN_PRICE_FOR_RATIO
-from .schema import as_number
+from reco_fast.errors import InputError, shown
+from reco_fast.features.page import MIN_PRICE_FOR_RATIO
+from reco_fast.features.schema import as_number
 
 if TYPE_CHECKING:
-    from .runtime import Model
+    from reco_fast.serve.model import Model
 
 __all__ = ["CART_FIELD", "EXCLUDABLE", "Recommendation", "recommend"]
 

@@ -1,0 +1,1 @@
+"""Serving: the compiled ``Model``, recommend, live sessions, hot swap. numpy + cffi only."""

@@ -1,0 +1,1 @@
+"""Command line, streaming scoring, benchmarks and Spark."""
