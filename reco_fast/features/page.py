@@ -373,13 +373,26 @@ class FeatureBuilder:
     def n_features(self) -> int:
         return len(self.feature_names)
 
+    @property
+    def required_catalog(self) -> Catalog:
+        """The catalog the ranking set scores candidates from.
+
+        Raises
+        ------
+        ValueError
+            This builder has no catalog (the seed set ranks no products).
+        """
+        if self.catalog is None:
+            raise ValueError(f"the {self.feature_set!r} feature set has no product catalog")
+        return self.catalog
+
     def catalog_buffers(self, ffi: Any) -> tuple[Any, Any]:
         """cffi views of the catalog's category codes and prices, made once per builder."""
         cached = self._buffers.get(ffi)
         if cached is None:
             cached = (
                 ffi.from_buffer("double[]", self._cat_codes),
-                ffi.from_buffer("double[]", self.catalog.prices),
+                ffi.from_buffer("double[]", self.required_catalog.prices),
             )
             self._buffers[ffi] = cached
         return cached
@@ -476,7 +489,9 @@ class FeatureBuilder:
             return raw
         viewed = self.viewed_ids(session)
         rec = _label(session, "recommended_product_id")
-        rcat, rprice = self._product[rec] if rec in self._product else (self.catalog.index(rec), 0)
+        rcat, rprice = (
+            self._product[rec] if rec in self._product else (self.required_catalog.index(rec), 0)
+        )
         return (*raw, rcat, rprice, 1.0 if rec in viewed else 0.0)
 
     def expand(self, raw: Sequence[float]) -> list[float]:
@@ -513,7 +528,7 @@ class FeatureBuilder:
         if field_name in _CODE_FIELD:
             return self.vocabulary.values(field_name)[0]
         if field_name == "recommended_product_id":
-            return str(self.catalog.product_ids[0])
+            return str(self.required_catalog.product_ids[0])
         return NONE_PRODUCT
 
     def transform(
@@ -566,13 +581,13 @@ class FeatureBuilder:
             rec = as_str_array(
                 name, columns[name], n, errors, offset, self.placeholder(name), objects=True
             )
-            idx = self.catalog.indices(rec, name, offset, errors)
+            idx = self.required_catalog.indices(rec, name, offset, errors)
             already = np.zeros(n, dtype=bool)
             for f in VIEWED_FIELDS:
                 seen = as_str_array(f, columns[f], n, errors, offset, NONE_PRODUCT, objects=True)
                 already |= seen == rec
             inputs["rcat"] = self._cat_codes[idx]
-            inputs["rprice"] = self.catalog.prices[idx]
+            inputs["rprice"] = self.required_catalog.prices[idx]
             inputs["already"] = already.astype(np.float64)
         X = np.empty((n, self.n_features), dtype=np.float64)
         _spec.numpy_columns(self.spec, inputs, X)
@@ -593,7 +608,7 @@ class FeatureBuilder:
             "cat": float(session_row[0]),
             "price": float(session_row[1]),
             "rcat": np.take(self._cat_codes, candidate_idx),
-            "rprice": np.take(self.catalog.prices, candidate_idx),
+            "rprice": np.take(self.required_catalog.prices, candidate_idx),
             "already": viewed[candidate_idx].astype(np.float64),
         }
         R = np.empty((len(self.spec.candidate), len(candidate_idx)), dtype=np.float64)

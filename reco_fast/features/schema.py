@@ -176,8 +176,9 @@ def reject(
         return
     if errors is None:
         raise_rows(field, rows, problem(int(rows[0])), offset)
-    for r in rows.tolist():
-        errors.add(field, r, problem(r), offset)
+    else:
+        for r in rows.tolist():
+            errors.add(field, r, problem(r), offset)
 
 
 # ---- one rule per raw number, whatever the entry point --------------------------------

@@ -30,6 +30,7 @@ import numpy as np
 
 from reco_fast.artifact import platform_tag, read_artifact
 from reco_fast.errors import ArtifactError, InputError, shown
+from reco_fast.features.events import EventBuilder
 from reco_fast.features.page import (
     CANDIDATE_FEATURES,
     FEATURE_SETS,
@@ -465,7 +466,7 @@ class Model:
         module: Any,
         feature_names: Sequence[str],
         metadata: Mapping[str, Any] | None = None,
-        builder: FeatureBuilder | None = None,
+        builder: FeatureBuilder | EventBuilder | None = None,
         backend: str | None = None,
     ):
         self.path = Path(path)
@@ -566,9 +567,9 @@ class Model:
                 raise ValueError(f"threshold {threshold!r} is outside [0, 1]")
             if meta["backend"] not in BACKENDS:
                 raise ValueError(f"unknown backend {str(meta['backend'])[:40]!r}")
-            builder = None
+            builder: FeatureBuilder | EventBuilder | None = None
             if meta["feature_set"] is not None and meta["feature_set"] not in FEATURE_SETS:
-                from reco_fast.features.events import EventBuilder, ItemTables
+                from reco_fast.features.events import ItemTables
 
                 builder = EventBuilder(ItemTables.load(root))  # files checked by read_artifact
             elif meta["feature_set"] is not None:
@@ -852,7 +853,11 @@ class Model:
                     field="X",
                 )
             seen: set[str] = set()
-            duplicated = [n for n in names if n in seen or seen.add(n)]
+            duplicated = []
+            for n in names:
+                if n in seen:
+                    duplicated.append(n)
+                seen.add(n)
             known = set(self.feature_names)
             unknown = [n for n in names if n not in known]
             missing = [f for f in self.feature_names if f not in seen]
@@ -946,6 +951,11 @@ class Model:
                 "this model was compiled from a bare feature matrix and knows no session "
                 "schema; use predict_proba_features(X)"
             )
+        if not isinstance(self._builder, FeatureBuilder):
+            raise TypeError(
+                "this model was trained on an event log: its sessions are "
+                '{"products": [...], "cart": [...]}; track them with reco_fast.EventTracker'
+            )
         return self._builder
 
     @property
@@ -978,9 +988,10 @@ class Model:
             # the hot path: one page view as a plain dict (a category is a str)
             if type(sessions.get("current_category")) is str:
                 try:
-                    return kernel(*builder.raw(sessions))
+                    # a session kernel exists only for page-view models (FeatureBuilder)
+                    return kernel(*builder.raw(sessions))  # type: ignore[union-attr]
                 except TypeError:  # a value C cannot take: the checked path names it
-                    return kernel(*builder.checked_raw(sessions))
+                    return kernel(*builder.checked_raw(sessions))  # type: ignore[union-attr]
         _check_on_invalid(on_invalid)
         builder = self.builder
         if on_invalid == "nan":
@@ -1087,6 +1098,7 @@ class Model:
     def _predict_events(self, sessions: Any, on_invalid: str) -> float | np.ndarray:
         _check_on_invalid(on_invalid)
         builder = self._builder
+        assert isinstance(builder, EventBuilder)
         if isinstance(sessions, Mapping):
             try:
                 return float(self._predict_f64(builder.rows([sessions]))[0])
@@ -1121,6 +1133,7 @@ class Model:
 
         k, t, excluded = _check_args(k, self.threshold if threshold is None else threshold, exclude)
         builder = self._builder
+        assert isinstance(builder, EventBuilder)
         ranked = builder.rank(self._predict_f64, session, k, t, candidates, tuple(excluded))
         ids = builder.tables.product_ids
         return [Recommendation(str(ids[r.position]), r.probability, r.reason) for r in ranked]

@@ -127,7 +127,7 @@ def recommend(
     if not isinstance(session, Mapping):
         raise TypeError(f"a session must be a mapping, got {type(session).__name__}")
     row = builder.session_row(session)
-    catalog = builder.catalog
+    catalog = builder.required_catalog
     index = catalog._index
     viewed_pos = [index[p] for p in builder.viewed_ids(session) if p in index]
     cart_ids = session.get(CART_FIELD) or ()

@@ -730,7 +730,7 @@ class SessionTracker:
 
     def _context(self, state: State) -> dict[str, Any]:
         product = state["current_product_id"]
-        item = self._cat.products.get(product)
+        item: tuple[Any, Any] | None = self._cat.products.get(product)
         if item is None:  # delisted since it was viewed: the category and price it was shown at
             item = (state.get("current_category"), state.get("current_price"))
             if item[0] is None or item[1] is None:  # a session stored by an older reco_fast

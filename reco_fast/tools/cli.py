@@ -158,7 +158,8 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
             )
         )
 
-    params = meta.get("estimator") if isinstance(meta.get("estimator"), dict) else {}
+    estimator = meta.get("estimator")
+    params: dict[str, Any] = estimator if isinstance(estimator, dict) else {}
     model = "binary GradientBoostingClassifier"
     trees, depth = meta.get("n_trees"), params.get("max_depth")
     if trees is not None:
@@ -205,7 +206,8 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
         row("threshold", f"{threshold:g} (recommend shows products at or above it)")
     backend = meta.get("backend")
     if backend:
-        speeds = meta.get("backends") if isinstance(meta.get("backends"), dict) else {}
+        backends = meta.get("backends")
+        speeds: dict[str, Any] = backends if isinstance(backends, dict) else {}
         timed = ", ".join(
             f"{name} {ns:,.0f}"
             for name, ns in ((n, _num(_get(speeds, n, "ns_per_row"))) for n in speeds)
