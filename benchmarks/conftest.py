@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _perf import (
+
+import reco_fast
+from benchmarks._perf import (
     GATE,
     KNOWN_FAILING,
     PREDICTOR,
@@ -36,8 +38,6 @@ from _perf import (
     paired,
     percentile,
 )
-
-import reco_fast
 from reco_fast.build import pipeline, train
 from reco_fast.build.data import DEFAULT_CATALOG_FILE, DEFAULT_LOG_FILE
 from reco_fast.build.data import load as load_data

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _perf import (
+
+from benchmarks._perf import (
     BATCH_SIZES,
     GATES,
     IMPLS,

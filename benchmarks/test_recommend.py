@@ -8,9 +8,9 @@ broadcast against the 250 catalog products, threshold, top k, reasons) and
 from __future__ import annotations
 
 import pytest
-from _perf import GATES, IMPLS, PREDICTOR, RECO, RECO_TL2CGEN, SKLEARN
 
 import reco_fast
+from benchmarks._perf import GATES, IMPLS, PREDICTOR, RECO, RECO_TL2CGEN, SKLEARN
 from reco_fast.tools.bench import tracker_workload
 
 K = 3

@@ -8,7 +8,8 @@ features scored by scikit-learn's ``predict_proba`` and by tl2cgen's own
 from __future__ import annotations
 
 import pytest
-from _perf import GATES, IMPLS, PREDICTOR, RECO, RECO_TL2CGEN, SKLEARN
+
+from benchmarks._perf import GATES, IMPLS, PREDICTOR, RECO, RECO_TL2CGEN, SKLEARN
 
 # (rounds, warmup rounds): a few tenths of a second each on the reference machine
 ROUNDS = {

@@ -9,15 +9,11 @@ compiled artifact with the exact scikit-learn estimator it was built from.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import tempfile
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, settings
@@ -26,9 +22,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 import reco_fast
 from reco_fast.build import pipeline
 from reco_fast.build.data import DEFAULT_CATALOG_FILE, DEFAULT_LOG_FILE
-from reco_fast.features.schema import FLOAT32_MAX, LABEL
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import SMALL_ROWS, Built, session_from_row
 
 # Nothing written into the repository (hypothesis keeps a cache even without a
 # database); compiles are slow, so no deadline.
@@ -40,61 +34,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("reco_fast")
-
-
-def subprocess_env() -> dict[str, str]:
-    """Environment for a child Python that imports reco_fast from this checkout."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (
-        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-    )
-    env.pop("PYTHONSTARTUP", None)
-    return env
-
-
-def nearest_float32(n: int) -> float:
-    """The float32 nearest to the integer n (ties to even) by exact arithmetic, or ±inf:
-    written apart from the library's own conversion."""
-    sign = -1.0 if n < 0 else 1.0
-    m = abs(n)
-    top = Fraction(FLOAT32_MAX) + Fraction(2**103)  # halfway from FLOAT32_MAX to 2**128
-    if m >= top:
-        return sign * math.inf
-    near = np.float32(min(float(m), FLOAT32_MAX))  # within an ulp or two of m
-    candidates = {near}
-    with np.errstate(over="ignore"):  # next to the largest float32 is inf
-        for _ in range(2):
-            candidates |= {np.nextafter(c, np.float32(d)) for c in candidates for d in (0, np.inf)}
-    finite = [c for c in candidates if np.isfinite(c)]
-    best = min(finite, key=lambda c: (abs(Fraction(float(c)) - m), int(c.view(np.uint32)) & 1))
-    return sign * float(best)
-
-
-def native(value: Any) -> Any:
-    """numpy scalar -> plain Python (str, int, float)."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
-@dataclass(frozen=True)
-class Built:
-    """One pipeline build and everything a test needs to check it independently."""
-
-    result: pipeline.BuildResult
-    path: Path  # the artifact directory
-    model: reco_fast.Model  # reco_fast.load(path), loaded separately from result.model
-    data_dir: Path
-    log_path: Path
-    catalog_path: Path
-    log: pd.DataFrame  # the CSV the pipeline trained on, read back with pandas
-    catalog: pd.DataFrame
-    X: np.ndarray  # the full feature matrix the pipeline trained and split
-    y: np.ndarray
-    split: Any  # reco_fast.build.train.Split
-    estimator: Any  # the fitted sklearn GradientBoostingClassifier
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        return dict(self.model.metadata)
 
 
 def _spied_build(tmp: Path, **kwargs: Any) -> dict[str, Any]:
@@ -142,9 +81,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     )
 
 
-SMALL_ROWS = 3000
-
-
 @pytest.fixture(scope="session")
 def small_csv(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 3,000 rows of the generated log, byte for byte (same header and cells)."""
@@ -174,11 +110,6 @@ def seed_built(built: Built, small_csv: Path, tmp_path_factory: pytest.TempPathF
         split=cap["split"],
         estimator=cap["estimator"],
     )
-
-
-def session_from_row(row: pd.Series) -> dict[str, Any]:
-    """A session dict (every log column but the label) in plain Python types."""
-    return {k: native(v) for k, v in row.items() if k != LABEL}
 
 
 @pytest.fixture

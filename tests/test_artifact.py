@@ -16,7 +16,6 @@ import pytest
 import sklearn
 import tl2cgen
 import treelite
-from conftest import Built
 from sklearn.ensemble import GradientBoostingClassifier
 
 import reco_fast
@@ -24,6 +23,7 @@ import reco_fast.compiler.driver
 from reco_fast import ArtifactError, CompileError
 from reco_fast.artifact import FORMAT_VERSION, METADATA_FILE, metadata_digest, platform_tag
 from reco_fast.features.page import FEATURE_SETS, definition_sha256
+from tests.helpers import Built
 
 
 def sha256(path: Path) -> str:

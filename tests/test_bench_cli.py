@@ -9,14 +9,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from reco_fast.tools import bench
 from reco_fast.tools.cli import BENCH_GATE_FAILED, main
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--rounds", "30", "--batch-sizes", "1,10,100,10000", "--threads", "2"]
 GENEROUS = [
     "--max-p50-us",

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, subprocess_env
 
 import reco_fast
 from reco_fast import CompileError
 from reco_fast.build import pipeline, train
 from reco_fast.compiler import codegen as _codegen
 from reco_fast.compiler import driver as compile_mod
+from tests.helpers import REPO, subprocess_env
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, subprocess_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +27,7 @@ import reco_fast
 from reco_fast.artifact import write_metadata
 from reco_fast.tools.cli import MAX_ERROR_CHARS, error_line, info_summary
 from reco_fast.tools.score import supports_on_invalid
+from tests.helpers import REPO, subprocess_env
 
 SUBCOMMANDS = ("build", "verify", "info", "bench", "score", "recommend")
 

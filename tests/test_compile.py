@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Built
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
@@ -18,6 +17,7 @@ import reco_fast
 import reco_fast.compiler.driver
 from reco_fast import CompileError
 from reco_fast.compiler.driver import TOLERANCE, adversarial_inputs, tree_thresholds
+from tests.helpers import Built
 
 
 def max_diff(model: reco_fast.Model, estimator, X: np.ndarray) -> float:
@@ -343,7 +343,7 @@ def _run_child(body: str, tmp_path: Path, timeout: float = 240) -> dict:
     import subprocess
     import sys
 
-    from conftest import subprocess_env
+    from tests.helpers import subprocess_env
 
     script = tmp_path / "child.py"
     script.write_text(_CHILD_PRELUDE + body)

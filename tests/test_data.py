@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, SMALL_ROWS, Built, subprocess_env
 
 import reco_fast
 from reco_fast import InputError
 from reco_fast.build import data as rdata
 from reco_fast.build.generate import generate
 from reco_fast.features.schema import LOG_COLUMNS
+from tests.helpers import REPO, SMALL_ROWS, Built, subprocess_env
 
 # ---- the generator -----------------------------------------------------------------------------
 

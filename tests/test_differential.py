@@ -32,15 +32,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import Built, nearest_float32
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_features import NOTEBOOK_CANDIDATE_FEATURES, NOTEBOOK_SEED_FEATURES, notebook_features
 
 import reco_fast
 from reco_fast import InputError
 from reco_fast.features.schema import FLOAT32_MAX, NONE_PRODUCT, NUMERIC_FIELDS
 from reco_fast.tools import cli
+from tests.helpers import Built, nearest_float32
+from tests.test_features import (
+    NOTEBOOK_CANDIDATE_FEATURES,
+    NOTEBOOK_SEED_FEATURES,
+    notebook_features,
+)
 
 DIFF = settings(
     max_examples=40,

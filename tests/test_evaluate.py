@@ -5,9 +5,7 @@ and the REES46 replay runs in seconds."""
 from __future__ import annotations
 
 import math
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -30,12 +28,7 @@ from reco_fast.build.evaluate import (
     split_by_time,
 )
 from reco_fast.build.events import read_events
-
-REES46 = Path(__file__).resolve().parents[1].parent / "shared/data/rees46/events-2019-10-01.csv"
-REES46_COLUMNS = (
-    "time=event_time,session=user_session,user=user_id,type=event_type,"
-    "product=product_id,category=category_id,price=price"
-)
+from tests.helpers import REES46, REES46_COLUMNS, require
 
 
 def _events(rows, category=None, price=None) -> pd.DataFrame:
@@ -388,9 +381,7 @@ def test_baselines_are_fitted_on_training_events_only() -> None:
 
 def test_rees46_baselines_replay(capsys) -> None:
     if not REES46.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{REES46} is required under CI", pytrace=False)
-        pytest.skip(f"{REES46} not present")
+        require("the REES46 sample", str(REES46))
     events = read_events(REES46, REES46_COLUMNS)
     start = time.perf_counter()
     result = evaluate_baselines(events, k=10)

@@ -18,13 +18,8 @@ import pytest
 import reco_fast
 from reco_fast.build import pipeline
 from reco_fast.tools import cli
+from tests.helpers import REES46, REES46_COLUMNS, REPO, require
 
-REPO = Path(__file__).resolve().parents[1]
-REES46 = REPO.parent / "shared" / "data" / "rees46" / "events-2019-10-01.csv"
-REES46_COLUMNS = (
-    "time=event_time,session=user_session,user=user_id,type=event_type,"
-    "product=product_id,category=category_id,price=price"
-)
 BASELINES = (
     "popular",
     "same_category_popular",
@@ -37,9 +32,7 @@ BASELINES = (
 @pytest.fixture(scope="module")
 def rees46(tmp_path_factory: pytest.TempPathFactory) -> pipeline.EventBuildResult:
     if not REES46.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"the REES46 sample is required under CI: {REES46}", pytrace=False)
-        pytest.skip("the REES46 sample (../shared/data/rees46/) is not here")
+        require("the REES46 sample", str(REES46))
     out = tmp_path_factory.mktemp("rees46") / "model"
     return pipeline.build_events(REES46, REES46_COLUMNS, out)
 

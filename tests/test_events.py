@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,12 +21,8 @@ from reco_fast.build.events import (
     read_events,
 )
 from reco_fast.errors import InputError
+from tests.helpers import REES46, REES46_COLUMNS, require
 
-REES46 = Path(__file__).resolve().parents[1].parent / "shared/data/rees46/events-2019-10-01.csv"
-REES46_COLUMNS = (
-    "time=event_time,session=user_session,user=user_id,type=event_type,"
-    "product=product_id,category=category_id,price=price"
-)
 FULL = "time=t,session=s,type=e,product=p,category=c,price=x"
 
 # one small log: (time, session, event type, product, category, price)
@@ -416,9 +411,7 @@ def test_parse_event_types() -> None:
 @pytest.fixture(scope="module")
 def rees46() -> pd.DataFrame:
     if not REES46.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{REES46} is required under CI", pytrace=False)
-        pytest.skip(f"{REES46} not present")
+        require("the REES46 sample", str(REES46))
     return read_events(REES46, REES46_COLUMNS)
 
 

@@ -26,9 +26,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from conftest import REPO, subprocess_env
-
 from reco_fast import MemoryStore, RedisStore, StoreUnavailable
+from tests.helpers import REPO, subprocess_env
 
 SERVICE = REPO / "examples" / "service.py"
 

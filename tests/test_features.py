@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Built, nearest_float32
 from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.ensemble import GradientBoostingClassifier
@@ -23,6 +22,7 @@ from reco_fast.features.page import (
     FeatureBuilder,
 )
 from reco_fast.features.schema import FLOAT32_MAX, LABEL
+from tests.helpers import Built, nearest_float32
 
 NOTEBOOK_SEED_FEATURES = [
     "category_enc",

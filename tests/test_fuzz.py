@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Built, nearest_float32
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -27,6 +26,7 @@ import reco_fast
 from reco_fast import InputError
 from reco_fast.features.schema import FLOAT32_MAX, NONE_PRODUCT, NUMERIC_FIELDS
 from reco_fast.serve.recommend import CART_FIELD, EXCLUDABLE
+from tests.helpers import Built, nearest_float32
 
 FUZZ = settings(
     max_examples=300,

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Built
 
 from reco_fast import InputError
+from tests.helpers import Built
 
 BAD_ROW = 2
 N_ROWS = 4

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import Built, nearest_float32
 from sklearn.ensemble import GradientBoostingClassifier
 
 import reco_fast
@@ -33,6 +32,7 @@ from reco_fast.errors import ArtifactError
 from reco_fast.features.schema import LABEL
 from reco_fast.serve.model import write_catalog
 from reco_fast.tools import cli
+from tests.helpers import Built, nearest_float32
 
 TOLERANCE = 1e-12
 LOW = 2.0**60  # two neighbouring float32 values ...

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Built
 
 import reco_fast
 from reco_fast import ArtifactError, CompileError, artifact
@@ -36,6 +35,7 @@ from reco_fast.features import page as features
 from reco_fast.features.page import FEATURE_SETS, FeatureBuilder
 from reco_fast.serve import model as runtime
 from reco_fast.tools.cli import main as cli_main
+from tests.helpers import Built
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Built
 
 from reco_fast import InputError
 from reco_fast.serve.model import BatchResult, RowError
+from tests.helpers import Built
 
 N_ROWS = 10
 # row -> {field: bad value}; every other row is valid

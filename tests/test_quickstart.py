@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from conftest import Built, subprocess_env
+
+from tests.helpers import Built, subprocess_env
 
 HEAVY = ("sklearn", "treelite", "tl2cgen", "pandas", "scipy")
 

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, require
+
 README = REPO / "README.md"
 FENCE = re.compile(
     r"(?:<!--\s*readme-test:\s*(?P<mark>[^>]*?)\s*-->\s*\n)?```(?P<lang>bash|python)\n(?P<body>.*?)```",
@@ -118,7 +119,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
     server = shutil.which("redis-server")
     if server is None:
         if os.environ.get("CI"):
-            pytest.fail("redis-server is required under CI", pytrace=False)
+            require("redis-server", "the README's Redis block")
         yield None
         return
     port, work = _free_port(), tmp_path_factory.mktemp("redis")

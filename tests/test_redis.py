@@ -21,6 +21,7 @@ import pytest
 
 from reco_fast import InputError, RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
 from reco_fast.serve.recommend import CART_FIELD
+from tests.helpers import require
 
 redis = pytest.importorskip("redis")
 
@@ -28,9 +29,7 @@ pytestmark = pytest.mark.redis
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"Redis is required under CI: {reason}", pytrace=False)
-    pytest.skip(f"no Redis: {reason}")
+    require("Redis", reason)
 
 
 def _ping(url: str, timeout: float) -> str | None:

@@ -15,7 +15,6 @@ Guarantees shown here:
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -30,6 +29,7 @@ import pytest
 
 from reco_fast import RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
 from reco_fast.serve.recommend import CART_FIELD
+from tests.helpers import require
 
 redis = pytest.importorskip("redis")
 
@@ -106,9 +106,7 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     binary = shutil.which("redis-server")
     if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is required under CI", pytrace=False)
-        pytest.skip("redis-server is not on PATH")
+        require("redis-server", "not on PATH")
     srv = Server(binary, tmp_path_factory.mktemp("redis-faults"))
     srv.start()
     try:

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, Built, session_from_row, subprocess_env
 
 import reco_fast
 from reco_fast import ArtifactError, MemoryStore, ModelHandle, SessionNotFound, SessionTracker
 from reco_fast import artifact as artifact_mod
 from reco_fast.build import pipeline
 from reco_fast.compiler import driver as compile_mod
+from tests.helpers import REPO, Built, session_from_row, subprocess_env
 
 
 # ---- helpers -------------------------------------------------------------------------------

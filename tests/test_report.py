@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Built
 from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
+
+from tests.helpers import Built
 
 PREDICTION_COLUMNS = [
     "session_id",

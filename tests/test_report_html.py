@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from reco_fast.build.report_html import curves, render_html
+from tests.helpers import REPO, require
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = ("roc", "pr", "calibration", "sweep", "importance", "device", "traffic", "speed")
 SECTIONS = (
     "Model quality",
@@ -112,9 +112,7 @@ window.addEventListener("load", function () {
 def test_every_image_loads_in_headless_chromium(page, tmp_path):
     browser = _chromium()
     if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but chromium is not installed (apt-get install chromium)")
-        pytest.skip("chromium not installed (apt-get install chromium); set CI to make it fail")
+        require("chromium", "apt-get install chromium")
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", COUNT_IMAGES + "</body>"), encoding="utf-8")
     proc = subprocess.run(
@@ -164,7 +162,7 @@ def test_rendering_leaves_the_callers_matplotlib_state_alone(built):
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": REPO},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -21,8 +21,7 @@ import pytest
 
 import reco_fast
 from reco_fast.features.schema import LABEL
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, require
 
 pytestmark = [
     pytest.mark.spark,
@@ -35,7 +34,7 @@ pytestmark = [
 
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so the Spark tests must run)", pytrace=False)
+        require("Spark", reason)
     pytest.skip(reason, allow_module_level=True)
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, native
+
+from tests.helpers import REPO, native
 
 pytestmark = pytest.mark.wheel
 

@@ -1,0 +1,99 @@
+"""Helpers shared by the tests: importable as ``tests.helpers`` (fixtures live in conftest).
+
+No fixture here; nothing runs at import but definitions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import reco_fast
+from reco_fast.build import pipeline
+from reco_fast.features.schema import FLOAT32_MAX, LABEL
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+"""``../shared/data/`` beside the checkout: read from there, never copied (CI has it)."""
+REES46 = SHARED_DATA / "rees46" / "events-2019-10-01.csv"
+REES46_COLUMNS = (
+    "time=event_time,session=user_session,user=user_id,type=event_type,"
+    "product=product_id,category=category_id,price=price"
+)
+SMALL_ROWS = 3000
+
+
+def require(what: str, reason: str) -> None:
+    """Skip a test whose service or data is missing, but fail it under CI (``CI`` set),
+    where ``.ci/run`` provides everything: a missing service must not turn into a green run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required under CI: {reason}", pytrace=False)
+    pytest.skip(f"no {what}: {reason}")
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for a child Python that imports reco_fast from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
+    env.pop("PYTHONSTARTUP", None)
+    return env
+
+
+def nearest_float32(n: int) -> float:
+    """The float32 nearest to the integer n (ties to even) by exact arithmetic, or ±inf:
+    written apart from the library's own conversion."""
+    sign = -1.0 if n < 0 else 1.0
+    m = abs(n)
+    top = Fraction(FLOAT32_MAX) + Fraction(2**103)  # halfway from FLOAT32_MAX to 2**128
+    if m >= top:
+        return sign * math.inf
+    near = np.float32(min(float(m), FLOAT32_MAX))  # within an ulp or two of m
+    candidates = {near}
+    with np.errstate(over="ignore"):  # next to the largest float32 is inf
+        for _ in range(2):
+            candidates |= {np.nextafter(c, np.float32(d)) for c in candidates for d in (0, np.inf)}
+    finite = [c for c in candidates if np.isfinite(c)]
+    best = min(finite, key=lambda c: (abs(Fraction(float(c)) - m), int(c.view(np.uint32)) & 1))
+    return sign * float(best)
+
+
+def native(value: Any) -> Any:
+    """numpy scalar -> plain Python (str, int, float)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@dataclass(frozen=True)
+class Built:
+    """One pipeline build and everything a test needs to check it independently."""
+
+    result: pipeline.BuildResult
+    path: Path  # the artifact directory
+    model: reco_fast.Model  # reco_fast.load(path), loaded separately from result.model
+    data_dir: Path
+    log_path: Path
+    catalog_path: Path
+    log: pd.DataFrame  # the CSV the pipeline trained on, read back with pandas
+    catalog: pd.DataFrame
+    X: np.ndarray  # the full feature matrix the pipeline trained and split
+    y: np.ndarray
+    split: Any  # reco_fast.build.train.Split
+    estimator: Any  # the fitted sklearn GradientBoostingClassifier
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return dict(self.model.metadata)
+
+
+def session_from_row(row: pd.Series) -> dict[str, Any]:
+    """A session dict (every log column but the label) in plain Python types."""
+    return {k: native(v) for k, v in row.items() if k != LABEL}
