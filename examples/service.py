@@ -175,7 +175,7 @@ def create_app(
     if model_path is None:
         model_path = os.environ.get("RECO_MODEL") or DEFAULT_MODEL
     model = reco_fast.load(model_path)  # verified: checksums, platform, golden outputs
-    if not model.builder.ranks_products:
+    if not model.can_recommend:
         raise ValueError(
             f"the model at {model_path} was trained without candidate-product features and "
             "cannot rank products; rebuild it with the default (ranking) feature set"

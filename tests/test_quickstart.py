@@ -87,3 +87,8 @@ def test_quickstart_on_several_sessions(built: Built, tmp_path: Path) -> None:
         session = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
         out = _run(built, session, tmp_path)
         assert abs(out["p"] - want) <= 1e-12
+
+
+def test_can_recommend_says_which_models_rank(built, seed_built):
+    assert built.model.can_recommend
+    assert not seed_built.model.can_recommend

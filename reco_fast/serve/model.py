@@ -959,6 +959,13 @@ class Model:
         return self._builder
 
     @property
+    def can_recommend(self) -> bool:
+        """True if :meth:`recommend` can rank products: the model has candidate-product
+        features (the ``ranking`` set, or an event-trained model). A ``seed``-set model
+        or one compiled from a bare feature matrix scores page views only."""
+        return bool(getattr(self._builder, "ranks_products", False))
+
+    @property
     def ranks_from_events(self) -> bool:
         """True for a model trained on a raw event log (``reco-fast build --events``).
 
