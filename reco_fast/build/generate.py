@@ -42,6 +42,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from reco_fast.features.schema import LOG_COLUMNS, NONE_PRODUCT
+
 __all__ = ["CATEGORIES", "DEVICES", "LOG_COLUMNS", "TRAFFIC_SOURCES", "generate"]
 
 CATEGORIES: tuple[str, ...] = (
@@ -55,28 +57,8 @@ CATEGORIES: tuple[str, ...] = (
 DEVICES: tuple[str, ...] = ("Desktop", "Mobile", "Tablet")
 TRAFFIC_SOURCES: tuple[str, ...] = ("Direct", "Email", "Organic", "Paid", "Social")
 
-LOG_COLUMNS: tuple[str, ...] = (
-    "session_id",
-    "customer_id",
-    "current_product_id",
-    "current_category",
-    "current_price",
-    "prev_product_1",
-    "prev_product_2",
-    "prev_product_3",
-    "products_in_cart",
-    "device_type",
-    "traffic_source",
-    "time_on_page_sec",
-    "scroll_depth",
-    "clicked_product_image",
-    "session_length_mins",
-    "products_viewed_count",
-    "recommended_product_id",
-    "recommendation_clicked",
-)
 
-NONE_ID = "NONE"
+NONE_ID = NONE_PRODUCT
 
 # Catalogue: share of products and (median price, log-sd) per category.  The
 # medians put Beauty/Books mostly under 30 and Electronics mostly over 100, so
