@@ -35,6 +35,7 @@ from .schema import (
     ints_as_float,
     is_scalar,
     not_a_number,
+    series_values,
 )
 
 __all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
@@ -500,7 +501,7 @@ class Model:
             frame = X
 
             def column(i: int) -> Any:
-                return frame.iloc[:, i].to_numpy()
+                return series_values(frame.iloc[:, i])
         elif hasattr(X, "column_names") and hasattr(X, "column"):  # pyarrow Table, RecordBatch
             names = list(X.column_names)
             column = X.column
@@ -770,7 +771,7 @@ class Model:
             missing = [f for f in fields if f not in sessions.columns]
             if missing:
                 raise InputError(f"missing field {missing[0]!r}", field=missing[0])
-            return {f: sessions[f].to_numpy() for f in fields}
+            return {f: series_values(sessions[f]) for f in fields}
         if isinstance(sessions, (str, bytes)) or not isinstance(sessions, Sequence):
             raise TypeError(
                 "sessions must be a dict, a list of dicts, a dict of columns or a DataFrame; "

@@ -299,6 +299,16 @@ def check_number(name: str, value: Any, field: NumericField | None = None) -> fl
     return v
 
 
+def series_values(series: Any) -> np.ndarray:
+    """A pandas Series as a numpy array that keeps every value: a nullable integer or
+    boolean column with missing values becomes objects (ints and NaN), where pandas'
+    own ``to_numpy()`` gives float64 and rounds an int beyond 2**53."""
+    dtype = series.dtype
+    if not isinstance(dtype, np.dtype) and getattr(dtype, "kind", "O") in "iub" and series.hasnans:
+        return series.to_numpy(dtype=object, na_value=math.nan)
+    return series.to_numpy()
+
+
 def ints_as_float(arr: np.ndarray) -> np.ndarray:
     """An integer or bool array as float64 by the integer rule of :func:`as_number`
     (vectorised: exact up to 2**53, rounded once to float32 beyond)."""

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .schema import INT_EXACT, NUMERIC_FIELDS, text_array
+from .schema import INT_EXACT, NUMERIC_FIELDS, series_values, text_array
 
 __all__ = ["DEFAULT_CHUNKSIZE", "ON_INVALID", "OUTPUT_COLUMN", "score_file", "supports_on_invalid"]
 
@@ -182,9 +182,20 @@ def _chunks_parquet(
     total = f.metadata.num_rows
     done = 0
     for batch in f.iter_batches(batch_size=chunksize):
-        frame = batch.to_pandas()
+        # integer columns with nulls as pandas' nullable ints: the default, float64,
+        # would round an int beyond 2**53 before the model sees it
+        frame = batch.to_pandas(types_mapper=_nullable_int)
         done += len(frame)
         yield frame, None, b"", (done / total if total else 1.0)
+
+
+def _nullable_int(arrow_type: Any) -> Any:
+    import pyarrow as pa
+
+    if pa.types.is_integer(arrow_type):
+        pd = _require_pandas()
+        return pd.Int64Dtype() if pa.types.is_signed_integer(arrow_type) else pd.UInt64Dtype()
+    return None
 
 
 def _beyond_exact(col: Any) -> bool:
@@ -228,7 +239,7 @@ def _columns(builder: Any, frame: Any, csv: bool) -> dict[str, Any]:
         if name not in frame.columns:
             raise InputError(f"missing column {name!r}", field=name)
         col = frame[name]
-        values = col.to_numpy()
+        values = series_values(col)
         if name in NUMERIC_FIELDS:
             if csv and values.dtype.kind == "O":
                 values = _text_numbers(col)

@@ -316,6 +316,34 @@ def test_integer_session_fields_are_rounded_once_in_score(
         assert abs(got[0] - expected) <= TOLERANCE
 
 
+def test_nullable_integer_columns_keep_their_ints(
+    built: Built, neighbours, session_neighbours, tmp_path
+) -> None:
+    """A missing value makes pandas' nullable ints (and Parquet's int columns) float64
+    by default, rounding the others; the missing row is refused, the others exact."""
+    a = pd.array([X_INT, None], dtype="Int64")
+    est, model = neighbours
+    expected = _sklearn_int(est, 3, 0, X_INT)
+    got = model.predict_proba_features(pd.DataFrame({"a": a, "b": 0.0, "c": 0}), on_invalid="nan")
+    assert abs(got[0] - expected) <= TOLERANCE and np.isnan(got[1])
+
+    est, model = session_neighbours
+    expected = _sklearn_int(est, model.n_features, T, X_INT)
+    frame = pd.DataFrame([_session(built, 0), _session(built, 1)])
+    frame["time_on_page_sec"] = a
+    result = model.score_batch(frame)
+    assert [(e.row, e.field) for e in result.errors] == [(1, "time_on_page_sec")]
+    assert abs(result.probabilities[0] - expected) <= TOLERANCE
+    src, out = tmp_path / "in.parquet", tmp_path / "out.csv"
+    frame.to_parquet(src)
+    rc, err = _run_cli(
+        str(model.path), "--input", str(src), "--output", str(out), "--on-invalid", "nan"
+    )
+    assert rc == 0, err
+    got = pd.read_csv(out)["click_probability"].to_numpy()
+    assert abs(got[0] - expected) <= TOLERANCE and np.isnan(got[1])
+
+
 def test_integer_session_fields_are_rounded_once_in_recommend_and_tracker(
     built: Built, session_neighbours
 ) -> None:
