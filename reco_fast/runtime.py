@@ -30,9 +30,8 @@ from .schema import (
     INT_EXACT,
     RowError,
     RowErrors,
-    as_column,
+    as_float_array,
     as_number,
-    ints_as_float,
     is_scalar,
     not_a_number,
     series_values,
@@ -504,7 +503,15 @@ class Model:
                 return series_values(frame.iloc[:, i])
         elif hasattr(X, "column_names") and hasattr(X, "column"):  # pyarrow Table, RecordBatch
             names = list(X.column_names)
-            column = X.column
+            table = X
+
+            def column(i: int) -> Any:
+                c = table.column(i)
+                if not c.null_count:
+                    return c.to_numpy()
+                # with nulls, to_numpy() gives float64 (rounding an int beyond 2**53)
+                items = [math.nan if v is None else v for v in c.to_pylist()]
+                return np.fromiter(items, dtype=object, count=len(items))
         elif hasattr(X, "columns") and hasattr(X, "to_series"):  # polars
             names = list(X.columns)
             column = X.to_series
@@ -549,26 +556,22 @@ class Model:
                 )
             position = {n: i for i, n in enumerate(names)}
             order = [position[f] for f in self.feature_names]
-        cols = [as_column("X", column(i)) for i in order]
-        n = cols[0].shape[0]
-        out = np.empty((n, self.n_features), dtype=np.float64)
-        for j, (i, col) in enumerate(zip(order, cols, strict=True)):
-            where = f"column {names[i]!r:.40}"
-            if col.shape[0] != n:
-                raise InputError(
-                    f"X's {where} has {col.shape[0]} values, but the first has {n}", field="X"
-                )
-            kind = col.dtype.kind
-            if kind in "biu":
-                out[:, j] = ints_as_float(col)
-            elif kind == "f" and col.dtype.itemsize <= 8:
-                out[:, j] = col
-            elif kind == "f":  # longdouble: straight to float32, as scikit-learn
-                out[:, j] = col.astype(np.float32)
-            elif kind == "O":
-                out[:, j] = self._object_feature(col, where)
-            else:
-                raise InputError(f"X must be numeric, got dtype {col.dtype} in {where}", field="X")
+        out = np.empty((0, self.n_features), dtype=np.float64)
+        for j, i in enumerate(order):
+            values = column(i)
+            if (
+                isinstance(values, np.ndarray)
+                and values.dtype.kind == "f"
+                and values.dtype.itemsize > 8
+            ):
+                values = values.astype(np.float32)  # longdouble: straight to float32
+            name = names[i] if isinstance(names[i], str) else f"X[:, {j}]"
+            # the rule of every numeric column (schema.as_float_array): an int rounded
+            # to float32 once, a bad value named by feature and row
+            col = as_float_array(name, values, None if j == 0 else out.shape[0])
+            if j == 0:
+                out = np.empty((col.shape[0], self.n_features), dtype=np.float64)
+            out[:, j] = col
         return out
 
     def predict_proba_features(
