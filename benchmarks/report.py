@@ -24,7 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import benchmarks._perf
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run as a script: import benchmarks._perf
 
 from benchmarks._perf import (
     CEILING_FACTOR,

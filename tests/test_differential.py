@@ -12,8 +12,8 @@ refuses, naming that field.
 
 Numbers are spelled many ways (Python and numpy scalars, Decimal, Fraction, 0-d
 arrays) and may be integers beyond float64's exact range; text may carry NUL
-characters. The one rule: a number is its float64 value, except an integer beyond
-2**53, which is its float32 value rounded once (how scikit-learn rounds an integer
+characters. The one rule: a number is its float64 value, except an integer float64
+cannot hold, which is its float32 value rounded once (how scikit-learn rounds an integer
 array); text is compared exactly. ``reco_fast.tools.spark`` is left to tests/test_spark.py
 (a Spark session is slow to start).
 """
@@ -75,7 +75,7 @@ def as_feature(v: Any) -> float:
     """A valid raw number as the features take it (the documented rule, written apart)."""
     if isinstance(v, bool):
         return float(v)
-    if isinstance(v, int) and abs(v) > EXACT:
+    if isinstance(v, int) and float(v) != v:
         return nearest_float32(v)
     return float(v)
 

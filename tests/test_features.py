@@ -290,8 +290,8 @@ NUMERIC = [
 
 
 def _as_feature(v: Any) -> float:
-    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 2**53:
-        return nearest_float32(v)
+    if isinstance(v, int) and not isinstance(v, bool) and float(v) != v:
+        return nearest_float32(v)  # an int float64 cannot hold: its float32, rounded once
     return float(v)
 
 
@@ -305,8 +305,8 @@ def test_row_equals_transform_hypothesis(builders: list[FeatureBuilder], built: 
         assert_bitwise_equal(rows, builder.transform(_columns(batch)))
         assert_bitwise_equal(rows, builder.transform(pd.DataFrame(batch)))
     # and the notebook's pandas code agrees on these (boundary-heavy) values, each number
-    # taken as the features take it: an int beyond 2**53 (float64's exact range) as its
-    # float32 value, rounded once
+    # taken as the features take it: an int float64 cannot hold as its float32 value,
+    # rounded once
     frame = pd.DataFrame([{**s, **{c: _as_feature(s[c]) for c in NUMERIC}} for s in batch])
     expected = notebook_features(frame, built.catalog, fit_on=built.log)
     names = NOTEBOOK_SEED_FEATURES + NOTEBOOK_CANDIDATE_FEATURES

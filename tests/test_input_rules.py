@@ -195,6 +195,7 @@ def _feature_forms(value: int) -> dict[str, Any]:
         "int DataFrame": pd.DataFrame([row], columns=["a", "b", "c"]),
         "mixed DataFrame": pd.DataFrame({"c": [0.5], "a": [value], "b": [0.0]}),
         "dict of columns": {"a": [value], "b": [0.5], "c": [0]},
+        "dict of lists of ints and floats": {"a": [value, HIGH], "b": [0.5, 0], "c": [0, 0.0]},
         "pyarrow table": pa.table({"b": [0.5], "a": [value], "c": [0]}),
     }
 
@@ -257,7 +258,8 @@ def test_python_ints_of_any_size_are_rounded_once(n: int) -> None:
     from reco_fast.features.schema import as_number, float32_of_int
 
     assert float32_of_int(n) == nearest_float32(n)
-    assert as_number(n) == nearest_float32(n)
+    # as a number: itself when float64 holds it exactly, else its float32, rounded once
+    assert as_number(n) == (float(n) if float(n) == n else nearest_float32(n))
     if -(2**63) <= n < 2**64:
         dtype = np.int64 if n < 2**63 else np.uint64
         assert float32_of_int(n) == float(np.array(n, dtype=dtype).astype(np.float32))
@@ -317,6 +319,38 @@ def test_integer_session_fields_are_rounded_once_in_score(
         frame["time_on_page_sec"] = pd.Series([X_INT, 75.5], dtype=object)
         got = _score_file(model.path, frame, tmp_path, suffix)
         assert abs(got[0] - expected) <= TOLERANCE
+
+
+def test_nullable_integer_columns_keep_their_ints(
+    built: Built, neighbours, session_neighbours, tmp_path
+) -> None:
+    """A missing value makes pandas' nullable ints (and Parquet's int columns) float64
+    by default, rounding the others; the missing row is refused, the others exact."""
+    a = pd.array([X_INT, None], dtype="Int64")
+    est, model = neighbours
+    expected = _sklearn_int(est, 3, 0, X_INT)
+    for X in (
+        pd.DataFrame({"a": a, "b": 0.0, "c": 0}),
+        pa.table({"a": pa.array([X_INT, None], pa.int64()), "b": [0.0, 0.0], "c": [0, 0]}),
+    ):
+        got = model.predict_proba_features(X, on_invalid="nan")
+        assert abs(got[0] - expected) <= TOLERANCE and np.isnan(got[1])
+
+    est, model = session_neighbours
+    expected = _sklearn_int(est, model.n_features, T, X_INT)
+    frame = pd.DataFrame([_session(built, 0), _session(built, 1)])
+    frame["time_on_page_sec"] = a
+    result = model.score_batch(frame)
+    assert [(e.row, e.field) for e in result.errors] == [(1, "time_on_page_sec")]
+    assert abs(result.probabilities[0] - expected) <= TOLERANCE
+    src, out = tmp_path / "in.parquet", tmp_path / "out.csv"
+    frame.to_parquet(src)
+    rc, err = _run_cli(
+        str(model.path), "--input", str(src), "--output", str(out), "--on-invalid", "nan"
+    )
+    assert rc == 0, err
+    got = pd.read_csv(out)["click_probability"].to_numpy()
+    assert abs(got[0] - expected) <= TOLERANCE and np.isnan(got[1])
 
 
 def test_integer_session_fields_are_rounded_once_in_recommend_and_tracker(

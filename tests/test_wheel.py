@@ -99,7 +99,7 @@ def test_wheel_installs_with_numpy_and_cffi_only_and_scores_identically(built, t
     )
     (wheel,) = wheels.glob("reco_fast-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "reco_fast/serve/model.py" in names and "reco_fast/_flat_template.c" in names
+    assert "reco_fast/serve/model.py" in names and "reco_fast/compiler/flat_template.c" in names
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "data/"))]
     requires = [
         line.split(":", 1)[1].strip()

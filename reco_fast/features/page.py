@@ -428,7 +428,8 @@ class FeatureBuilder:
             # Comparisons raise TypeError for strings and None, and are False for NaN;
             # a type the C call cannot convert is caught by the caller's fallback. The
             # bound 2**53 sends larger numbers to the checked path, which converts an
-            # int beyond it to float32 once (a C double argument would round it twice);
+            # int float64 cannot hold to float32 once (a C double argument would round
+            # it twice);
             # `% 1` raises TypeError for complex numbers, which numpy orders and C
             # would truncate to their real part: the checked path refuses them.
             if (

@@ -190,9 +190,11 @@ def reject(
 # - float, numpy floating: the value as float64 (the compiled model then rounds it to
 #   float32, as scikit-learn does);
 # - int, numpy integer (any width, signed or not), Python ints of any size: exact when
-#   float64 holds them (|n| <= 2**53); beyond that, rounded once to the nearest float32,
-#   as numpy casts an int64 array to float32 (which is what scikit-learn does with an
-#   integer array). Never int -> float64 -> float32: that rounds twice;
+#   float64 holds them exactly (always for |n| <= 2**53), so an int and the float of the
+#   same value are one number; an int float64 cannot hold is rounded once to the nearest
+#   float32, as numpy casts an int64 array to float32 (which is what scikit-learn does
+#   with an integer array). Never int -> float64 -> float32: that rounds twice. Either
+#   way the trees see the int rounded to float32 once;
 # - bool, numpy bool: 0.0 / 1.0;
 # - Decimal, Fraction and other real numbers: float(value), as numpy converts them;
 # - a 0-d numpy array of a real dtype: its item, by the rules above;
@@ -224,6 +226,12 @@ def float32_of_int(n: int) -> float:
 def _int_value(n: int) -> float:
     if -INT_EXACT <= n <= INT_EXACT:
         return float(n)
+    try:
+        f = float(n)
+        if f == n:  # float64 holds it exactly (Python compares int and float exactly)
+            return f
+    except OverflowError:
+        pass
     f = float32_of_int(n)
     if f - f == 0.0:
         return f
@@ -300,14 +308,24 @@ def check_number(name: str, value: Any, field: NumericField | None = None) -> fl
     return v
 
 
+def series_values(series: Any) -> np.ndarray:
+    """A pandas Series as a numpy array that keeps every value: a nullable integer or
+    boolean column with missing values becomes objects (ints and NaN), where pandas'
+    own ``to_numpy()`` gives float64 and rounds an int float64 cannot hold."""
+    dtype = series.dtype
+    if not isinstance(dtype, np.dtype) and getattr(dtype, "kind", "O") in "iub" and series.hasnans:
+        return series.to_numpy(dtype=object, na_value=math.nan)
+    return series.to_numpy()
+
+
 def ints_as_float(arr: np.ndarray) -> np.ndarray:
     """An integer or bool array as float64 by the integer rule of :func:`as_number`
-    (vectorised: exact up to 2**53, rounded once to float32 beyond)."""
+    (vectorised up to 2**53; the rare larger values one by one)."""
     out = arr.astype(np.float64)
     if arr.dtype.kind in "iu" and arr.dtype.itemsize >= 8 and arr.size:
         big = (arr > INT_EXACT) | (arr < -INT_EXACT) if arr.dtype.kind == "i" else arr > INT_EXACT
         if big.any():
-            out[big] = arr[big].astype(np.float32)
+            out[big] = [_int_value(n) for n in arr[big].tolist()]
     return out
 
 

@@ -45,11 +45,11 @@ from reco_fast.features.schema import (
     INT_EXACT,
     RowError,
     RowErrors,
-    as_column,
+    as_float_array,
     as_number,
-    ints_as_float,
     is_scalar,
     not_a_number,
+    series_values,
 )
 from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
@@ -827,10 +827,18 @@ class Model:
             frame = X
 
             def column(i: int) -> Any:
-                return frame.iloc[:, i].to_numpy()
+                return series_values(frame.iloc[:, i])
         elif hasattr(X, "column_names") and hasattr(X, "column"):  # pyarrow Table, RecordBatch
             names = list(X.column_names)
-            column = X.column
+            table = X
+
+            def column(i: int) -> Any:
+                c = table.column(i)
+                if not c.null_count:
+                    return c.to_numpy()
+                # with nulls, to_numpy() gives float64 (rounding an int beyond 2**53)
+                items = [math.nan if v is None else v for v in c.to_pylist()]
+                return np.fromiter(items, dtype=object, count=len(items))
         elif hasattr(X, "columns") and hasattr(X, "to_series"):  # polars
             names = list(X.columns)
             column = X.to_series
@@ -879,26 +887,22 @@ class Model:
                 )
             position = {n: i for i, n in enumerate(names)}
             order = [position[f] for f in self.feature_names]
-        cols = [as_column("X", column(i)) for i in order]
-        n = cols[0].shape[0]
-        out = np.empty((n, self.n_features), dtype=np.float64)
-        for j, (i, col) in enumerate(zip(order, cols, strict=True)):
-            where = f"column {names[i]!r:.40}"
-            if col.shape[0] != n:
-                raise InputError(
-                    f"X's {where} has {col.shape[0]} values, but the first has {n}", field="X"
-                )
-            kind = col.dtype.kind
-            if kind in "biu":
-                out[:, j] = ints_as_float(col)
-            elif kind == "f" and col.dtype.itemsize <= 8:
-                out[:, j] = col
-            elif kind == "f":  # longdouble: straight to float32, as scikit-learn
-                out[:, j] = col.astype(np.float32)
-            elif kind == "O":
-                out[:, j] = self._object_feature(col, where)
-            else:
-                raise InputError(f"X must be numeric, got dtype {col.dtype} in {where}", field="X")
+        out = np.empty((0, self.n_features), dtype=np.float64)
+        for j, i in enumerate(order):
+            values = column(i)
+            if (
+                isinstance(values, np.ndarray)
+                and values.dtype.kind == "f"
+                and values.dtype.itemsize > 8
+            ):
+                values = values.astype(np.float32)  # longdouble: straight to float32
+            name = names[i] if isinstance(names[i], str) else f"X[:, {j}]"
+            # the rule of every numeric column (schema.as_float_array): an int rounded
+            # to float32 once, a bad value named by feature and row
+            col = as_float_array(name, values, None if j == 0 else out.shape[0])
+            if j == 0:
+                out = np.empty((col.shape[0], self.n_features), dtype=np.float64)
+            out[:, j] = col
         return out
 
     def predict_proba_features(
@@ -1183,7 +1187,7 @@ class Model:
             missing = [f for f in fields if f not in sessions.columns]
             if missing:
                 raise InputError(f"missing field {missing[0]!r}", field=missing[0])
-            return {f: sessions[f].to_numpy() for f in fields}
+            return {f: series_values(sessions[f]) for f in fields}
         if isinstance(sessions, (str, bytes)) or not isinstance(sessions, Sequence):
             raise TypeError(
                 "sessions must be a dict, a list of dicts, a dict of columns or a DataFrame; "

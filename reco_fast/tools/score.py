@@ -57,7 +57,7 @@ import numpy as np
 
 from reco_fast.artifact import current_umask
 from reco_fast.errors import InputError, shown
-from reco_fast.features.schema import INT_EXACT, NUMERIC_FIELDS, text_array
+from reco_fast.features.schema import INT_EXACT, NUMERIC_FIELDS, series_values, text_array
 
 __all__ = ["DEFAULT_CHUNKSIZE", "ON_INVALID", "OUTPUT_COLUMN", "score_file", "supports_on_invalid"]
 
@@ -221,7 +221,9 @@ def _chunks_parquet(
             batch = next(batches, None)
             if batch is None:
                 return
-            frame = batch.to_pandas()
+            # integer columns with nulls as pandas' nullable ints: the default, float64,
+            # would round an int beyond 2**53 before the model sees it
+            frame = batch.to_pandas(types_mapper=_nullable_int)
         except Exception as exc:
             msg = " ".join(str(exc).split())[:200]
             raise InputError(
@@ -231,6 +233,15 @@ def _chunks_parquet(
             ) from None
         done += len(frame)
         yield frame, None, b"", (done / total if total else 1.0)
+
+
+def _nullable_int(arrow_type: Any) -> Any:
+    import pyarrow as pa
+
+    if pa.types.is_integer(arrow_type):
+        pd = _require_pandas()
+        return pd.Int64Dtype() if pa.types.is_signed_integer(arrow_type) else pd.UInt64Dtype()
+    return None
 
 
 def _beyond_exact(col: Any) -> bool:
@@ -274,7 +285,7 @@ def _columns(builder: Any, frame: Any, csv: bool) -> dict[str, Any]:
         if name not in frame.columns:
             raise InputError(f"missing column {name!r}", field=name)
         col = frame[name]
-        values = col.to_numpy()
+        values = series_values(col)
         if name in NUMERIC_FIELDS:
             if csv and values.dtype.kind == "O":
                 values = _text_numbers(col)
