@@ -24,7 +24,8 @@ logged candidate scores):
   one position ``j`` uniformly and one other candidate ``c`` uniformly among the
   ``top_m`` (excluding the one at ``j``): a shown ``c`` swaps places with ``j``,
   an unshown ``c`` replaces it. With ``n`` candidates, ``k' = min(k, n)`` shown
-  and ``m = min(top_m, n)``, ``e = epsilon``:
+  and ``m = min(max(top_m, k), n)`` candidates (the shown ones always count),
+  ``e = epsilon``:
 
   - top-k candidate ``r`` at its own position: ``1 - e/k' - e (k'-1) / (k' (m-1))``
   - top-k candidate ``r`` at another shown position: ``2 e / (k' (m-1))``
@@ -32,12 +33,12 @@ logged candidate scores):
   - anything else: 0.
 
 * :class:`SoftmaxSampling` draws the k shown products one position after the
-  other, without replacement, among the ``top_m`` with probability proportional
+  other, without replacement, among the top ``max(top_m, k)`` with probability proportional
   to ``exp(logit(probability) / temperature)`` (Plackett-Luce). The propensity
   of ``r`` at ``p`` sums, over every set ``S`` of ``p`` other candidates, the
   probability that the first ``p`` draws are ``S`` (in any order) times
   ``w_r / (W - w(S))``; computed exactly by dynamic programming over those sets
-  (``top_m`` is at most :data:`MAX_SOFTMAX_TOP_M` to keep this cheap).
+  (``top_m`` and ``k`` are at most :data:`MAX_SOFTMAX_TOP_M` to keep this cheap).
 
 Policies hold their own random generator (``seed`` for reproducible runs) and are
 thread-safe under the GIL. Only the standard library is used.
@@ -64,7 +65,7 @@ MAX_SOFTMAX_TOP_M = 12
 """SoftmaxSampling's exact propensities visit every set of up to k-1 of the top_m
 candidates; 12 keeps that at most 2**12 sets."""
 _LOGIT_EPS = 1e-12
-_MIN_WEIGHT = 1e-200
+MIN_TEMPERATURE = 1e-6
 
 
 class Policy:
@@ -151,7 +152,7 @@ class EpsilonGreedy(Policy):
     def select(self, scores: Sequence[float], k: int) -> list[int]:
         n = len(scores)
         shown = min(k, n)
-        m = min(self.top_m, n)
+        m = min(max(self.top_m, k), n)  # the shown products are always candidates
         picks = list(range(shown))
         if m < 2 or shown == 0 or self._rng.random() >= self.epsilon:
             return picks
@@ -169,9 +170,9 @@ class EpsilonGreedy(Policy):
     def matrix(self, scores: Sequence[float], k: int) -> list[list[float]]:
         n = len(scores)
         shown = min(k, n)
-        m = min(self.top_m, n)
+        m = min(max(self.top_m, k), n)  # the shown products are always candidates
         out = [[0.0] * shown for _ in range(n)]
-        if m < 2:
+        if m < 2 or shown == 0:
             for r in range(shown):
                 out[r][r] = 1.0
             return out
@@ -189,15 +190,35 @@ class EpsilonGreedy(Policy):
         return {"name": self.name, "epsilon": self.epsilon, "top_m": self.top_m}
 
 
-def _softmax_weights(scores: Sequence[float], temperature: float) -> list[float]:
-    logits = []
+def _log_weights(scores: Sequence[float], temperature: float) -> list[float]:
+    """logit(score) / temperature of each candidate (scores clipped to [1e-12, 1 - 1e-12])."""
+    out = []
     for s in scores:
         p = min(max(float(s), _LOGIT_EPS), 1.0 - _LOGIT_EPS)
-        logits.append(math.log(p / (1.0 - p)) / temperature)
-    top = max(logits)
-    # a floor keeps every candidate drawable (and every propensity > 0) at any temperature;
-    # select and matrix use the same weights, so the propensities stay exact
-    return [max(math.exp(v - top), _MIN_WEIGHT) for v in logits]
+        out.append(math.log(p / (1.0 - p)) / temperature)
+    return out
+
+
+def _weights(lw: Sequence[float]) -> list[float]:
+    top = max(lw)
+    return [math.exp(v - top) for v in lw]
+
+
+def _draw_probabilities(
+    w: Sequence[float], lw: Sequence[float], left: Sequence[int]
+) -> list[float]:
+    """The softmax over the candidates still left. ``w`` are the weights relative to the
+    best candidate; when the ones left have underflowed there, they are normalised by
+    their own maximum instead, so the best remaining candidate is always drawable."""
+    total = 0.0
+    for i in left:
+        total += w[i]
+    if total > 1e-200:
+        return [w[i] / total for i in left]
+    top = max(lw[i] for i in left)
+    e = [math.exp(lw[i] - top) for i in left]
+    total = sum(e)
+    return [x / total for x in e]
 
 
 class SoftmaxSampling(Policy):
@@ -224,62 +245,80 @@ class SoftmaxSampling(Policy):
     def __init__(self, temperature: float = 1.0, top_m: int = 10, seed: int | None = None):
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
             raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
-        if not (temperature > 0.0 and math.isfinite(temperature)):
-            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        if not (temperature >= MIN_TEMPERATURE and math.isfinite(temperature)):
+            raise ValueError(
+                f"temperature must be a finite number >= {MIN_TEMPERATURE:g}, got {temperature!r}"
+            )
         self.temperature = float(temperature)
         self.top_m = _check_top_m(top_m, MAX_SOFTMAX_TOP_M)
         self.seed = seed
         self._rng = random.Random(seed)
 
     def select(self, scores: Sequence[float], k: int) -> list[int]:
-        m = min(self.top_m, len(scores))
+        _check_softmax_k(k)
+        m = min(max(self.top_m, k), len(scores))
         shown = min(k, m)
         if shown == 0:
             return []
-        w = _softmax_weights(scores[:m], self.temperature)
+        lw = _log_weights(scores[:m], self.temperature)
+        w = _weights(lw)
         left = list(range(m))
         picks = []
         rng = self._rng
         for _ in range(shown):
-            total = sum(w[i] for i in left)
-            u = rng.random() * total
+            probs = _draw_probabilities(w, lw, left)
+            u = rng.random()
             acc = 0.0
-            chosen = left[-1]  # rounding: u can reach total
-            for i in left:
-                acc += w[i]
+            for i, q in zip(left, probs, strict=True):
+                acc += q
                 if u < acc:
                     chosen = i
                     break
+            else:  # rounding left u above the sum: the last drawable candidate
+                chosen = max(i for i, q in zip(left, probs, strict=True) if q > 0)
             picks.append(chosen)
             left.remove(chosen)
         return picks
 
     def matrix(self, scores: Sequence[float], k: int) -> list[list[float]]:
         n = len(scores)
-        m = min(self.top_m, n)
+        _check_softmax_k(k)
+        m = min(max(self.top_m, k), n)  # the shown products are always candidates
         shown = min(k, m)
         out = [[0.0] * shown for _ in range(n)]
         if shown == 0:
             return out
-        w = _softmax_weights(scores[:m], self.temperature)
+        lw = _log_weights(scores[:m], self.temperature)
+        w = _weights(lw)
+        bits = [1 << r for r in range(m)]
         # f: probability that the first |S| draws are exactly the set S (bitmask)
         f: dict[int, float] = {0: 1.0}
         for p in range(shown):
             nxt: dict[int, float] = {}
+            last = p + 1 == shown
+            column = [0.0] * m
             for s, prob in f.items():
-                left = [r for r in range(m) if not s & (1 << r)]
-                rest = sum(w[r] for r in left)  # summed, not total - w(S): no cancellation
-                for r in left:
-                    q = prob * w[r] / rest
-                    out[r][p] += q
-                    if p + 1 < shown:
-                        t = s | (1 << r)
+                left = [r for r in range(m) if not s & bits[r]]
+                for r, q in zip(left, _draw_probabilities(w, lw, left), strict=True):
+                    q *= prob
+                    column[r] += q
+                    if not last:
+                        t = s | bits[r]
                         nxt[t] = nxt.get(t, 0.0) + q
+            for r in range(m):
+                out[r][p] = column[r]
             f = nxt
         return out
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "temperature": self.temperature, "top_m": self.top_m}
+
+
+def _check_softmax_k(k: int) -> None:
+    if k > MAX_SOFTMAX_TOP_M:
+        raise ValueError(
+            f"k must be <= {MAX_SOFTMAX_TOP_M} with SoftmaxSampling (exact propensities), got {k}"
+        )
 
 
 def policy_from_json(data: Mapping[str, Any] | None) -> Policy:
