@@ -639,6 +639,7 @@ class ImpressionLog:
             )
         self.sink = sink
         self.maxsize = maxsize
+        self._limit = maxsize  # 0 once closed: every record is then dropped
         self.batch_interval = float(batch_interval)
         self._wake = threading.Event()
         self.click_window = float(click_window)
@@ -675,10 +676,10 @@ class ImpressionLog:
     # ---- request path ----------------------------------------------------------------------
     def _submit(self, item: tuple[Any, ...]) -> None:
         """Queue one item; never blocks (a full queue or a closed log drops and counts it)."""
-        if self._qsize() >= self.maxsize or self._closed:
-            self._drop()
-        else:
+        if self._qsize() < self._limit:
             self._put(item)
+        else:
+            self._drop()
 
     def _drop(self) -> None:
         with self._drop_lock:
@@ -723,6 +724,7 @@ class ImpressionLog:
         if self._closed:
             return
         self._closed = True
+        self._limit = 0
         atexit.unregister(self._atexit)
         if self._thread.is_alive():
             self._q.put((_STOP,))
@@ -952,7 +954,10 @@ class LoggedRecommender:
                 f"source must be a SessionTracker, ModelHandle or Model, got {type(source).__name__}"
             )
         self.source = source
+        self._handle = type(source) is ModelHandle
         self.log = log
+        self._qsize = log._q.qsize
+        self._put = log._q.put
         self.policy = None if isinstance(policy, Greedy) else policy
         self.variant = variant
         self._id_model: Any = None
@@ -1017,8 +1022,7 @@ class LoggedRecommender:
             raise TypeError(f"session must be a session id or a dict, got {cls.__name__}")
         if type(k) is not int or k < 0:
             raise InputError(f"k must be a non-negative integer, got {k!r:.40}", field="k")
-        source = self.source
-        model = source.model if type(source) is ModelHandle else source
+        model = self.source.model if self._handle else self.source
         mid = self._id if model is self._id_model else self.model_id(model)
         policy = self.policy
         if policy is None:
@@ -1040,9 +1044,8 @@ class LoggedRecommender:
             rid = _take_id()
         except IndexError:  # the pool ran dry (a burst, or no writer yet)
             rid = new_request_id()
-        log_ = self.log
-        if log_._qsize() < log_.maxsize and not log_._closed:
-            log_._put(
+        if self._qsize() < self.log._limit:
+            self._put(
                 (
                     _IMPRESSION,
                     rid,
@@ -1060,7 +1063,7 @@ class LoggedRecommender:
                 )
             )
         else:
-            log_._drop()
+            self.log._drop()
         out = Shown(recs)
         out.request_id = rid
         out.variant = self.variant
