@@ -1,0 +1,85 @@
+"""What the impression log costs a recommend call (issue: <= 2 µs p50 per recommend).
+
+One default build (its own fixture: the suite's ``env`` also refits scikit-learn and
+exports tl2cgen, which this file does not need). The same session is recommended
+with and without a :class:`~reco_fast.impressions.LoggedRecommender` (greedy, no
+exploration) writing to a JSONL directory; the overhead is the difference of the two
+medians measured in alternating blocks (``_perf.paired``), so both see the same load.
+The writer thread runs during the measurement; a run that dropped records (the
+cheaper path) fails. The exploration policies' own cost is timed for the record.
+
+    pytest benchmarks/test_impressions.py --benchmark-enable
+"""
+
+from __future__ import annotations
+
+import pytest
+from _perf import paired
+
+import reco_fast
+from reco_fast import bench, pipeline
+from reco_fast.impressions import ImpressionLog, JsonlSink, LoggedRecommender
+from reco_fast.policies import EpsilonGreedy, SoftmaxSampling
+
+K = 3
+OVERHEAD_LIMIT_NS = 2_000.0
+ROUNDS = 3_000
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("impressions-bench")
+    pipeline.build(out=tmp / "artifact", data_dir=tmp / "data")
+    model = reco_fast.load(tmp / "artifact")
+    session = bench.sample_session(model)
+    log = ImpressionLog(JsonlSink(tmp / "log"), maxsize=100_000)
+    yield model, session, log
+    log.close()
+
+
+def _skip_if_disabled(config: pytest.Config) -> None:
+    if config.getoption("benchmark_disable") and not config.getoption("benchmark_enable"):
+        pytest.skip("benchmarks disabled: run with --benchmark-enable")
+
+
+@pytest.mark.benchmark(group="impressions")
+def test_recommend_without_log(benchmark, setup):
+    model, session, _ = setup
+    benchmark.pedantic(model.recommend, args=(session, K), rounds=ROUNDS, warmup_rounds=300)
+
+
+@pytest.mark.benchmark(group="impressions")
+def test_recommend_with_log(benchmark, setup):
+    model, session, log = setup
+    rec = LoggedRecommender(model, log)
+    got = benchmark.pedantic(rec.recommend, args=(session, K), rounds=ROUNDS, warmup_rounds=300)
+    assert [r.product_id for r in got] == [r.product_id for r in model.recommend(session, K)]
+
+
+@pytest.mark.benchmark(group="impressions")
+@pytest.mark.parametrize("policy", ["epsilon_greedy", "softmax"])
+def test_recommend_with_exploration(benchmark, setup, policy):
+    model, session, log = setup
+    chosen = EpsilonGreedy(0.1, 10, seed=0) if policy == "epsilon_greedy" else SoftmaxSampling()
+    rec = LoggedRecommender(model, log, chosen)
+    benchmark.pedantic(rec.recommend, args=(session, K), rounds=ROUNDS, warmup_rounds=300)
+
+
+def test_logging_overhead_p50(request, setup):
+    """The gate: median(recommend through the log) - median(recommend) <= 2 µs."""
+    _skip_if_disabled(request.config)
+    model, session, log = setup
+    rec = LoggedRecommender(model, log)
+    log.flush()
+    before = log.stats()["dropped"]
+    logged, plain = paired(
+        lambda: rec.recommend(session, K), lambda: model.recommend(session, K), (20_000, 20_000)
+    )
+    log.flush()
+    assert log.stats()["dropped"] == before, "records were dropped: the cheap path was measured"
+    overhead = logged - plain
+    print(
+        f"\nrecommend p50 {plain / 1000:.2f} µs, through the impression log {logged / 1000:.2f} µs: "
+        f"overhead {overhead:.0f} ns (limit {OVERHEAD_LIMIT_NS:.0f} ns)"
+    )
+    assert overhead <= OVERHEAD_LIMIT_NS
