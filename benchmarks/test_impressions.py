@@ -2,7 +2,7 @@
 
 One default build (its own fixture: the suite's ``env`` also refits scikit-learn and
 exports tl2cgen, which this file does not need). The same session is recommended
-with and without a :class:`~reco_fast.impressions.LoggedRecommender` (greedy, no
+with and without a :class:`~reco_fast.serve.impressions.LoggedRecommender` (greedy, no
 exploration) writing to a JSONL directory; the overhead is the difference of the two
 medians measured in alternating blocks (``_perf.paired``), so both see the same load.
 The writer thread runs during the measurement; a run that dropped records (the
@@ -14,12 +14,13 @@ cheaper path) fails. The exploration policies' own cost is timed for the record.
 from __future__ import annotations
 
 import pytest
-from _perf import paired
 
 import reco_fast
-from reco_fast import bench, pipeline
-from reco_fast.impressions import ImpressionLog, JsonlSink, LoggedRecommender
-from reco_fast.policies import EpsilonGreedy, SoftmaxSampling
+from benchmarks._perf import paired
+from reco_fast.build import pipeline
+from reco_fast.serve.impressions import ImpressionLog, JsonlSink, LoggedRecommender
+from reco_fast.serve.policies import EpsilonGreedy, SoftmaxSampling
+from reco_fast.tools import bench
 
 K = 3
 OVERHEAD_LIMIT_NS = 2_000.0

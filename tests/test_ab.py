@@ -1,4 +1,4 @@
-"""A/B: the stable hash split (ABRouter) and the per-variant report (reco_fast/ab.py)."""
+"""A/B: the stable hash split (ABRouter) and the per-variant report (reco_fast/serve/ab.py)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Built, session_from_row, subprocess_env
 
-from reco_fast.ab import ABRouter, ab_report, bucket, format_ab_report, wilson_interval
-from reco_fast.impressions import ImpressionLog, JsonlSink, read_log
-from reco_fast.policies import SoftmaxSampling
+from reco_fast.serve.ab import ABRouter, ab_report, bucket, format_ab_report, wilson_interval
+from reco_fast.serve.impressions import ImpressionLog, JsonlSink, read_log
+from reco_fast.serve.policies import SoftmaxSampling
+from tests.helpers import Built, session_from_row, subprocess_env
 
 IDS = [f"session-{i}" for i in range(2000)]
 
@@ -53,8 +53,8 @@ def test_assignment_is_stable_across_processes_and_hash_seeds(tmp_path):
     here = [_router(log, split).assign(s) for s in IDS]
     code = (
         "import json, sys\n"
-        "from reco_fast.ab import ABRouter\n"
-        "from reco_fast.impressions import ImpressionLog\n"
+        "from reco_fast.serve.ab import ABRouter\n"
+        "from reco_fast.serve.impressions import ImpressionLog\n"
         + inspect.getsource(Stub)
         + f"r = ABRouter({{n: Stub() for n in {list(split)!r}}}, {split!r}, "
         "log=ImpressionLog(sys.argv[1]))\n"

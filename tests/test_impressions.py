@@ -1,4 +1,4 @@
-"""The impression log (reco_fast/impressions.py): records, the click join, the queue that never
+"""The impression log (reco_fast/serve/impressions.py): records, the click join, the queue that never
 blocks the request path, crash safety of the JSONL files, fsync and rotation, the Redis Stream."""
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Built, session_from_row, subprocess_env
 
 import reco_fast
 from reco_fast import InputError, ModelHandle, SessionTracker
-from reco_fast.impressions import (
+from reco_fast.serve.impressions import (
     ImpressionLog,
     JsonlSink,
     LoggedRecommender,
@@ -35,7 +34,8 @@ from reco_fast.impressions import (
     read_log,
     read_stream,
 )
-from reco_fast.policies import EpsilonGreedy, SoftmaxSampling
+from reco_fast.serve.policies import EpsilonGreedy, SoftmaxSampling
+from tests.helpers import Built, session_from_row, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -283,8 +283,8 @@ def test_a_failing_sink_is_counted_and_serving_goes_on(model, sessions):
 CHILD = r"""
 import json, sys
 import reco_fast
-from reco_fast.impressions import ImpressionLog, JsonlSink, LoggedRecommender
-from reco_fast.policies import SoftmaxSampling
+from reco_fast.serve.impressions import ImpressionLog, JsonlSink, LoggedRecommender
+from reco_fast.serve.policies import SoftmaxSampling
 
 model = reco_fast.load(sys.argv[1])
 sink = JsonlSink(sys.argv[2], max_bytes=int(sys.argv[3]), fsync_every=0, fsync_interval=None)

@@ -1,5 +1,5 @@
 """The closed loop: the simulated shop, retraining with the position fixed at serving, and the
-loop's command-line subcommands (reco_fast/simulate.py, retrain.py, loop_cli.py)."""
+loop's command-line subcommands (reco_fast/build/simulate.py, retrain.py, loop_cli.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Built, session_from_row
 from hypothesis import given
 from hypothesis import strategies as st
 
 import reco_fast
 from reco_fast import InputError
-from reco_fast.ab import ABRouter
-from reco_fast.impressions import ImpressionLog, LoggedImpression, artifact_id, read_log
-from reco_fast.loop_cli import main
-from reco_fast.retrain import fix_feature, retrain
-from reco_fast.simulate import ShopperModel
+from reco_fast.build.retrain import fix_feature, retrain
+from reco_fast.build.simulate import ShopperModel
+from reco_fast.serve.ab import ABRouter
+from reco_fast.serve.impressions import ImpressionLog, LoggedImpression, artifact_id, read_log
+from reco_fast.tools.loop_cli import main
+from tests.helpers import Built, session_from_row
 
 
 @pytest.fixture(scope="module")

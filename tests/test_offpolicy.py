@@ -1,4 +1,4 @@
-"""Off-policy evaluation on synthetic logged bandits whose truth is known (reco_fast/offpolicy.py).
+"""Off-policy evaluation on synthetic logged bandits whose truth is known (reco_fast/build/offpolicy.py).
 
 Each synthetic request has ranked candidates with scores, a hidden attraction per
 candidate and an examination probability per position: a product shown at
@@ -15,10 +15,10 @@ import math
 import numpy as np
 import pytest
 
+from reco_fast.build.offpolicy import estimate
 from reco_fast.errors import InputError
-from reco_fast.impressions import LoggedImpression
-from reco_fast.offpolicy import estimate
-from reco_fast.policies import EpsilonGreedy, Greedy, SoftmaxSampling
+from reco_fast.serve.impressions import LoggedImpression
+from reco_fast.serve.policies import EpsilonGreedy, Greedy, SoftmaxSampling
 
 K = 3
 M = 8

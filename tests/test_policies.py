@@ -1,5 +1,5 @@
 """Exploration policies: what they show, and that each logged propensity is the exact
-probability that the policy puts that product at that position (reco_fast/policies.py)."""
+probability that the policy puts that product at that position (reco_fast/serve/policies.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reco_fast.policies import (
+from reco_fast.serve.policies import (
     MAX_SOFTMAX_TOP_M,
     EpsilonGreedy,
     Greedy,

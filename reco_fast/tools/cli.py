@@ -624,6 +624,9 @@ def parser() -> argparse.ArgumentParser:
         help="minimum click probability (default: the artifact's, usually 0.7)",
     )
     r.set_defaults(func=_recommend)
+    from reco_fast.tools import loop_cli  # evaluate, ab-report, simulate, retrain (issue 14)
+
+    loop_cli.add_parsers(sub, [common], _HelpFormatter)
     return p
 
 

@@ -11,7 +11,7 @@ placed at exactly this position (0-based) given the candidate list and its
 scores. It is the marginal over everything else the policy shows, so for every
 position ``p`` the propensities of all candidates sum to 1 (when the position
 is filled), which :func:`propensity_matrix` makes checkable. Off-policy
-evaluation (:mod:`reco_fast.offpolicy`) weighs a logged click at ``(r, p)`` by
+evaluation (:mod:`reco_fast.build.offpolicy`) weighs a logged click at ``(r, p)`` by
 ``1 / propensity(r, p)``.
 
 Policies (each ``select`` is a few microseconds; the propensities of a request

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .recommend import EXCLUDABLE, Recommendation
+from reco_fast.serve.recommend import EXCLUDABLE, Recommendation
 
 __all__ = ["Reranker"]
 
@@ -21,8 +21,8 @@ __all__ = ["Reranker"]
 class Reranker:
     """``retrieval``'s top ``top_m`` products for a session, re-ordered by ``model``.
 
-    Stands where a Model is expected by :class:`~reco_fast.impressions.LoggedRecommender`
-    and :class:`~reco_fast.ab.ABRouter`: ``path``, ``metadata``, ``threshold`` and
+    Stands where a Model is expected by :class:`~reco_fast.serve.impressions.LoggedRecommender`
+    and :class:`~reco_fast.serve.ab.ABRouter`: ``path``, ``metadata``, ``threshold`` and
     ``builder`` are the re-ranking model's (so the logged ``model_id`` is its artifact).
 
     Parameters

@@ -1,7 +1,7 @@
 """``reco-fast evaluate / ab-report / simulate / retrain``: the feedback loop's commands.
 
-:func:`add_parsers` adds them to ``reco-fast``'s subparsers (reco_fast/cli.py
-calls it); until then, and in tests, ``python -m reco_fast.loop_cli COMMAND ...``
+:func:`add_parsers` adds them to ``reco-fast``'s subparsers (reco_fast/tools/cli.py
+calls it); until then, and in tests, ``python -m reco_fast.tools.loop_cli COMMAND ...``
 runs them with the same error handling and exit statuses (0 success, 2 bad input
 or arguments, 1 anything else).
 """
@@ -33,12 +33,11 @@ def _json_out(data: Any) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     import reco_fast
-
-    from .offpolicy import evaluate_model
+    from reco_fast.build.offpolicy import evaluate_model
 
     model: Any = reco_fast.load(args.artifact)
     if args.rerank_with is not None:
-        from .rerank import Reranker
+        from reco_fast.serve.rerank import Reranker
 
         model = Reranker(model, reco_fast.load(args.rerank_with), args.top_m)
     result = evaluate_model(
@@ -75,7 +74,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _ab_report(args: argparse.Namespace) -> int:
-    from .ab import ab_report, format_ab_report
+    from reco_fast.serve.ab import ab_report, format_ab_report
 
     report = ab_report(args.directory, args.window)
     if args.json:
@@ -86,7 +85,7 @@ def _ab_report(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .simulate import SIMULATION_FILE, format_simulation, simulate
+    from reco_fast.build.simulate import SIMULATION_FILE, format_simulation, simulate
 
     result = simulate(
         args.out,
@@ -112,13 +111,12 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _retrain(args: argparse.Namespace) -> int:
     import reco_fast
-
-    from .retrain import retrain
+    from reco_fast.build.retrain import retrain
 
     base = reco_fast.load(args.base)
     base_log = None
     if args.base_data is not None:
-        from .data import load
+        from reco_fast.build.data import load
 
         base_log = load(args.base_data, args.base_catalog).log
     model = retrain(args.impressions, base, args.out, base_log=base_log)
@@ -139,9 +137,9 @@ def add_parsers(
     ``parents`` and ``formatter_class`` are passed to every ``add_parser`` (cli.py's
     common ``-v`` parser and help formatter). Each sets ``func`` (returns the exit status).
     """
-    from .impressions import DEFAULT_CLICK_WINDOW
-    from .offpolicy import DEFAULT_CLIP
-    from .simulate import DEFAULT_INITIAL_ROWS
+    from reco_fast.build.offpolicy import DEFAULT_CLIP
+    from reco_fast.build.simulate import DEFAULT_INITIAL_ROWS
+    from reco_fast.serve.impressions import DEFAULT_CLICK_WINDOW
 
     kw: dict[str, Any] = {"parents": list(parents)}
     if formatter_class is not None:
@@ -250,8 +248,8 @@ def add_parsers(
 
 
 def parser() -> argparse.ArgumentParser:
-    """A parser with only these subcommands (``python -m reco_fast.loop_cli``)."""
-    from .cli import _verbose
+    """A parser with only these subcommands (``python -m reco_fast.tools.loop_cli``)."""
+    from reco_fast.tools.cli import _verbose
 
     p = argparse.ArgumentParser(prog="reco-fast", description=__doc__.splitlines()[0])
     _verbose(p)
@@ -263,7 +261,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one of the loop's subcommands, with ``reco-fast``'s error handling."""
-    from .cli import _run
+    from reco_fast.tools.cli import _run
 
     return _run(parser(), argv, lambda args: f"reco-fast {args.command}")
 

@@ -1,6 +1,6 @@
 """Retrain a model from its impression log, with the position as a feature fixed at serving.
 
-Build side (scikit-learn, through :mod:`reco_fast.train` and :mod:`reco_fast.compile`).
+Build side (scikit-learn, through :mod:`reco_fast.build.train` and :mod:`reco_fast.compiler.driver`).
 
 Training rows are the logged shown products: shown-and-clicked (label 1)
 against shown-and-not-clicked (label 0), each with the features the serving
@@ -16,7 +16,7 @@ candidate as if it were shown first). The trees are *partially evaluated* at
 value takes, and the feature is removed. The resulting forest has exactly the
 serving model's features and gives, for every row, bit for bit the
 probability of the trained model at position 0 (checked here on every
-training row), so the compile path (:func:`reco_fast.compile.compile_model`)
+training row), so the compile path (:func:`reco_fast.compiler.driver.compile_model`)
 takes it unchanged, with the base model's feature builder, vocabulary and
 catalog.
 
@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import CATALOG_FILE
-from .errors import CompileError, InputError
-from .features import FEATURE_SETS
-from .impressions import DEFAULT_CLICK_WINDOW, LoggedImpression, LogRead, load_joined
-from .schema import LABEL
+from reco_fast.artifact import CATALOG_FILE
+from reco_fast.errors import CompileError, InputError
+from reco_fast.features.page import FEATURE_SETS
+from reco_fast.serve.impressions import DEFAULT_CLICK_WINDOW, LoggedImpression, LogRead, load_joined
+from reco_fast.features.schema import LABEL
 
 __all__ = [
     "POSITION_FEATURE",
@@ -194,14 +194,14 @@ def retrain(
     Parameters
     ----------
     impressions : directory, LogRead or joined impressions
-        The log (:func:`~reco_fast.impressions.load_joined` is applied to a directory).
+        The log (:func:`~reco_fast.serve.impressions.load_joined` is applied to a directory).
     base : Model
         The model whose features, vocabulary and catalog the new model uses
         (typically the one that served the logged traffic); a ranking model.
     out : path
         Artifact directory (written atomically by the compile path).
     params : mapping, optional
-        GradientBoostingClassifier settings over the seed's (:data:`reco_fast.train.SEED_PARAMS`).
+        GradientBoostingClassifier settings over the seed's (:data:`reco_fast.build.train.SEED_PARAMS`).
     threshold : float, optional
         The new artifact's threshold (default: the base model's).
     base_log : DataFrame or dict of columns, optional
@@ -224,9 +224,9 @@ def retrain(
         The partially evaluated forest differs from the trained one at position 0,
         or the compiled model differs from scikit-learn.
     """
-    from .compile import compile_model
-    from .runtime import write_catalog
-    from .train import fit
+    from reco_fast.compiler.driver import compile_model
+    from reco_fast.serve.model import write_catalog
+    from reco_fast.build.train import fit
 
     builder = base.builder
     if builder.feature_set not in FEATURE_SETS or not builder.ranks_products:
@@ -298,7 +298,7 @@ def retrain(
     verify_X = rows.X[:: max(1, len(rows.X) // 4000)]
     model = compile_model(
         served,
-        out,
+        Path(out),
         list(builder.feature_names),
         verify_X=verify_X,
         threshold=base.threshold if threshold is None else threshold,

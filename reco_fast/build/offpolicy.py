@@ -12,7 +12,7 @@ candidate fills with product ``a_p``, ::
     Y_i = sum_p  1[logged product at p == a_p] * clicked * w_ip,    w_ip = min(1 / q_ip, clip)
 
 where ``q_ip`` is the logged propensity of that product at that position (the
-logging policy's probability of putting it there, :mod:`reco_fast.policies`).
+logging policy's probability of putting it there, :mod:`reco_fast.serve.policies`).
 Without clipping ``E[Y_i]`` is the candidate's expected clicks on request ``i``
 whenever the logging policy could show every (product, position) pair the
 candidate shows (``q > 0``, "support").
@@ -49,9 +49,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .impressions import DEFAULT_CLICK_WINDOW, LoggedImpression, LogRead, load_joined
-from .policies import policy_from_json
+from reco_fast.errors import InputError
+from reco_fast.serve.impressions import DEFAULT_CLICK_WINDOW, LoggedImpression, LogRead, load_joined
+from reco_fast.serve.policies import policy_from_json
 
 __all__ = ["DEFAULT_CLIP", "estimate", "evaluate_model", "model_ranker"]
 
@@ -113,7 +113,7 @@ def estimate(
     Parameters
     ----------
     impressions : iterable of LoggedImpression
-        Joined impressions (:func:`~reco_fast.impressions.load_joined`).
+        Joined impressions (:func:`~reco_fast.serve.impressions.load_joined`).
     rank : callable
         ``rank(record) -> product ids`` in position order: the candidate's
         deterministic list for the logged request (``record["session"]`` etc.).
@@ -186,8 +186,8 @@ def estimate(
         with np.errstate(invalid="ignore", divide="ignore"):
             b_ips = y_arr[idx].sum(axis=1) / di[idx].sum(axis=1)
             b_sn = y_arr[idx].sum(axis=1) / ds[idx].sum(axis=1)
-        ips_ci = tuple(np.nanquantile(b_ips, [alpha, 1 - alpha]).tolist())  # type: ignore[assignment]
-        snips_ci = tuple(np.nanquantile(b_sn, [alpha, 1 - alpha]).tolist())  # type: ignore[assignment]
+        ips_ci = tuple(np.nanquantile(b_ips, [alpha, 1 - alpha]).tolist())
+        snips_ci = tuple(np.nanquantile(b_sn, [alpha, 1 - alpha]).tolist())
     return {
         "ips": ips,
         "ips_ci": list(ips_ci),

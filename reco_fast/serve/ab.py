@@ -2,7 +2,7 @@
 
 :class:`ABRouter` assigns each session to a variant by the sha256 of its id (so
 a session keeps its variant across requests, processes, replicas and Python
-versions) and serves it through a :class:`~reco_fast.impressions.LoggedRecommender`
+versions) and serves it through a :class:`~reco_fast.serve.impressions.LoggedRecommender`
 that logs the variant's name with every impression. Each variant is a
 :class:`~reco_fast.ModelHandle`, swappable on its own.
 
@@ -30,8 +30,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .handle import ModelHandle
-from .impressions import (
+from reco_fast.serve.handle import ModelHandle
+from reco_fast.serve.impressions import (
     DEFAULT_CLICK_WINDOW,
     ImpressionLog,
     LoggedImpression,
@@ -40,8 +40,8 @@ from .impressions import (
     Shown,
     load_joined,
 )
-from .policies import Policy
-from .session import SessionTracker
+from reco_fast.serve.policies import Policy
+from reco_fast.serve.session import SessionTracker
 
 __all__ = ["ABRouter", "ab_report", "bucket", "format_ab_report", "wilson_interval"]
 
@@ -62,7 +62,7 @@ class ABRouter:
     variants : mapping of name -> Model, ModelHandle or artifact path
         Each becomes (or stays) a ModelHandle; ``swap(name, new)`` replaces one.
         Other objects with ``recommend``, ``path`` and ``metadata`` (a
-        :class:`~reco_fast.rerank.Reranker`) are served as given.
+        :class:`~reco_fast.serve.rerank.Reranker`) are served as given.
     split : mapping of name -> share, optional
         Non-negative shares summing to 1 (default: equal shares). Sessions are
         assigned in the order of ``variants``: bucket < first share -> first, ...
@@ -119,7 +119,7 @@ class ABRouter:
             bounds.append(acc)
         self._bounds = bounds
         # paths and Models become ModelHandles (swappable); other model-like objects
-        # (a reco_fast.rerank.Reranker) are served as given
+        # (a reco_fast.serve.rerank.Reranker) are served as given
         self.models: dict[str, Any] = {
             n: v if isinstance(v, ModelHandle) or not _loadable(v) else ModelHandle(v)
             for n, v in variants.items()
@@ -159,7 +159,7 @@ class ABRouter:
         if isinstance(session, str):
             sid = session
         elif isinstance(session, Mapping):
-            sid = session.get("session_id") if session_id is None else session_id
+            sid = session.get("session_id") if session_id is None else session_id  # type: ignore[assignment]  # checked below
         else:
             raise TypeError(f"session must be a session id or a dict, got {type(session).__name__}")
         if not isinstance(sid, str) or not sid:
@@ -187,7 +187,7 @@ class ABRouter:
 
 
 def _loadable(source: Any) -> bool:
-    from .runtime import Model
+    from reco_fast.serve.model import Model
 
     return isinstance(source, (str, os.PathLike, Model))
 
@@ -233,7 +233,7 @@ def ab_report(
     """Per-variant requests, impressions, clicks, CTR with its Wilson 95% interval, coverage.
 
     Returns ``{"variants": {name: {...}}, "log": counts}`` (counts from
-    :func:`~reco_fast.impressions.load_joined`: unmatched outcomes, torn lines...).
+    :func:`~reco_fast.serve.impressions.load_joined`: unmatched outcomes, torn lines...).
     """
     impressions, counts = load_joined(directory, window)
     groups: dict[str, list[LoggedImpression]] = {}

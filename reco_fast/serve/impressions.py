@@ -21,7 +21,7 @@ is written for every recommend request made through :class:`LoggedRecommender`::
 ``session`` is the dict passed to ``recommend`` (or the tracker's context for a
 session id), JSON-native, so the feature rows can be rebuilt bit for bit with
 ``model.builder``. ``propensity`` is the probability that the policy put this
-product at this position given the candidate scores (:mod:`reco_fast.policies`).
+product at this position given the candidate scores (:mod:`reco_fast.serve.policies`).
 
 **Outcome** records (``log.click`` / ``log.purchase``) are joined to the latest
 impression of the same session that showed the product and is at most
@@ -89,12 +89,12 @@ from typing import Any
 
 import numpy as np
 
-from .artifact import METADATA_FILE
-from .errors import ArtifactError, InputError
-from .handle import ModelHandle
-from .policies import Greedy, Policy
-from .recommend import CART_FIELD
-from .session import SessionTracker
+from reco_fast.artifact import METADATA_FILE
+from reco_fast.errors import ArtifactError, InputError
+from reco_fast.serve.handle import ModelHandle
+from reco_fast.serve.policies import Greedy, Policy
+from reco_fast.serve.recommend import CART_FIELD, Recommendation
+from reco_fast.serve.session import SessionTracker
 
 __all__ = [
     "DEFAULT_CLICK_WINDOW",
@@ -469,9 +469,9 @@ def load_joined(
     for rec in read.records:
         kind = rec.get("type")
         if kind == "impression":
-            imp = LoggedImpression(rec)
-            by_id[rec["request_id"]] = imp
-            by_session.setdefault(rec["session_id"], []).append(imp)
+            logged = LoggedImpression(rec)
+            by_id[rec["request_id"]] = logged
+            by_session.setdefault(rec["session_id"], []).append(logged)
         elif kind in ("click", "purchase"):
             outcomes.append(rec)
     for imps in by_session.values():
@@ -486,7 +486,7 @@ def load_joined(
         "torn": read.torn,
     }
     for rec in outcomes:
-        imp = by_id.get(rec.get("request_id") or "")
+        imp: LoggedImpression | None = by_id.get(rec.get("request_id") or "")
         if imp is None:
             imp = _latest_showing(by_session.get(rec.get("session_id", ""), ()), rec, window)
             if imp is None:
@@ -752,7 +752,7 @@ class ImpressionLog:
             wake.clear()
             _refill_ids()
             while not stop:
-                batch = []
+                batch: list[Any] = []
                 try:
                     while len(batch) < _BATCH:
                         batch.append(get())
@@ -902,10 +902,13 @@ def _check_ts(ts: Any) -> float:
 
 
 # ---- the serving wrapper -------------------------------------------------------------------
-class Shown(list):  # type: ignore[type-arg]
+class Shown(list[Recommendation]):
     """The recommendations shown (a list of :class:`Recommendation`), with the request's id."""
 
     __slots__ = ("model_id", "request_id", "variant")
+    model_id: str
+    request_id: str
+    variant: str
 
 
 class LoggedRecommender:
@@ -920,12 +923,12 @@ class LoggedRecommender:
     log : ImpressionLog
         Where impressions go (shared by any number of recommenders).
     policy : Policy, optional
-        Exploration (:mod:`reco_fast.policies`); None shows the model's top k.
+        Exploration (:mod:`reco_fast.serve.policies`); None shows the model's top k.
     variant : str
         Recorded in every impression (A/B variant name).
     tracker : SessionTracker, optional
         With a ModelHandle or Model as ``source``: session ids are looked up in
-        this tracker and scored by ``source`` (what :class:`~reco_fast.ab.ABRouter` does).
+        this tracker and scored by ``source`` (what :class:`~reco_fast.serve.ab.ABRouter` does).
     """
 
     def __init__(
@@ -940,7 +943,7 @@ class LoggedRecommender:
         if not isinstance(log, ImpressionLog):
             raise TypeError(f"log must be an ImpressionLog, got {type(log).__name__}")
         if policy is not None and not isinstance(policy, Policy):
-            raise TypeError(f"policy must be a reco_fast.policies.Policy, got {policy!r:.60}")
+            raise TypeError(f"policy must be a reco_fast.serve.policies.Policy, got {policy!r:.60}")
         if not isinstance(variant, str) or not variant:
             raise ValueError(f"variant must be a non-empty string, got {variant!r:.40}")
         if tracker is not None and not isinstance(tracker, SessionTracker):
@@ -1005,6 +1008,7 @@ class LoggedRecommender:
         """
         cls = type(session)
         if cls is dict or (cls is not str and isinstance(session, Mapping)):
+            assert isinstance(session, Mapping)
             sid = session.get("session_id") if session_id is None else session_id
             if type(sid) is not str or not sid:
                 raise ValueError(
@@ -1012,7 +1016,7 @@ class LoggedRecommender:
                     "(a 'session_id' field or the session_id= argument)"
                 )
             logged = None
-        elif cls is str:
+        elif isinstance(session, str):
             tracker = self.tracker
             if tracker is None:
                 raise TypeError("a session id needs a LoggedRecommender built on a SessionTracker")
@@ -1036,6 +1040,7 @@ class LoggedRecommender:
             picks = policy.select([r.probability for r in items], k)
             recs = [items[i] for i in picks]
         if logged is None:
+            assert isinstance(session, Mapping)
             logged = dict(session)
             cart = logged.get(CART_FIELD)
             if type(cart) is list:

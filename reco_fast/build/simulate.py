@@ -4,7 +4,7 @@ Build side (pandas, scikit-learn for the retrain). ``reco-fast simulate --days N
 
 The shoppers
 ------------
-Page views come from the default data generator (:mod:`reco_fast._generate`,
+Page views come from the default data generator (:mod:`reco_fast.build.generate`,
 seed 42, so its catalog is the default build's) and clicks from the
 generator's own latent click model, evaluated for whichever product is shown
 (:class:`ShopperModel`)::
@@ -27,13 +27,13 @@ The loop
 --------
 * **Day 0**: every request is served by the initial model (the default build's
   artifact unless ``initial`` is given) through softmax exploration
-  (:class:`~reco_fast.policies.SoftmaxSampling`, top ``top_m``), and logged.
-* **Retrain** (:func:`reco_fast.retrain.retrain`) on day 0's impressions of the
+  (:class:`~reco_fast.serve.policies.SoftmaxSampling`, top ``top_m``), and logged.
+* **Retrain** (:func:`reco_fast.build.retrain.retrain`) on day 0's impressions of the
   sessions outside a hash-chosen ``holdout`` share: shown-and-clicked against
   shown-and-not-clicked, position as a feature fixed at 0.
-* **Off-policy estimate** (:mod:`reco_fast.offpolicy`) of the retrained model's
+* **Off-policy estimate** (:mod:`reco_fast.build.offpolicy`) of the retrained model's
   CTR from day 0's held-out impressions (IPS, normal 95% interval).
-* **Days 1..N-1**: an :class:`~reco_fast.ab.ABRouter` serves ``initial`` and
+* **Days 1..N-1**: an :class:`~reco_fast.serve.ab.ABRouter` serves ``initial`` and
   ``retrained`` to a 50/50 hash split of sessions, greedily (each model's own top k).
 
 Every request shows ``k`` products (threshold 0 by default: the models rank,
@@ -64,12 +64,12 @@ from typing import Any
 
 import numpy as np
 
-from .ab import ABRouter, bucket, variant_stats, wilson_interval
-from .data import DEFAULT_SEED
-from .impressions import ImpressionLog, JsonlSink, LoggedImpression, LoggedRecommender, load_joined
-from .offpolicy import estimate, model_ranker
-from .policies import SoftmaxSampling
-from .rerank import Reranker
+from reco_fast.serve.ab import ABRouter, bucket, variant_stats, wilson_interval
+from reco_fast.build.data import DEFAULT_SEED
+from reco_fast.serve.impressions import ImpressionLog, JsonlSink, LoggedImpression, LoggedRecommender, load_joined
+from reco_fast.build.offpolicy import estimate, model_ranker
+from reco_fast.serve.policies import SoftmaxSampling
+from reco_fast.serve.rerank import Reranker
 
 __all__ = ["ShopperModel", "format_simulation", "simulate"]
 
@@ -116,7 +116,7 @@ class ShopperModel:
     """
 
     def __init__(self, frame: Any, catalog: Any, seed: int = 0, examination_decay: float = 0.7):
-        from . import _generate as g
+        from reco_fast.build import generate as g
 
         if not examination_decay >= 0:
             raise ValueError(f"examination_decay must be >= 0, got {examination_decay!r}")
@@ -178,7 +178,7 @@ class ShopperModel:
         cls, n_rows: int, seed: int = DEFAULT_SEED, click_seed: int = 0, **kwargs: Any
     ) -> ShopperModel:
         """Page views from ``_generate.generate(n_rows, seed=seed)`` (seed 42: the default catalog)."""
-        from ._generate import generate
+        from reco_fast.build.generate import generate
 
         frame, catalog = generate(n_rows=n_rows, seed=seed)
         return cls(frame, catalog, click_seed, **kwargs)
@@ -187,7 +187,7 @@ class ShopperModel:
         return len(self.frame)
 
     def _relation(self, rows: np.ndarray, products: np.ndarray) -> np.ndarray:
-        from ._generate import _W as w
+        from reco_fast.build.generate import _W as w
 
         rec_cat = self.prod_cat[products]
         same = rec_cat == self.cur_cat[rows]
@@ -338,7 +338,7 @@ def simulate(
         See ``initial``; these page views are also the retraining's ``base_log``.
     base_log : DataFrame, optional
         With ``initial`` given: the page views it was trained on, for the
-        retraining (:func:`reco_fast.retrain.retrain`); None retrains on the
+        retraining (:func:`reco_fast.build.retrain.retrain`); None retrains on the
         impressions alone.
     k, threshold : int, float
         Products per request and the recommend threshold.
@@ -351,14 +351,14 @@ def simulate(
         Seeds the shoppers' clicks, the customer effects and the exploration.
     rerank : bool
         Serve (and evaluate) the retrained model as a re-ranker of the initial
-        model's top ``top_m`` (:class:`~reco_fast.rerank.Reranker`: the set day 0
+        model's top ``top_m`` (:class:`~reco_fast.serve.rerank.Reranker`: the set day 0
         explored, so every product it shows had a logged propensity); False serves
         it on the whole catalog (off-policy evaluation then misses the slots it
         fills with products day 0 never showed: ``unsupported_slots``).
     """
     import reco_fast
 
-    from .retrain import retrain
+    from reco_fast.build.retrain import retrain
 
     if isinstance(days, bool) or not isinstance(days, int) or days < 2:
         raise ValueError(f"days must be an integer >= 2 (day 0 and an A/B day), got {days!r:.40}")
@@ -372,8 +372,8 @@ def simulate(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if initial is None:
-        from .data import generate_default, load
-        from .pipeline import build
+        from reco_fast.build.data import generate_default, load
+        from reco_fast.build.pipeline import build
 
         data_dir = out / "data"
         log_path, catalog_path = generate_default(data_dir)
@@ -445,7 +445,7 @@ def simulate(
         raise RuntimeError(f"the simulation lost impression records: {stats}")
 
     imps, counts = load_joined(log_dir)
-    result_days = []
+    result_days: list[dict[str, Any]] = []
     for day, tally in enumerate(tallies):
         lo = START_TS + day * DAY_SECONDS
         todays = [i for i in imps if lo <= i.record["ts"] < lo + DAY_SECONDS]
