@@ -52,8 +52,13 @@ __all__ = [
     "read_metadata",
 ]
 
-FORMAT_VERSION = 2
-"""2: metadata_sha256, feature_spec and golden raw sessions; required library/catalog entries."""
+FORMAT_VERSION = 3
+"""2: metadata_sha256, feature_spec and golden raw sessions; required library/catalog entries.
+3: model families (issue 15): ``output`` (probability, score or value), ``missing_values``
+(routed: NaN is a valid input), raw-margin entry points and golden margins. A version-2
+artifact is still read (a binary classifier that refuses NaN); a reader of version 2
+refuses a version-3 one, which it would misread (a ranker's scores as probabilities)."""
+OLDEST_FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
 CATALOG_FILE = "catalog.csv"
 DIGEST_FIELD = "metadata_sha256"
@@ -317,10 +322,10 @@ def _check_version_and_digest(meta: dict[str, Any], root: Path) -> None:
             f"{root} has format version {version}, newer than this reco_fast reads "
             f"({FORMAT_VERSION}); upgrade reco_fast"
         )
-    if version < FORMAT_VERSION:
+    if version < OLDEST_FORMAT_VERSION:
         raise ArtifactError(
             f"{root} has format version {version}, older than this reco_fast reads "
-            f"({FORMAT_VERSION}): its metadata is not covered by a checksum and it records no "
+            f"({OLDEST_FORMAT_VERSION}): its metadata is not covered by a checksum and it records no "
             "feature specification; rebuild the artifact with `python build_model.py`"
         )
     digest = meta.get(DIGEST_FIELD)

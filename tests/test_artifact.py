@@ -22,6 +22,7 @@ import reco_fast
 import reco_fast.compiler.driver
 from reco_fast import ArtifactError, CompileError
 from reco_fast.artifact import FORMAT_VERSION, METADATA_FILE, metadata_digest, platform_tag
+from reco_fast.compiler.frontends import sklearn_gbc
 from reco_fast.features.page import FEATURE_SETS, definition_sha256
 from tests.helpers import Built
 
@@ -79,7 +80,7 @@ def test_round_trip(built: Built) -> None:
 def test_metadata_contents(built: Built) -> None:
     meta = _meta(built.path)
     assert meta["format"] == "reco_fast"
-    assert meta["format_version"] == FORMAT_VERSION == 2
+    assert meta["format_version"] == FORMAT_VERSION == 3
     assert meta["feature_set"] == "ranking"
     assert meta["feature_names"] == list(FEATURE_SETS["ranking"])
     assert meta["feature_spec"] == {
@@ -294,7 +295,7 @@ def test_failed_compile_keeps_previous_artifact(
         reco_fast.compile_model(estimator, copy)
     assert snapshot(copy) == before
     # refused later, by verification, after staging was written
-    monkeypatch.setattr(reco_fast.compiler.driver, "check_estimator", lambda e: None)
+    monkeypatch.setattr(sklearn_gbc, "check_estimator", lambda e: None)
     with pytest.raises(CompileError, match="differs from scikit-learn"):
         reco_fast.compile_model(estimator, copy)
     assert snapshot(copy) == before

@@ -17,6 +17,7 @@ import reco_fast
 import reco_fast.compiler.driver
 from reco_fast import CompileError
 from reco_fast.compiler.driver import TOLERANCE, adversarial_inputs, tree_thresholds
+from reco_fast.compiler.frontends import sklearn_gbc
 from tests.helpers import Built
 
 
@@ -303,7 +304,7 @@ def test_verification_catches_what_check_estimator_would_refuse(
 ) -> None:
     """Without the up-front check, loss='exponential' compiles to the wrong link function:
     the comparison with scikit-learn is what refuses it, and nothing is written."""
-    monkeypatch.setattr(reco_fast.compiler.driver, "check_estimator", lambda estimator: None)
+    monkeypatch.setattr(sklearn_gbc, "check_estimator", lambda estimator: None)
     X, y = _data()
     estimator = GradientBoostingClassifier(n_estimators=10, loss="exponential").fit(X, y)
     out = tmp_path / "out"

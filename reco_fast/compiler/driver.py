@@ -1,17 +1,18 @@
-"""Compile a fitted GradientBoostingClassifier into a verified artifact.
+"""Compile a fitted tree ensemble into a verified artifact.
 
-The stages follow lleaves: import (treelite reads the estimator), intermediate
-form (treelite's model, from which tl2cgen emits C), code generation and build
-(``_codegen``), then verification against the estimator's own
-``predict_proba``. A build that differs from scikit-learn by more than 1e-12 on
-any verification row raises :class:`CompileError` and writes nothing: treelite's
-importer has mishandled estimator configurations before, and only a check on
-real outputs can say it did not this time.
+The stages follow lleaves: import (a front end per library, :mod:`reco_fast.compiler.frontends`,
+reads the estimator into treelite's model), intermediate form (treelite's model, from
+which ``_ir`` builds the flat evaluator's arrays and tl2cgen emits C), code generation
+and build (``_codegen``), then verification against the library's own predictions
+(margin and output). A build that differs from them by more than the front end's
+tolerance (1e-12 for scikit-learn and LightGBM) on any verification row raises
+:class:`CompileError` and writes nothing: treelite's importers have mishandled
+estimator configurations before, and only a check on real outputs can say they did not
+this time.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import itertools
 import logging
@@ -38,10 +39,17 @@ from reco_fast.artifact import (
     write_metadata,
 )
 from reco_fast.compiler.codegen import build_library, generate_c, module_name
-from reco_fast.compiler.ir import UnsupportedForest, from_treelite
+from reco_fast.compiler.frontends import Imported, import_estimator, with_summation_bound
+from reco_fast.compiler.frontends.sklearn_gbc import check_estimator, fitted_view
+from reco_fast.compiler.ir import (
+    UnsupportedForest,
+    from_treelite,
+    model_json,
+    thresholds_by_feature,
+)
 from reco_fast.errors import ArtifactError, CompileError
 
-__all__ = ["TOLERANCE", "adversarial_inputs", "compile_model"]
+__all__ = ["TOLERANCE", "adversarial_inputs", "check_estimator", "compile_model", "fitted_view"]
 
 log = logging.getLogger(__name__)
 
@@ -55,44 +63,14 @@ NEAR_TIE = 1e-9
 (but are not equal): the compiled order must be scikit-learn's, whatever rounding."""
 
 
-def check_estimator(estimator: Any) -> None:
-    """Refuse, before any work, what the compiler cannot reproduce exactly."""
-    try:
-        from sklearn.dummy import DummyClassifier
-        from sklearn.ensemble import GradientBoostingClassifier
-    except ImportError as exc:  # pragma: no cover - build extra missing
-        raise CompileError(
-            "compiling needs the build extra: pip install 'reco_fast[build]'"
-        ) from exc
-    if not isinstance(estimator, GradientBoostingClassifier):
-        raise CompileError(
-            "reco_fast compiles sklearn.ensemble.GradientBoostingClassifier; "
-            f"got {type(estimator).__module__}.{type(estimator).__name__}"
-        )
-    if not hasattr(estimator, "estimators_"):
-        raise CompileError("the GradientBoostingClassifier is not fitted; call fit() first")
-    if len(estimator.estimators_) == 0:
-        raise CompileError("the GradientBoostingClassifier has no fitted trees")
-    if len(estimator.classes_) != 2:
-        raise CompileError(
-            f"only binary classifiers are supported; this one has {len(estimator.classes_)} classes"
-        )
-    if getattr(estimator, "loss", "log_loss") != "log_loss":
-        # treelite imports loss='exponential' with the log-loss link (sigmoid of the raw
-        # score instead of expit(2 * raw)); verification catches it, this says why.
-        raise CompileError(
-            f"loss={estimator.loss!r} is not supported: treelite reproduces only loss='log_loss'"
-        )
-    init = estimator.init_
-    if not (init == "zero" or (isinstance(init, DummyClassifier) and init.strategy == "prior")):
-        raise CompileError(
-            f"custom init estimators are not supported (init={init!r}); "
-            "use init=None (the class prior) or init='zero'"
-        )
-
-
 def tree_thresholds(estimator: Any) -> list[np.ndarray]:
-    """Per feature, every threshold the trees compare it with."""
+    """Per feature, every threshold the trees compare it with.
+
+    ``estimator`` is a fitted scikit-learn ``GradientBoosting*`` (its ``estimators_``),
+    or a list of per-feature threshold arrays, returned as they are.
+    """
+    if isinstance(estimator, list):
+        return estimator
     n = estimator.n_features_in_
     found: list[list[np.ndarray]] = [[] for _ in range(n)]
     for tree in estimator.estimators_[:, 0]:
@@ -103,17 +81,42 @@ def tree_thresholds(estimator: Any) -> list[np.ndarray]:
     return [np.unique(np.asarray(v, dtype=np.float64)) for v in found]
 
 
-def adversarial_inputs(estimator: Any, base: np.ndarray, seed: int = 0) -> np.ndarray:
+MAX_ADVERSARIAL_ROWS = 100_000
+"""Above this many threshold rows (7 per threshold, one feature changed per row), the
+values are packed: every feature of a row takes one of its own candidate values, so each
+threshold is still tried on, and one ulp either side of, its value, in fewer rows (a
+500-tree, depth-10 model: 130,000 thresholds in about 60,000 rows instead of 910,000).
+Only if one feature alone has more candidates than this are they sampled."""
+
+
+def adversarial_inputs(
+    estimator: Any,
+    base: np.ndarray,
+    seed: int = 0,
+    *,
+    nan: bool = False,
+    max_rows: int = MAX_ADVERSARIAL_ROWS,
+) -> np.ndarray:
     """Rows that sit on, and one ulp either side of, every threshold the trees use.
 
-    Each value is tried as a float64 and as its float32 rounding and neighbours,
-    plus a double whose low 32 bits are all ones (tl2cgen's missing marker).
+    ``estimator`` is a fitted scikit-learn ``GradientBoosting*`` or per-feature
+    thresholds (:func:`tree_thresholds`). Each value is tried as a float64 and as its
+    float32 rounding and neighbours, plus a double whose low 32 bits are all ones
+    (tl2cgen's old missing marker). With ``nan`` (models that route missing values),
+    rows with NaN in each split feature, in every feature, and in a random third of
+    the features follow. More than ``max_rows`` threshold rows: packed
+    (:data:`MAX_ADVERSARIAL_ROWS`).
     """
     rng = np.random.default_rng(seed)
+    thresholds = tree_thresholds(estimator)
+    packed = 7 * sum(t.size for t in thresholds) > max_rows
     feats, values = [], []
-    for f, thr in enumerate(tree_thresholds(estimator)):
+    for f, thr in enumerate(thresholds):
         if thr.size == 0:
             continue
+        if packed and 7 * thr.size > max_rows:
+            log.info("adversarial rows: a sample of feature %d's %d thresholds", f, thr.size)
+            thr = thr[rng.random(thr.size) < max_rows / (7 * thr.size)]
         t32 = thr.astype(np.float32)
         ones = (thr.view(np.uint64) | np.uint64(0xFFFFFFFF)).view(np.float64)
         cand = np.concatenate(
@@ -130,12 +133,32 @@ def adversarial_inputs(estimator: Any, base: np.ndarray, seed: int = 0) -> np.nd
         cand = cand[np.isfinite(cand) & (np.abs(cand) <= np.finfo(np.float32).max)]
         feats.append(np.full(cand.size, f))
         values.append(cand)
-    if not feats:
+    if len(base) == 0:
         return base[:0]
-    feat = np.concatenate(feats)
-    val = np.concatenate(values)
-    rows = base[rng.integers(0, len(base), size=feat.size)].copy()
-    rows[np.arange(feat.size), feat] = val
+    rows = base[:0]
+    if feats and packed:
+        n_rows = max(v.size for v in values)
+        log.info(
+            "adversarial rows: %d threshold values packed into %d rows",
+            sum(v.size for v in values),
+            n_rows,
+        )
+        rows = base[rng.integers(0, len(base), size=n_rows)].copy()
+        for feat, val in zip(feats, values, strict=True):
+            rows[:, feat[0]] = np.resize(rng.permutation(val), n_rows)
+    elif feats:
+        feat = np.concatenate(feats)
+        val = np.concatenate(values)
+        rows = base[rng.integers(0, len(base), size=feat.size)].copy()
+        rows[np.arange(feat.size), feat] = val
+    if nan:
+        split = [f for f, t in enumerate(thresholds) if t.size]
+        one_nan = base[rng.integers(0, len(base), size=4 * len(split))].copy()
+        one_nan[np.arange(one_nan.shape[0]), np.repeat(split, 4)] = np.nan
+        some_nan = base[rng.integers(0, len(base), size=min(2000, 4 * len(base)))].copy()
+        some_nan[rng.random(some_nan.shape) < 1 / 3] = np.nan
+        all_nan = np.full((1, base.shape[1]), np.nan)
+        rows = np.concatenate([rows, one_nan, all_nan, some_nan])
     return rows
 
 
@@ -153,32 +176,62 @@ def synthetic_inputs(estimator: Any, n_rows: int = 2000, seed: int = 0) -> np.nd
     return np.column_stack(cols).astype(np.float32).astype(np.float64)
 
 
-def verify(estimator: Any, model: Any, X: np.ndarray) -> dict[str, float | int]:
-    """Compare the compiled library with the estimator on X, both input precisions."""
+def _max_diff(got: np.ndarray, expected: np.ndarray) -> float:
+    """Largest |got - expected|; a NaN on either side (and not both) is infinite."""
+    diff = np.abs(got - expected)
+    diff[np.isnan(got) != np.isnan(expected)] = np.inf
+    return float(np.max(np.nan_to_num(diff, nan=0.0), initial=0.0))
+
+
+def verify(imported: Imported, model: Any, X: np.ndarray) -> dict[str, float | int]:
+    """Compare the compiled library with the library's own predictions on X.
+
+    Every entry point: batch float64 and float32 rows, single rows, for the output
+    (probability, score or value) and the margin. float32 rows are what the model sees
+    after rounding X; for float64-precision models the reference is asked about those
+    rounded rows too.
+    """
     if len(X) == 0:  # trees without a single split have no adversarial rows
-        return {"rows": 0, "max_abs_diff": 0.0}
-    expected = estimator.predict_proba(X)[:, 1]
+        return {"rows": 0, "max_abs_diff": 0.0, "margin_max_abs_diff": 0.0}
     X64 = np.ascontiguousarray(X, dtype=np.float64)
-    got64 = model._predict_f64(X64)
-    got32 = model._predict_f32(np.ascontiguousarray(X, dtype=np.float32))
-    ones = np.asarray([model._one(row) for row in X64[:2000].tolist()])
-    got32 = np.concatenate([got32, ones])
-    expected32 = np.concatenate([expected, expected[:2000]])
-    diff = float(
-        max(
-            np.max(np.abs(got64 - expected), initial=0.0),
-            np.max(np.abs(got32 - expected32), initial=0.0),
-        )
-    )
-    if not diff <= TOLERANCE:
-        worst = int(np.argmax(np.abs(got64 - expected)))
-        raise CompileError(
-            f"compiled model differs from scikit-learn's predict_proba by {diff:.3g} "
-            f"(> {TOLERANCE:g}); first worst row {worst}: sklearn {expected[worst]!r}, "
-            f"compiled {got64[worst]!r} ({model.backend}). treelite/tl2cgen cannot reproduce this estimator "
-            "configuration; nothing was written"
-        )
-    return {"rows": len(X), "max_abs_diff": diff}
+    X32 = np.ascontiguousarray(X, dtype=np.float32)
+    margin, expected = imported.reference(X64)
+    if imported.input_precision == "float64":
+        margin32, expected32 = imported.reference(X32.astype(np.float64))
+    else:
+        margin32, expected32 = margin, expected
+    head = X64[:2000].tolist()
+    got = {
+        "output": [
+            (model._predict_f64(X64), expected),
+            (model._predict_f32(X32), expected32),
+            (np.asarray([model._one(row) for row in head]), expected[:2000]),
+        ],
+        "margin": [
+            (model._margin_f64(X64), margin),
+            (model._margin_f32(X32), margin32),
+            (np.asarray([model._margin_one(row) for row in head]), margin[:2000]),
+        ],
+    }
+    diffs = {k: max(_max_diff(g, e) for g, e in pairs) for k, pairs in got.items()}
+    limits = {"output": imported.output_tolerance, "margin": imported.tolerance}
+    for kind in ("output", "margin"):
+        if not diffs[kind] <= limits[kind]:
+            g, e = got[kind][0]
+            worst = int(np.argmax(np.nan_to_num(np.abs(g - e), nan=np.inf)))
+            what = "" if kind == "output" else " (the raw margin)"
+            raise CompileError(
+                f"compiled model differs from {imported.reference_name}{what} by "
+                f"{diffs[kind]:.3g} (> {limits[kind]:g}); first worst row {worst}: "
+                f"{imported.family} {e[worst]!r}, compiled {g[worst]!r} ({model.backend}). "
+                "treelite/tl2cgen cannot reproduce this estimator configuration; nothing "
+                "was written"
+            )
+    return {
+        "rows": len(X),
+        "max_abs_diff": diffs["output"],
+        "margin_max_abs_diff": diffs["margin"],
+    }
 
 
 def _ns_per_row(model: Any, X: np.ndarray, repeats: int = 5) -> float:
@@ -192,13 +245,13 @@ def _ns_per_row(model: Any, X: np.ndarray, repeats: int = 5) -> float:
     return best / max(len(X), 1) * 1e9
 
 
-def _versions() -> dict[str, str]:
+def _versions(family: str = "sklearn-gb") -> dict[str, str]:
     import cffi
     import sklearn
     import tl2cgen
     import treelite
 
-    return {
+    out = {
         "reco_fast": __version__,
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -207,39 +260,11 @@ def _versions() -> dict[str, str]:
         "tl2cgen": tl2cgen.__version__,
         "cffi": cffi.__version__,
     }
+    if family in ("xgboost", "lightgbm"):
+        import importlib
 
-
-def fitted_view(estimator: Any) -> Any:
-    """The estimator as scikit-learn predicts with it: ``n_estimators`` = the fitted trees.
-
-    scikit-learn's ``predict_proba`` sums every tree in ``estimators_``, but treelite
-    reads ``n_estimators`` trees from it: after early stopping (``n_iter_no_change``:
-    fewer trees than ``n_estimators``) or ``set_params(n_estimators=...)`` on a fitted
-    model the two differ, and treelite reads past the array (a segfault) or drops
-    trees. A shallow copy with ``n_estimators`` set to ``len(estimators_)`` is
-    compiled instead; the caller's estimator is not modified.
-    """
-    n_trees = len(estimator.estimators_)
-    if estimator.n_estimators == n_trees:
-        return estimator
-    log.info(
-        "compiling the %d fitted trees (n_estimators=%r: early stopping or set_params)",
-        n_trees,
-        estimator.n_estimators,
-    )
-    view = copy.copy(estimator)
-    view.n_estimators = n_trees
-    return view
-
-
-def _import_treelite(estimator: Any) -> Any:
-    import treelite
-
-    try:
-        return treelite.sklearn.import_model(fitted_view(estimator))
-    except (NotImplementedError, treelite.TreeliteError) as exc:
-        message = " ".join(str(exc).split())[:300]
-        raise CompileError(f"treelite cannot import this estimator: {message}") from exc
+        out[family] = importlib.import_module(family).__version__
+    return out
 
 
 def _native(value: Any) -> Any:
@@ -250,6 +275,9 @@ def golden_sessions(
     estimator: Any, builder: Any, pool: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
     """Golden raw sessions for an artifact: page views as dicts and scikit-learn's answers.
+
+    ``estimator`` is a fitted classifier, or a function of a feature matrix giving the
+    probabilities (a front end's reference output).
 
     ``pool`` holds candidate sessions (e.g. the test split's rows as dicts; fields
     beyond the builder's required ones are dropped). The first
@@ -296,9 +324,15 @@ def golden_sessions(
     picked += [i for i in extra if i is not None and i not in picked]
     sessions = [rows[i] for i in picked]
 
+    predict = (
+        estimator
+        if callable(estimator) and not hasattr(estimator, "predict_proba")
+        else (lambda X: estimator.predict_proba(X)[:, 1])
+    )
+
     def proba(batch: list[dict[str, Any]]) -> np.ndarray:
         columns = {f: np.asarray([s[f] for s in batch], dtype=object) for f in fields}
-        return estimator.predict_proba(builder.transform(columns))[:, 1]
+        return predict(builder.transform(columns))
 
     out: dict[str, Any] = {"sessions": sessions, "proba": proba(sessions).tolist()}
     if not builder.ranks_products:
@@ -347,7 +381,18 @@ def compile_model(
     builder: Any = None,
     sessions: Sequence[Mapping[str, Any]] | None = None,
 ) -> Any:
-    """Compile, verify and write an artifact for a fitted binary GradientBoostingClassifier.
+    """Compile, verify and write an artifact for a fitted tree ensemble.
+
+    ``estimator``: scikit-learn's ``GradientBoostingClassifier`` (binary) /
+    ``GradientBoostingRegressor`` / ``HistGradientBoostingClassifier`` (binary) /
+    ``HistGradientBoostingRegressor``, XGBoost's ``XGBClassifier`` / ``XGBRanker`` /
+    ``XGBRegressor`` / ``Booster``, or LightGBM's ``LGBMClassifier`` / ``LGBMRanker`` /
+    ``LGBMRegressor`` / ``Booster`` (:mod:`reco_fast.compiler.frontends` says what each accepts).
+    Every backend is verified against the library's own margin and output on
+    ``verify_X`` and adversarial rows; the artifact's metadata records the family,
+    objective, ``output`` ("probability", "score" or "value"), ``missing_values``
+    ("routed": NaN is a valid input; "refused") and which backend serves.
+    ``threshold`` applies to probabilities only (rankers and regressors record none).
 
     ``verify_X`` (rows in feature order) is checked along with adversarial rows
     built from the model's thresholds; without it, rows are synthesised from the
@@ -365,15 +410,10 @@ def compile_model(
     from reco_fast.features.page import FEATURE_SETS, definition_sha256, spec_for
     from reco_fast.serve.model import Model
 
-    check_estimator(estimator)
-    n_features = int(estimator.n_features_in_)
+    imported = import_estimator(estimator)
+    n_features = imported.n_features
     if feature_names is None:
-        names_in = getattr(estimator, "feature_names_in_", None)
-        feature_names = (
-            list(map(str, names_in))
-            if names_in is not None
-            else [f"f{i}" for i in range(n_features)]
-        )
+        feature_names = imported.feature_names or [f"f{i}" for i in range(n_features)]
     feature_names = [str(f) for f in feature_names]
     if len(feature_names) != n_features:
         raise CompileError(
@@ -381,8 +421,15 @@ def compile_model(
         )
     if len(set(feature_names)) != n_features:
         raise CompileError("feature names must be unique")
-    if not 0.0 <= threshold <= 1.0:
+    probability = imported.output == "probability"
+    if probability and not 0.0 <= threshold <= 1.0:
         raise CompileError(f"threshold must be in [0, 1], got {threshold!r}")
+    if feature_set is not None and not probability:
+        raise CompileError(
+            f"feature_set={feature_set!r} needs a binary classifier (recommend shows "
+            f"products by probability); this {imported.family} model gives a "
+            f"{imported.output}: compile it without a feature set and use decision_function"
+        )
     if feature_set is not None:
         fs = spec_for(feature_set)
         if fs is None or list(fs.names) != feature_names:
@@ -402,13 +449,21 @@ def compile_model(
     }
 
     out_dir = Path(os.path.abspath(out_dir))  # the build never depends on the cwd
+    tl_model = imported.treelite_model
+    tl_json = model_json(tl_model)
+    imported = with_summation_bound(imported, tl_json)
+    thresholds = thresholds_by_feature(tl_json)
+    routed = imported.missing_values == "routed"
     base = (
-        synthetic_inputs(estimator)
+        synthetic_inputs(thresholds)
         if verify_X is None
         else np.asarray(verify_X, dtype=np.float64).reshape(-1, n_features)
     )
-    if not np.all(np.isfinite(base)):
-        raise CompileError("verify_X must be finite")
+    if not np.all(np.isfinite(base) | (routed & np.isnan(base))):
+        raise CompileError(
+            "verify_X must be finite"
+            + (" (NaN allowed: this model routes missing values)" if routed else "")
+        )
 
     try:
         with build_lock(out_dir):
@@ -417,15 +472,18 @@ def compile_model(
                 log.info("removed %d stale staging directories", len(stale))
             staging = staging_dir(out_dir)
             try:
-                log.info("importing the estimator into treelite")
-                tl_model = _import_treelite(estimator)
+                forest, flat_note = None, "generated"
                 try:
-                    forest = from_treelite(tl_model)
+                    if imported.input_precision != "float32":
+                        raise UnsupportedForest(
+                            "it compares float32 inputs, this model float64 ones"
+                        )
+                    if routed:
+                        raise UnsupportedForest("it does not route missing values (NaN)")
+                    forest = from_treelite(tl_model, tl_json)
                 except UnsupportedForest as exc:
-                    log.warning(
-                        "flat evaluator not generated (%s); serving with tl2cgen's code", exc
-                    )
-                    forest = None
+                    flat_note = f"not generated: {exc}"
+                    log.info("flat evaluator not generated (%s); serving with tl2cgen's code", exc)
                 work = Path(tempfile.mkdtemp(prefix="build-", dir=staging))
                 log.info(
                     "generating C: tl2cgen's reference code%s",
@@ -437,6 +495,10 @@ def compile_model(
                     work,
                     forest,
                     feature_set if feature_set in FEATURE_SETS else None,  # C session kernel
+                    input_precision=imported.input_precision,
+                    missing_values=imported.missing_values,
+                    n_trees=imported.n_trees,
+                    zero_snap=imported.zero_snap,
                 )
                 log.info("compiling the C library with cffi")
                 lib_path = build_library(sources, work, staging)
@@ -445,14 +507,20 @@ def compile_model(
                 shutil.rmtree(work)
 
                 model = Model._from_library(staging, lib_path, module_name(sources), feature_names)
-                log.info("verifying every backend against scikit-learn")
-                adversarial = adversarial_inputs(estimator, base)
+                log.info("verifying every backend against %s", imported.reference_name)
+                adversarial = adversarial_inputs(thresholds, base, nan=routed)
                 checks = {}
                 for name in model.available_backends():
+                    log.info(
+                        "verifying %s: %d test rows, %d adversarial rows",
+                        name,
+                        len(base),
+                        len(adversarial),
+                    )
                     backend = model.using(name)
                     checks[name] = {
-                        "test": verify(estimator, backend, base),
-                        "adversarial": verify(estimator, backend, adversarial),
+                        "test": verify(imported, backend, base),
+                        "adversarial": verify(imported, backend, adversarial),
                     }
                 report_base = max(
                     (c["test"] for c in checks.values()), key=lambda r: r["max_abs_diff"]
@@ -467,15 +535,22 @@ def compile_model(
                     else "tl2cgen"
                 )
                 model = model.using(default)
-                golden_X = np.concatenate([base[: N_GOLDEN // 2], adversarial[: N_GOLDEN // 2]])
-                golden_p = estimator.predict_proba(golden_X)[:, 1]
+                parts = [base[: N_GOLDEN // 2], adversarial[: N_GOLDEN // 2 - 4]]
+                if routed:  # rows with NaN, routed as learned, among the golden rows
+                    parts.append(adversarial[np.isnan(adversarial).any(axis=1)][-4:])
+                golden_X = np.concatenate(parts)
+                golden_m, golden_p = imported.reference(golden_X)
+
+                def reference_output(X: np.ndarray) -> np.ndarray:
+                    return imported.reference(X)[1]
+
                 if feature_set is None:
                     golden_s = None
                 elif feature_set in FEATURE_SETS:
-                    golden_s = golden_sessions(estimator, builder, sessions or ())
+                    golden_s = golden_sessions(reference_output, builder, sessions or ())
                 else:  # an event-trained model builds its own (reco_fast.features.events)
                     golden_s = builder.golden_sessions(
-                        lambda X: estimator.predict_proba(X)[:, 1],
+                        reference_output,
                         list(sessions or ()),
                         N_GOLDEN_SESSIONS,
                         N_GOLDEN_RECOMMEND,
@@ -490,26 +565,43 @@ def compile_model(
                     "module": module_name(sources),
                     "feature_names": feature_names,
                     "feature_set": None,
-                    "threshold": float(threshold),
-                    "estimator": {
-                        k: v
-                        for k, v in estimator.get_params().items()
-                        if isinstance(v, (int, float, str, bool, type(None)))
-                    },
-                    "n_trees": len(estimator.estimators_),
+                    "threshold": float(threshold) if probability else None,
+                    "family": imported.family,
+                    "objective": imported.objective,
+                    "output": imported.output,
+                    "link": imported.link,
+                    "input_precision": imported.input_precision,
+                    "missing_values": imported.missing_values,
+                    "estimator": imported.params,
+                    "n_trees": imported.n_trees,
                     "backend": default,
+                    "flat_evaluator": flat_note,
                     "backends": {name: {"ns_per_row": timings[name]} for name in checks},
-                    "versions": _versions(),
+                    "versions": _versions(imported.family),
                     "platform": platform_tag(),
                     "verification": {
-                        "tolerance": TOLERANCE,
+                        "reference": imported.reference_name,
+                        "tolerance": imported.output_tolerance,
+                        "margin_tolerance": imported.tolerance,
+                        "tolerance_note": imported.tolerance_note,
                         "backends": sorted(checks),
                         "rows": report_base["rows"],
                         "max_abs_diff": report_base["max_abs_diff"],
+                        "margin_max_abs_diff": max(
+                            c["test"]["margin_max_abs_diff"] for c in checks.values()
+                        ),
                         "adversarial_rows": report_adv["rows"],
                         "adversarial_max_abs_diff": report_adv["max_abs_diff"],
+                        "adversarial_margin_max_abs_diff": max(
+                            c["adversarial"]["margin_max_abs_diff"] for c in checks.values()
+                        ),
                     },
-                    "golden": {"X": golden_X.tolist(), "proba": golden_p.tolist()},
+                    "golden": {
+                        # JSON has no NaN: a missing value is null
+                        "X": [[None if v != v else v for v in row] for row in golden_X.tolist()],
+                        "proba": golden_p.tolist(),
+                        "margin": golden_m.tolist(),
+                    },
                 }
                 meta.update(metadata or {})
                 # what load checks is set here, after the caller's metadata

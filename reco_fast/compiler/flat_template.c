@@ -41,6 +41,9 @@ static const double rq_leaf[RQ_NT * RQ_NL] = {@LEAVES@};
 static const double rq_base = @BASE@;
 
 static inline double rq_sigmoid(double margin) { return 1.0 / (1.0 + exp(-margin)); }
+/* the model's output from its margin: sigmoid (a probability) or identity (a score) */
+#define RQ_LINK(M) @LINK@
+#define RQ_MARGIN(M) (M)
 
 /* ---- portable: any CPU ---------------------------------------------------------------- */
 /* Every flat path sums tree t into group t % 4 and returns (g0 + g1) + (g2 + g3) + base,
@@ -80,14 +83,15 @@ static void rq_margin_block(const float* x /* [RQ_BLOCK][RQ_NF] */, double* out)
     out[r] = ((acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r])) + rq_base;
 }
 
-double rq_predict_one(const double* x) { return rq_sigmoid(rq_margin_row(x)); }
+double rq_predict_one(const double* x) { return RQ_LINK(rq_margin_row(x)); }
+double rq_margin_one(const double* x) { return rq_margin_row(x); }
 
 /* Batch entry points check every value as they convert it (finite and within float32's
  * range) and return the flat index of the first bad one, or -1: validation costs no
  * extra pass over the input. RQ_NO_MEMORY: nothing scored. */
 #define RQ_BAD(v) (!(fabs((double)(v)) <= (double)FLT_MAX))
 
-#define RQ_PORTABLE(NAME, T)                                                          \
+#define RQ_PORTABLE(NAME, T, LINK)                                                     \
   ptrdiff_t NAME(const T* X, size_t n_rows, double* out) {                            \
     RQ_BUFFER(xb, RQ_BLOCK * RQ_NF);                                                  \
     if (!xb) return RQ_NO_MEMORY;                                                     \
@@ -106,14 +110,16 @@ double rq_predict_one(const double* x) { return rq_sigmoid(rq_margin_row(x)); }
         }                                                                             \
       }                                                                               \
       rq_margin_block(xb, m);                                                         \
-      for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r]);                   \
+      for (size_t r = 0; r < k; ++r) out[i + r] = LINK(m[r]);                         \
     }                                                                                 \
   done:                                                                               \
     RQ_RELEASE(xb, RQ_BLOCK * RQ_NF);                                                 \
     return bad;                                                                       \
   }
-RQ_PORTABLE(rq_predict_f64_portable, double)
-RQ_PORTABLE(rq_predict_f32_portable, float)
+RQ_PORTABLE(rq_predict_f64_portable, double, RQ_LINK)
+RQ_PORTABLE(rq_predict_f32_portable, float, RQ_LINK)
+RQ_PORTABLE(rq_margin_f64_portable, double, RQ_MARGIN)
+RQ_PORTABLE(rq_margin_f32_portable, float, RQ_MARGIN)
 
 /* Rows that share their first n_prefix features (one session against many products):
  * the shared part is converted once; the rest comes feature-major, rest[j * n_rows + i].
@@ -135,7 +141,7 @@ void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const dou
       for (size_t j = n_prefix; j < RQ_NF; ++j)
         xb[r * RQ_NF + j] = (float)rest[(j - n_prefix) * n_rows + i + (r < k ? r : k - 1)];
     rq_margin_block(xb, m);
-    for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r]);
+    for (size_t r = 0; r < k; ++r) out[i + r] = RQ_LINK(m[r]);
   }
   RQ_RELEASE(xb, RQ_BLOCK * RQ_NF);
 }
@@ -208,7 +214,7 @@ __attribute__((target("avx512f"))) static void rq_block_avx512(
 
 /* Drivers: transpose a block of rows to feature-major float32 (checking each value),
  * evaluate, apply the sigmoid. */
-#define RQ_SIMD_BATCH(NAME, T, W, BLOCK, TARGET)                                      \
+#define RQ_SIMD_BATCH(NAME, T, W, BLOCK, TARGET, LINK)                                \
   __attribute__((target(TARGET))) ptrdiff_t NAME(const T* X, size_t n_rows,            \
                                                  double* out) {                       \
     RQ_BUFFER(xT, RQ_NF * W);                                                         \
@@ -229,7 +235,7 @@ __attribute__((target("avx512f"))) static void rq_block_avx512(
         }                                                                             \
       }                                                                               \
       BLOCK(xT, m);                                                                   \
-      for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r] + rq_base);         \
+      for (size_t r = 0; r < k; ++r) out[i + r] = LINK(m[r] + rq_base);               \
     }                                                                                 \
   done:                                                                               \
     RQ_RELEASE(xT, RQ_NF * W);                                                        \
@@ -252,13 +258,15 @@ __attribute__((target("avx512f"))) static void rq_block_avx512(
         for (size_t r = 0; r < W; ++r) xT[j * W + r] = (float)col[i + (r < k ? r : k - 1)]; \
       }                                                                               \
       BLOCK(xT, m);                                                                   \
-      for (size_t r = 0; r < k; ++r) out[i + r] = rq_sigmoid(m[r] + rq_base);         \
+      for (size_t r = 0; r < k; ++r) out[i + r] = RQ_LINK(m[r] + rq_base);            \
     }                                                                                 \
     RQ_RELEASE(xT, RQ_NF * W);                                                        \
   }
 
-RQ_SIMD_BATCH(rq_predict_f64_avx2, double, 8, rq_block_avx2, "avx2")
-RQ_SIMD_BATCH(rq_predict_f32_avx2, float, 8, rq_block_avx2, "avx2")
+RQ_SIMD_BATCH(rq_predict_f64_avx2, double, 8, rq_block_avx2, "avx2", RQ_LINK)
+RQ_SIMD_BATCH(rq_predict_f32_avx2, float, 8, rq_block_avx2, "avx2", RQ_LINK)
+RQ_SIMD_BATCH(rq_margin_f64_avx2, double, 8, rq_block_avx2, "avx2", RQ_MARGIN)
+RQ_SIMD_BATCH(rq_margin_f32_avx2, float, 8, rq_block_avx2, "avx2", RQ_MARGIN)
 RQ_SIMD_PREFIX(rq_predict_prefix_avx2, 8, rq_block_avx2, "avx2")
 
 int rq_has_avx2(void) {
@@ -267,8 +275,10 @@ int rq_has_avx2(void) {
 }
 
 #if RQ_HAVE_AVX512
-RQ_SIMD_BATCH(rq_predict_f64_avx512, double, 16, rq_block_avx512, "avx512f")
-RQ_SIMD_BATCH(rq_predict_f32_avx512, float, 16, rq_block_avx512, "avx512f")
+RQ_SIMD_BATCH(rq_predict_f64_avx512, double, 16, rq_block_avx512, "avx512f", RQ_LINK)
+RQ_SIMD_BATCH(rq_predict_f32_avx512, float, 16, rq_block_avx512, "avx512f", RQ_LINK)
+RQ_SIMD_BATCH(rq_margin_f64_avx512, double, 16, rq_block_avx512, "avx512f", RQ_MARGIN)
+RQ_SIMD_BATCH(rq_margin_f32_avx512, float, 16, rq_block_avx512, "avx512f", RQ_MARGIN)
 RQ_SIMD_PREFIX(rq_predict_prefix_avx512, 16, rq_block_avx512, "avx512f")
 
 int rq_has_avx512(void) {
@@ -292,6 +302,12 @@ void rq_predict_prefix_avx2(const double* prefix, size_t n_prefix, const double*
                             size_t n_rows, double* out) {
   rq_predict_prefix_portable(prefix, n_prefix, rest, n_rows, out);
 }
+ptrdiff_t rq_margin_f64_avx2(const double* X, size_t n_rows, double* out) {
+  return rq_margin_f64_portable(X, n_rows, out);
+}
+ptrdiff_t rq_margin_f32_avx2(const float* X, size_t n_rows, double* out) {
+  return rq_margin_f32_portable(X, n_rows, out);
+}
 #endif
 #if !defined(RQ_X86) || !RQ_HAVE_AVX512
 int rq_has_avx512(void) { return 0; }
@@ -304,5 +320,11 @@ ptrdiff_t rq_predict_f32_avx512(const float* X, size_t n_rows, double* out) {
 void rq_predict_prefix_avx512(const double* prefix, size_t n_prefix, const double* rest,
                               size_t n_rows, double* out) {
   rq_predict_prefix_portable(prefix, n_prefix, rest, n_rows, out);
+}
+ptrdiff_t rq_margin_f64_avx512(const double* X, size_t n_rows, double* out) {
+  return rq_margin_f64_portable(X, n_rows, out);
+}
+ptrdiff_t rq_margin_f32_avx512(const float* X, size_t n_rows, double* out) {
+  return rq_margin_f32_portable(X, n_rows, out);
 }
 #endif

@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_FLAT_DEPTH", "Forest", "UnsupportedForest", "from_treelite"]
+__all__ = [
+    "MAX_FLAT_DEPTH",
+    "Forest",
+    "UnsupportedForest",
+    "from_treelite",
+    "thresholds_by_feature",
+]
 
 MAX_FLAT_DEPTH = 8
 """Deeper trees are left to tl2cgen: a complete tree of depth 9 has 511 nodes."""
@@ -39,6 +45,7 @@ class Forest:
     threshold: np.ndarray  # float32 (n_trees, 2**depth - 1), rounded down
     leaf: np.ndarray  # float64 (n_trees, 2**depth)
     base_score: float
+    link: str = "sigmoid"  # "sigmoid" (a probability) or "identity" (a score or value)
 
     @property
     def n_trees(self) -> int:
@@ -76,13 +83,42 @@ def _tree_depth(nodes: dict[int, dict[str, Any]], node: int = 0) -> int:
     return 1 + max(_tree_depth(nodes, n["left_child"]), _tree_depth(nodes, n["right_child"]))
 
 
-def from_treelite(model: Any) -> Forest:
-    """Read treelite's JSON dump into a Forest; refuse what the evaluator cannot do exactly."""
-    d = json.loads(model.dump_as_json())
-    if d.get("task_type") != "kBinaryClf" or d.get("num_target") != 1:
-        raise UnsupportedForest(f"task {d.get('task_type')!r} is not binary classification")
-    if d.get("postprocessor") != "sigmoid" or float(d.get("sigmoid_alpha", 1.0)) != 1.0:
-        raise UnsupportedForest(f"postprocessor {d.get('postprocessor')!r} is not sigmoid(x)")
+def model_json(model: Any) -> dict[str, Any]:
+    """treelite's model as a dict (its JSON dump)."""
+    return json.loads(model.dump_as_json())
+
+
+def thresholds_by_feature(d: dict[str, Any]) -> list[np.ndarray]:
+    """Per feature, every threshold the trees of a treelite JSON dump compare it with."""
+    found: list[list[float]] = [[] for _ in range(int(d["num_feature"]))]
+    for tree in d["trees"]:
+        for n in tree["nodes"]:
+            if "split_feature_id" in n and "threshold" in n:
+                found[int(n["split_feature_id"])].append(float(n["threshold"]))
+    return [np.unique(np.asarray(v, dtype=np.float64)) for v in found]
+
+
+def from_treelite(model: Any, d: dict[str, Any] | None = None) -> Forest:
+    """Read treelite's JSON dump into a Forest; refuse what the evaluator cannot do exactly.
+
+    ``d`` is :func:`model_json` of the model, when the caller already has it.
+    """
+    d = model_json(model) if d is None else d
+    if d.get("num_target") != 1:
+        raise UnsupportedForest(f"{d.get('num_target')} targets: only one is supported")
+    task, post = d.get("task_type"), d.get("postprocessor")
+    if task == "kBinaryClf":
+        if post != "sigmoid" or float(d.get("sigmoid_alpha", 1.0)) != 1.0:
+            raise UnsupportedForest(f"postprocessor {post!r} is not sigmoid(x)")
+        link = "sigmoid"
+    elif task in ("kRegressor", "kLearningToRank"):
+        if post != "identity":
+            raise UnsupportedForest(f"postprocessor {post!r} is not the identity")
+        link = "identity"
+    else:
+        raise UnsupportedForest(
+            f"task {task!r} is not binary classification, regression or ranking"
+        )
     if d.get("average_tree_output"):
         raise UnsupportedForest("averaged tree outputs are not supported")
     base = d.get("base_scores", [0.0])
@@ -124,5 +160,11 @@ def from_treelite(model: Any) -> Forest:
             stack.append((node["left_child"], 2 * pos + 1, level + 1))
             stack.append((node["right_child"], 2 * pos + 2, level + 1))
     return Forest(
-        int(d["num_feature"]), depth, feature, round_down_f32(threshold64), leaf, float(base[0])
+        int(d["num_feature"]),
+        depth,
+        feature,
+        round_down_f32(threshold64),
+        leaf,
+        float(base[0]),
+        link,
     )

@@ -259,6 +259,9 @@ class _Kernels:
     prefix: Any  # (const double* shared, n_shared, const double* rest, n, double* out)
     session: Any  # (raw numbers of one page view...) -> probability, or None
     recommend: Any  # (session row, catalog arrays, candidates...) -> top-k, or None
+    margin_one: Any = None  # (const double* row) -> raw margin; None in format-2 artifacts
+    margin64: Any = None  # (const double* X, n, double* out) -> raw margins
+    margin32: Any = None  # (const float* X, n, double* out) -> raw margins
 
 
 def _flat_kinds(lib: Any) -> list[str]:
@@ -283,6 +286,9 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
             lib.rf_predict_prefix,
             getattr(lib, "rs_predict_tl2cgen", None),
             getattr(lib, "rs_recommend_tl2cgen", None),
+            getattr(lib, "rf_margin_one", None),
+            getattr(lib, "rf_margin_f64", None),
+            getattr(lib, "rf_margin_f32", None),
         )
     if not hasattr(lib, "rq_predict_one"):
         raise ArtifactError(
@@ -304,6 +310,9 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
         getattr(lib, f"rq_predict_prefix_{kind}"),
         getattr(lib, "rs_predict_flat", None),
         getattr(lib, f"rs_recommend_{kind}", None),
+        getattr(lib, "rq_margin_one", None),
+        getattr(lib, f"rq_margin_f64_{kind}", None),
+        getattr(lib, f"rq_margin_f32_{kind}", None),
     )
 
 
@@ -367,15 +376,25 @@ class _Golden:
     sessions: list[dict[str, Any]]
     session_proba: np.ndarray
     recommend: list[dict[str, Any]]
+    margin: np.ndarray | None = None  # the raw margins of X (format 3)
+    # the verified bound (1e-12; XGBoost's float32 sums: metadata verification.tolerance)
+    tolerance: float = GOLDEN_TOLERANCE
+    margin_tolerance: float = GOLDEN_TOLERANCE
 
     @classmethod
     def parse(cls, meta: Mapping[str, Any], n_features: int, builder: Any) -> _Golden:
         golden = meta["golden"]
-        X = np.asarray(golden["X"], dtype=np.float64)
+        X = np.asarray(golden["X"], dtype=np.float64)  # null (a missing value) -> NaN
         proba = np.asarray(golden["proba"], dtype=np.float64)
+        margin = np.asarray(golden.get("margin", proba), dtype=np.float64)
+        routed = meta.get("missing_values", "refused") == "routed"
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != n_features:
             raise ValueError(f"golden X must be a non-empty (n, {n_features}) matrix")
-        if proba.shape != (X.shape[0],) or not np.all(np.isfinite(X)):
+        if (
+            proba.shape != (X.shape[0],)
+            or margin.shape != proba.shape
+            or not np.all(np.isfinite(X) | (routed & np.isnan(X)))
+        ):
             raise ValueError("golden proba must have one probability per golden row")
         sessions: list[dict[str, Any]] = []
         session_proba = np.empty(0)
@@ -403,10 +422,25 @@ class _Golden:
                     or len(p) != len(ids)
                 ):
                     raise ValueError("a golden recommend case is malformed")
-        return cls(np.ascontiguousarray(X), proba, sessions, session_proba, recs)
+        tolerances = []
+        for key in ("tolerance", "margin_tolerance"):
+            t = meta.get("verification", {}).get(key, GOLDEN_TOLERANCE)
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1e-3:
+                raise ValueError(f"verification {key} must be a number in [0, 1e-3]")
+            tolerances.append(max(float(t), GOLDEN_TOLERANCE))
+        return cls(
+            np.ascontiguousarray(X),
+            proba,
+            sessions,
+            session_proba,
+            recs,
+            margin if "margin" in golden else None,
+            *tolerances,
+        )
 
     def check(self, model: Model, root: Path) -> None:
-        """Every backend this CPU runs, every entry point: equal to 1e-12, or ArtifactError."""
+        """Every backend this CPU runs, every entry point: equal to 1e-12 (or the
+        verified bound of a family summed in float32), or ArtifactError."""
 
         def refuse(backend: str, what: str) -> ArtifactError:
             return ArtifactError(
@@ -415,11 +449,9 @@ class _Golden:
                 "changed since it was built: rebuild it"
             )
 
-        def close(got: Any, expected: np.ndarray) -> bool:
+        def close(got: Any, expected: np.ndarray, tolerance: float = self.tolerance) -> bool:
             got = np.asarray(got, dtype=np.float64)
-            return got.shape == expected.shape and bool(
-                np.all(np.abs(got - expected) <= GOLDEN_TOLERANCE)
-            )
+            return got.shape == expected.shape and bool(np.all(np.abs(got - expected) <= tolerance))
 
         for name in model.available_backends():
             other = model.using(name)
@@ -427,6 +459,12 @@ class _Golden:
                 raise refuse(name, "feature rows, batch")
             if not close([other._one(row) for row in self.X.tolist()], self.proba):
                 raise refuse(name, "feature rows, one at a time")
+            tol = self.margin_tolerance
+            if self.margin is not None and not (
+                close(other._margin_f64(self.X), self.margin, tol)
+                and close([other._margin_one(row) for row in self.X.tolist()], self.margin, tol)
+            ):
+                raise refuse(name, "raw margins of feature rows")
             if not self.sessions:
                 continue
             try:
@@ -452,8 +490,23 @@ class _Golden:
                     raise refuse(name, f"recommend, case {i}")
 
 
+OUTPUT_KINDS = {
+    "output": ("probability", "score", "value"),
+    "link": ("sigmoid", "identity"),
+    "missing_values": ("routed", "refused"),
+    "input_precision": ("float32", "float64"),
+}
+
+
+def _check_output_kind(meta: Mapping[str, Any]) -> None:
+    """ValueError unless the artifact's output kind fields (format 3) are known values."""
+    for key, allowed in OUTPUT_KINDS.items():
+        if key in meta and meta[key] not in allowed:
+            raise ValueError(f"{key} must be one of {list(allowed)}, got {str(meta[key])[:40]!r}")
+
+
 class Model:
-    """A compiled GradientBoostingClassifier, loaded from a verified artifact.
+    """A compiled tree ensemble, loaded from a verified artifact.
 
     Immutable after load and safe to share between threads. Pickles as "re-open
     this artifact", so it can be shipped to worker processes without shipping
@@ -486,7 +539,12 @@ class Model:
                 "rebuild the artifact"
             )
         self.metadata: Mapping[str, Any] = dict(metadata or {})
-        self.threshold = float(self.metadata.get("threshold", 0.7))
+        # what the model gives and takes (format 2 artifacts: a classifier, NaN refused)
+        self.output: str = self.metadata.get("output", "probability")
+        self.missing_values: str = self.metadata.get("missing_values", "refused")
+        self.input_precision: str = self.metadata.get("input_precision", "float32")
+        threshold = self.metadata.get("threshold", 0.7)
+        self.threshold = -math.inf if threshold is None else float(threshold)
         self.feature_set: str | None = self.metadata.get("feature_set")
         self._builder = builder
         self._loaded_catalog = builder.catalog if builder is not None else None
@@ -498,6 +556,7 @@ class Model:
         self._one, self._batch64, self._batch32 = k.one, k.f64, k.f32
         self._prefix, self._session_one = k.prefix, k.session
         self._recommend_kernel = k.recommend
+        self._margin_kernels = (k.margin_one, k.margin64, k.margin32)
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -560,10 +619,13 @@ class Model:
         root, meta = checked.root, checked.metadata
         try:
             feature_names = _check_feature_spec(root, meta)
+            _check_output_kind(meta)
             threshold = meta["threshold"]
-            if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            if threshold is None and meta.get("output", "probability") != "probability":
+                pass  # a ranker's scores or a regressor's values have no threshold
+            elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
                 raise TypeError(f"threshold is a {type(threshold).__name__}")
-            if not 0.0 <= threshold <= 1.0:
+            elif not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"threshold {threshold!r} is outside [0, 1]")
             if meta["backend"] not in BACKENDS:
                 raise ValueError(f"unknown backend {str(meta['backend'])[:40]!r}")
@@ -649,6 +711,62 @@ class Model:
 
     def _predict_f32(self, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
         return self._run(self._batch32, "float[]", X, row_offset)
+
+    def _margin_kernel(self, i: int) -> Any:
+        kernel = self._margin_kernels[i]
+        if kernel is None:
+            raise ArtifactError(
+                f"{self.path} was built before raw margins were compiled in "
+                "(decision_function); rebuild the artifact"
+            )
+        return kernel
+
+    def _margin_one(self, row: Sequence[float]) -> float:
+        return float(self._margin_kernel(0)(row))
+
+    def _margin_f64(self, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
+        return self._run(self._margin_kernel(1), "double[]", X, row_offset)
+
+    def _margin_f32(self, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
+        return self._run(self._margin_kernel(2), "float[]", X, row_offset)
+
+    def _require_probability(self) -> None:
+        """TypeError for a model whose output is not a probability (a ranker, a regressor)."""
+        if self.output != "probability":
+            kind, what = ("ranker", "scores") if self.output == "score" else ("regressor", "values")
+            raise TypeError(
+                f"a {kind} has {what}, not probabilities: use decision_function(X) "
+                f"(this model's {self.metadata.get('family', '')} objective "
+                f"{str(self.metadata.get('objective', ''))[:40]!r})"
+            )
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """The raw margin of each row of X: the sum of the trees' leaves plus the base score.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Feature rows in ``feature_names`` order, float64 or float32 (float32 rows
+            are taken as they are). NaN is a valid value when the model routes missing
+            values (``model.missing_values == "routed"``).
+
+        Returns
+        -------
+        ndarray of float64, shape (n_samples,)
+            The log-odds of a binary classifier (scikit-learn's ``decision_function``,
+            LightGBM's ``predict(raw_score=True)``, XGBoost's
+            ``predict(output_margin=True)``), a ranker's score, a regressor's value.
+
+        Raises
+        ------
+        InputError
+            Wrong shape or dtype, or a value the model cannot take (NaN where missing
+            values are not routed, an infinity, or beyond float32 for float32 models).
+        """
+        arr = self._check_features(X)
+        if arr.dtype == np.float32:
+            return self._margin_f32(arr)
+        return self._margin_f64(arr)
 
     def _top_candidates(
         self,
@@ -923,8 +1041,12 @@ class Model:
         ``on_invalid="raise"`` (the default) raises an InputError for the first row
         with a NaN, an infinity or a value too large for float32; ``"nan"`` gives
         those rows NaN and scores the others. A wrong shape or a non-numeric
-        dtype concerns the whole matrix and raises either way.
+        dtype concerns the whole matrix and raises either way. NaN is a valid value
+        for models that route missing values (``missing_values == "routed"``).
+
+        Raises a TypeError for a ranker or a regressor: use :meth:`decision_function`.
         """
+        self._require_probability()
         _check_on_invalid(on_invalid)
         if on_invalid == "nan":
             arr = self._check_features(X)
@@ -991,6 +1113,8 @@ class Model:
         what was wrong with each. Problems of the batch as a whole (not a batch, a
         missing column, columns of different lengths) raise either way.
         """
+        if self.output != "probability":
+            self._require_probability()
         builder = self._builder
         if getattr(builder, "tables", None) is not None:  # an event-trained model
             return self._predict_events(sessions, on_invalid)
@@ -1065,6 +1189,12 @@ class Model:
     def _feature_errors(self, X: np.ndarray, errors: RowErrors) -> None:
         """Record rows of a feature matrix the compiled model refuses (NaN, inf, > float32)."""
         ok = np.abs(X) <= (np.float32(FLOAT32_MAX) if X.dtype == np.float32 else FLOAT32_MAX)
+        # --- model families (issue 15): float64 inputs, NaN routed as the model learned
+        if self.input_precision == "float64":
+            ok = np.isfinite(X)
+        if self.missing_values == "routed":
+            ok |= np.isnan(X)
+        # ---
         bad_rows = np.flatnonzero(~ok.all(axis=1))
         for r in bad_rows.tolist():
             c = int(np.flatnonzero(~ok[r])[0])

@@ -204,6 +204,13 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
             row("quality", where + ", ".join(quality))
     if threshold is not None:
         row("threshold", f"{threshold:g} (recommend shows products at or above it)")
+    if "family" in meta:  # format 3: what the model is and gives
+        row(
+            "model",
+            f"{str(meta.get('family'))[:40]} {str(meta.get('objective'))[:40]}: "
+            f"{str(meta.get('output'))[:20]} (decision_function: the raw margin); "
+            f"NaN {'routed as learned' if meta.get('missing_values') == 'routed' else 'refused'}",
+        )
     backend = meta.get("backend")
     if backend:
         backends = meta.get("backends")
@@ -216,9 +223,10 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
         row("backend", str(backend) + (f" (ns/row at build: {timed})" if timed else ""))
     v = meta.get("verification")
     if isinstance(v, dict) and _num(v.get("max_abs_diff")) is not None:
+        reference = str(v.get("reference", "scikit-learn's predict_proba"))[:60]
         row(
             "verified",
-            f"equal to scikit-learn's predict_proba on {v.get('rows')} + "
+            f"equal to {reference} on {v.get('rows')} + "
             f"{v.get('adversarial_rows')} adversarial rows (max |diff| {v['max_abs_diff']:.3g}, "
             f"tolerance {v.get('tolerance')})",
         )
