@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import subprocess_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +29,7 @@ from reco_fast import CompileError, InputError
 from reco_fast.compiler.codegen import route_missing
 from reco_fast.compiler.driver import adversarial_inputs
 from reco_fast.compiler.ir import model_json, thresholds_by_feature
+from tests.helpers import subprocess_env
 
 if os.environ.get("CI"):  # the dev extra installs both: CI must not skip these tests
     import lightgbm as lgb
