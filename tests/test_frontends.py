@@ -346,7 +346,7 @@ def test_missing_test_reads_nan() -> None:
     )
     out, n = route_missing(source)
     assert n == 2 and ".missing" not in out
-    assert "!isnan(data[0].fvalue) && (data[0].fvalue <= 1.0)" in out
+    assert "(!isnan(data[0].fvalue)) && (data[0].fvalue <= 1.0)" in out
     assert "!(!isnan(data[12].fvalue)) ||" in out
     with pytest.raises(RuntimeError, match="does not rewrite"):
         route_missing("if (data[0].missing == -1) {")

@@ -65,7 +65,6 @@ from typing import Any
 import numpy as np
 
 from reco_fast.serve.ab import ABRouter, bucket, variant_stats, wilson_interval
-from reco_fast.build.data import DEFAULT_SEED
 from reco_fast.serve.impressions import ImpressionLog, JsonlSink, LoggedImpression, LoggedRecommender, load_joined
 from reco_fast.build.offpolicy import estimate, model_ranker
 from reco_fast.serve.policies import SoftmaxSampling
@@ -175,11 +174,15 @@ class ShopperModel:
 
     @classmethod
     def generate(
-        cls, n_rows: int, seed: int = DEFAULT_SEED, click_seed: int = 0, **kwargs: Any
+        cls, n_rows: int, seed: int | None = None, click_seed: int = 0, **kwargs: Any
     ) -> ShopperModel:
-        """Page views from ``_generate.generate(n_rows, seed=seed)`` (seed 42: the default catalog)."""
+        """Page views from ``generate(n_rows, seed=seed)`` (default: the build's
+        ``DEFAULT_SEED``, the default catalog). Imported lazily: the CLI's parser imports
+        this module, and ``reco-fast score`` must work without pandas."""
+        from reco_fast.build.data import DEFAULT_SEED
         from reco_fast.build.generate import generate
 
+        seed = DEFAULT_SEED if seed is None else seed
         frame, catalog = generate(n_rows=n_rows, seed=seed)
         return cls(frame, catalog, click_seed, **kwargs)
 

@@ -535,8 +535,9 @@ def compile_model(
                     else "tl2cgen"
                 )
                 model = model.using(default)
-                parts = [base[: N_GOLDEN // 2], adversarial[: N_GOLDEN // 2 - 4]]
-                if routed:  # rows with NaN, routed as learned, among the golden rows
+                nan_rows = 4 if routed else 0  # rows with NaN, routed as learned
+                parts = [base[: N_GOLDEN // 2], adversarial[: N_GOLDEN // 2 - nan_rows]]
+                if routed:
                     parts.append(adversarial[np.isnan(adversarial).any(axis=1)][-4:])
                 golden_X = np.concatenate(parts)
                 golden_m, golden_p = imported.reference(golden_X)

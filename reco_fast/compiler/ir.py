@@ -14,6 +14,7 @@ comparison is therefore exact in float32 and 8 rows fit one AVX2 register.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +84,24 @@ def _tree_depth(nodes: dict[int, dict[str, Any]], node: int = 0) -> int:
     return 1 + max(_tree_depth(nodes, n["left_child"]), _tree_depth(nodes, n["right_child"]))
 
 
+_BARE_NONFINITE = re.compile(r"(?<=[:\[,\s])(-?)(inf|nan)(?=[,\]\}\s])", re.IGNORECASE)
+
+
 def model_json(model: Any) -> dict[str, Any]:
-    """treelite's model as a dict (its JSON dump)."""
-    return json.loads(model.dump_as_json())
+    """treelite's model as a dict (its JSON dump).
+
+    treelite writes an infinite or NaN double as a bare ``inf``/``nan`` (seen for
+    LightGBM thresholds), which is not JSON; those tokens are read as Python's
+    float infinities and NaN instead of failing the build.
+    """
+    text = model.dump_as_json()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        fixed = _BARE_NONFINITE.sub(
+            lambda m: m.group(1) + ("Infinity" if m.group(2).lower() == "inf" else "NaN"), text
+        )
+        return json.loads(fixed)
 
 
 def thresholds_by_feature(d: dict[str, Any]) -> list[np.ndarray]:
