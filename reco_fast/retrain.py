@@ -311,7 +311,10 @@ def retrain(
             "feature_set": builder.feature_set,
             "vocabulary": builder.vocabulary.to_json(),
             "catalog": CATALOG_FILE,
-            "data": {"source": "impressions", "rows": len(rows.y)},
+            "data": {
+                "source": "impressions" + (" + base log" if n_base else ""),
+                "rows": len(rows.y) + n_base,
+            },
             "training": {k: v for k, v in training.items() if k != "log"},
         },
         feature_set=builder.feature_set,
