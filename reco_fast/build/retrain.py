@@ -8,7 +8,12 @@ model computes from the logged session (``model.builder.transform`` of the
 exact logged fields, so the rows are those the model scored, bit for bit) and
 one more: the **position** it was shown at (0 = first). Position bias (a
 product shown lower is clicked less, whatever it is) is thus explained by the
-position feature instead of leaking into the product features.
+position feature instead of leaking into the product features. Optionally the
+base model's own training log (one recommendation per page view, taken as
+position 0) is added: the logged impressions only cover the products the
+logging policy showed, and a model trained on them alone extrapolates to the
+rest of the catalog (measured in the simulated shop: worse than the model that
+served the log when that model was already good).
 
 At serving the position is fixed at 0 (the standard treatment: rank every
 candidate as if it were shown first). The trees are *partially evaluated* at
@@ -306,7 +311,10 @@ def retrain(
             "feature_set": builder.feature_set,
             "vocabulary": builder.vocabulary.to_json(),
             "catalog": CATALOG_FILE,
-            "data": {"source": "impressions", "rows": len(rows.y)},
+            "data": {
+                "source": "impressions" + (" + base log" if n_base else ""),
+                "rows": len(rows.y) + n_base,
+            },
             "training": {k: v for k, v in training.items() if k != "log"},
         },
         feature_set=builder.feature_set,
