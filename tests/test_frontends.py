@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reco_fast
+import reco_fast._codegen
 from reco_fast import CompileError, InputError
 from reco_fast._codegen import route_missing
 from reco_fast._ir import model_json, thresholds_by_feature
@@ -266,6 +267,36 @@ def test_float64_models_take_values_beyond_float32(tmp_path: Path) -> None:
         assert np.all(np.abs(model.predict_proba_features(rows) - expected) <= 1e-12), name
 
 
+def test_early_stopped_models_compile_the_trees_their_library_predicts_with(
+    tmp_path: Path,
+) -> None:
+    """XGBoost's and LightGBM's estimators predict with the trees up to the best
+    iteration after early stopping, not every tree trained: so must the compiled model."""
+    rng = np.random.default_rng(6)
+    X, y = _data(rng, 600, 4, 0.1)
+    flipped = y.copy()
+    flipped[300:] = 1 - flipped[300:]  # the validation half disagrees: stops early
+    fit = {"eval_set": [(X[300:], flipped[300:])]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = {
+            "xgb": xgb.XGBClassifier(n_estimators=40, early_stopping_rounds=2).fit(
+                X[:300], y[:300], verbose=False, **fit
+            ),
+            "lgb": lgb.LGBMClassifier(n_estimators=40, verbose=-1).fit(
+                X[:300], y[:300], callbacks=[lgb.early_stopping(2, verbose=False)], **fit
+            ),
+        }
+    assert models["xgb"].best_iteration < 39 and models["lgb"].best_iteration_ < 39
+    for name, est in models.items():
+        model = reco_fast.compile_model(est, tmp_path / name, verify_X=X)
+        margin, proba = _reference(est, X)
+        v = model.metadata["verification"]
+        assert np.all(np.abs(model.decision_function(X) - margin) <= v["margin_tolerance"]), name
+        assert np.all(np.abs(model.predict_proba_features(X) - proba) <= v["tolerance"]), name
+        assert model.metadata["n_trees"] < 40, name
+
+
 # ---- refusals -------------------------------------------------------------------------------
 
 
@@ -346,13 +377,16 @@ def test_missing_test_reads_nan() -> None:
     )
     out, n = route_missing(source)
     assert n == 2 and ".missing" not in out
-    assert "!isnan(data[0].fvalue) && (data[0].fvalue <= 1.0)" in out
+    assert "(!isnan(data[0].fvalue)) && (data[0].fvalue <= 1.0)" in out
     assert "!(!isnan(data[12].fvalue)) ||" in out
     with pytest.raises(RuntimeError, match="does not rewrite"):
         route_missing("if (data[0].missing == -1) {")
 
 
-def test_many_trees_are_split_over_translation_units(tmp_path: Path) -> None:
+def test_many_trees_are_split_over_translation_units(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reco_fast._codegen, "UNIT_NODES", 150)  # 120 stumps: 360 nodes
     rng = np.random.default_rng(4)
     X, y = _data(rng, 200, 3, 0.0)
     est = GradientBoostingClassifier(n_estimators=120, max_depth=1).fit(X, y)
