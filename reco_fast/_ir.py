@@ -14,6 +14,7 @@ comparison is therefore exact in float32 and 8 rows fit one AVX2 register.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,9 +84,27 @@ def _tree_depth(nodes: dict[int, dict[str, Any]], node: int = 0) -> int:
     return 1 + max(_tree_depth(nodes, n["left_child"]), _tree_depth(nodes, n["right_child"]))
 
 
+_EMPTY_THRESHOLD = re.compile(r'"threshold":\s*,')
+
+
 def model_json(model: Any) -> dict[str, Any]:
-    """treelite's model as a dict (its JSON dump)."""
-    return json.loads(model.dump_as_json())
+    """treelite's model as a dict (its JSON dump).
+
+    treelite 4.8 writes an infinite threshold as nothing (``"threshold": ,``, which is
+    not JSON): HistGradientBoosting's split "missing values right, every number left"
+    has threshold +inf. Those thresholds are read from the tree's own arrays instead.
+    """
+    text, n = _EMPTY_THRESHOLD.subn('"threshold": null,', model.dump_as_json())
+    d = json.loads(text)
+    if n:
+        for i, tree in enumerate(d["trees"]):
+            values = None
+            for node in tree["nodes"]:
+                if "threshold" in node and node["threshold"] is None:
+                    if values is None:
+                        values = model.get_tree_accessor(i).get_field("threshold")
+                    node["threshold"] = float(values[node["node_id"]])
+    return d
 
 
 def thresholds_by_feature(d: dict[str, Any]) -> list[np.ndarray]:

@@ -243,6 +243,22 @@ def test_nan_is_routed_only_by_models_that_learned_it(tmp_path: Path) -> None:
         reco_fast.compile_model(gbc, tmp_path / "gbc2", verify_X=X)
 
 
+def test_a_split_on_missing_values_alone_compiles(tmp_path: Path) -> None:
+    """HistGradientBoosting splits "NaN right, every number left" with threshold +inf,
+    which treelite's JSON dump writes as nothing; the model must still compile and
+    route NaN (and +inf is refused, as everywhere)."""
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(2000, 2))
+    X[rng.random(X.shape) < 0.3] = np.nan
+    y = np.isnan(X[:, 0]).astype(int)
+    hgb = HistGradientBoostingClassifier(max_iter=3).fit(X, y)
+    assert any(np.isinf(p.nodes["num_threshold"]).any() for [p] in hgb._predictors)
+    model = reco_fast.compile_model(hgb, tmp_path / "m", verify_X=X)
+    rows = np.array([[np.nan, 0.0], [1e300, 0.0], [-1e300, np.nan], [0.0, 0.0]])
+    expected = hgb.predict_proba(rows)[:, 1]
+    assert np.all(np.abs(model.predict_proba_features(rows) - expected) <= 1e-12)
+
+
 def test_float64_models_take_values_beyond_float32(tmp_path: Path) -> None:
     """HistGradientBoosting and LightGBM compare float64 inputs: 1e300 is a value (it
     was 'too large for float32' for every model), and a double whose low 32 bits are
