@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import reco_fast._codegen
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -242,6 +243,22 @@ def test_nan_is_routed_only_by_models_that_learned_it(tmp_path: Path) -> None:
         reco_fast.compile_model(gbc, tmp_path / "gbc2", verify_X=X)
 
 
+def test_a_split_on_missing_values_alone_compiles(tmp_path: Path) -> None:
+    """HistGradientBoosting splits "NaN right, every number left" with threshold +inf,
+    which treelite's JSON dump writes as nothing; the model must still compile and
+    route NaN (and +inf is refused, as everywhere)."""
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(2000, 2))
+    X[rng.random(X.shape) < 0.3] = np.nan
+    y = np.isnan(X[:, 0]).astype(int)
+    hgb = HistGradientBoostingClassifier(max_iter=3).fit(X, y)
+    assert any(np.isinf(p.nodes["num_threshold"]).any() for [p] in hgb._predictors)
+    model = reco_fast.compile_model(hgb, tmp_path / "m", verify_X=X)
+    rows = np.array([[np.nan, 0.0], [1e300, 0.0], [-1e300, np.nan], [0.0, 0.0]])
+    expected = hgb.predict_proba(rows)[:, 1]
+    assert np.all(np.abs(model.predict_proba_features(rows) - expected) <= 1e-12)
+
+
 def test_float64_models_take_values_beyond_float32(tmp_path: Path) -> None:
     """HistGradientBoosting and LightGBM compare float64 inputs: 1e300 is a value (it
     was 'too large for float32' for every model), and a double whose low 32 bits are
@@ -264,6 +281,36 @@ def test_float64_models_take_values_beyond_float32(tmp_path: Path) -> None:
         )
         expected = est.predict_proba(rows)[:, 1]
         assert np.all(np.abs(model.predict_proba_features(rows) - expected) <= 1e-12), name
+
+
+def test_early_stopped_models_compile_the_trees_their_library_predicts_with(
+    tmp_path: Path,
+) -> None:
+    """XGBoost's and LightGBM's estimators predict with the trees up to the best
+    iteration after early stopping, not every tree trained: so must the compiled model."""
+    rng = np.random.default_rng(6)
+    X, y = _data(rng, 600, 4, 0.1)
+    flipped = y.copy()
+    flipped[300:] = 1 - flipped[300:]  # the validation half disagrees: stops early
+    fit = {"eval_set": [(X[300:], flipped[300:])]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models = {
+            "xgb": xgb.XGBClassifier(n_estimators=40, early_stopping_rounds=2).fit(
+                X[:300], y[:300], verbose=False, **fit
+            ),
+            "lgb": lgb.LGBMClassifier(n_estimators=40, verbose=-1).fit(
+                X[:300], y[:300], callbacks=[lgb.early_stopping(2, verbose=False)], **fit
+            ),
+        }
+    assert models["xgb"].best_iteration < 39 and models["lgb"].best_iteration_ < 39
+    for name, est in models.items():
+        model = reco_fast.compile_model(est, tmp_path / name, verify_X=X)
+        margin, proba = _reference(est, X)
+        v = model.metadata["verification"]
+        assert np.all(np.abs(model.decision_function(X) - margin) <= v["margin_tolerance"]), name
+        assert np.all(np.abs(model.predict_proba_features(X) - proba) <= v["tolerance"]), name
+        assert model.metadata["n_trees"] < 40, name
 
 
 # ---- refusals -------------------------------------------------------------------------------
@@ -352,7 +399,10 @@ def test_missing_test_reads_nan() -> None:
         route_missing("if (data[0].missing == -1) {")
 
 
-def test_many_trees_are_split_over_translation_units(tmp_path: Path) -> None:
+def test_many_trees_are_split_over_translation_units(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reco_fast._codegen, "UNIT_NODES", 150)  # 120 stumps: 360 nodes
     rng = np.random.default_rng(4)
     X, y = _data(rng, 200, 3, 0.0)
     est = GradientBoostingClassifier(n_estimators=120, max_depth=1).fit(X, y)

@@ -497,7 +497,7 @@ def compile_model(
                     feature_set if feature_set in FEATURE_SETS else None,  # C session kernel
                     input_precision=imported.input_precision,
                     missing_values=imported.missing_values,
-                    n_trees=imported.n_trees,
+                    n_nodes=sum(len(t["nodes"]) for t in tl_json["trees"]),
                     zero_snap=imported.zero_snap,
                 )
                 log.info("compiling the C library with cffi")
@@ -535,9 +535,8 @@ def compile_model(
                     else "tl2cgen"
                 )
                 model = model.using(default)
-                nan_rows = 4 if routed else 0  # rows with NaN, routed as learned
-                parts = [base[: N_GOLDEN // 2], adversarial[: N_GOLDEN // 2 - nan_rows]]
-                if routed:
+                parts = [base[: N_GOLDEN // 2], adversarial[: N_GOLDEN // 2 - 4 * routed]]
+                if routed:  # rows with NaN, routed as learned, among the golden rows
                     parts.append(adversarial[np.isnan(adversarial).any(axis=1)][-4:])
                 golden_X = np.concatenate(parts)
                 golden_m, golden_p = imported.reference(golden_X)

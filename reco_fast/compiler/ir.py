@@ -84,24 +84,27 @@ def _tree_depth(nodes: dict[int, dict[str, Any]], node: int = 0) -> int:
     return 1 + max(_tree_depth(nodes, n["left_child"]), _tree_depth(nodes, n["right_child"]))
 
 
-_BARE_NONFINITE = re.compile(r"(?<=[:\[,\s])(-?)(inf|nan)(?=[,\]\}\s])", re.IGNORECASE)
+_EMPTY_THRESHOLD = re.compile(r'"threshold":\s*,')
 
 
 def model_json(model: Any) -> dict[str, Any]:
     """treelite's model as a dict (its JSON dump).
 
-    treelite writes an infinite or NaN double as a bare ``inf``/``nan`` (seen for
-    LightGBM thresholds), which is not JSON; those tokens are read as Python's
-    float infinities and NaN instead of failing the build.
+    treelite 4.8 writes an infinite threshold as nothing (``"threshold": ,``, which is
+    not JSON): HistGradientBoosting's split "missing values right, every number left"
+    has threshold +inf. Those thresholds are read from the tree's own arrays instead.
     """
-    text = model.dump_as_json()
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        fixed = _BARE_NONFINITE.sub(
-            lambda m: m.group(1) + ("Infinity" if m.group(2).lower() == "inf" else "NaN"), text
-        )
-        return json.loads(fixed)
+    text, n = _EMPTY_THRESHOLD.subn('"threshold": null,', model.dump_as_json())
+    d = json.loads(text)
+    if n:
+        for i, tree in enumerate(d["trees"]):
+            values = None
+            for node in tree["nodes"]:
+                if "threshold" in node and node["threshold"] is None:
+                    if values is None:
+                        values = model.get_tree_accessor(i).get_field("threshold")
+                    node["threshold"] = float(values[node["node_id"]])
+    return d
 
 
 def thresholds_by_feature(d: dict[str, Any]) -> list[np.ndarray]:

@@ -425,8 +425,8 @@ class _Golden:
         tolerances = []
         for key in ("tolerance", "margin_tolerance"):
             t = meta.get("verification", {}).get(key, GOLDEN_TOLERANCE)
-            # the front end's bound (1e-12, or what float32 / float64 summation order allows
-            # for large margins); metadata_sha256 covers it like every other field
+            # relative to the margins: 1e-12, XGBoost's float32 bound, or for margins in the
+            # billions float64's summation-order bound (compiler/driver.py, compiler/frontends)
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < math.inf:
                 raise ValueError(f"verification {key} must be a finite number >= 0")
             tolerances.append(max(float(t), GOLDEN_TOLERANCE))

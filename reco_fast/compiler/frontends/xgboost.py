@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from reco_fast.compiler.ir import model_json
 from reco_fast.errors import CompileError
 
 from . import Imported, as_1d, leaf_sum_bound, scalar_params, treelite_error
@@ -107,7 +108,7 @@ def import_model(estimator: Any) -> Imported:
         tl_model = treelite.frontend.from_xgboost(booster)
     except (NotImplementedError, ValueError, treelite.TreeliteError) as exc:
         raise treelite_error(exc) from exc
-    tl_json = json.loads(tl_model.dump_as_json())
+    tl_json = model_json(tl_model)
     if any(
         n.get("node_type") not in (None, "numerical_test_node")
         for t in tl_json["trees"]
