@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import reco_fast._codegen
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reco_fast
+import reco_fast.compiler.codegen
 from reco_fast import CompileError, InputError
 from reco_fast.compiler.codegen import route_missing
 from reco_fast.compiler.driver import adversarial_inputs
@@ -402,7 +402,7 @@ def test_missing_test_reads_nan() -> None:
 def test_many_trees_are_split_over_translation_units(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(reco_fast._codegen, "UNIT_NODES", 150)  # 120 stumps: 360 nodes
+    monkeypatch.setattr(reco_fast.compiler.codegen, "UNIT_NODES", 150)  # 120 stumps: 360 nodes
     rng = np.random.default_rng(4)
     X, y = _data(rng, 200, 3, 0.0)
     est = GradientBoostingClassifier(n_estimators=120, max_depth=1).fit(X, y)
