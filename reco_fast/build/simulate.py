@@ -64,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from reco_fast.features.schema import LABEL, LOG_COLUMNS
 from reco_fast.serve.ab import ABRouter, bucket, variant_stats, wilson_interval
 from reco_fast.serve.impressions import ImpressionLog, JsonlSink, LoggedImpression, LoggedRecommender, load_joined
 from reco_fast.build.offpolicy import estimate, model_ranker
@@ -82,23 +83,10 @@ DEFAULT_INITIAL_ROWS = 1000
 """The default initial model is the default build on the first 1,000 generated page views
 (a young shop): the default build on all 15,000 is within 2 % of the best possible
 ranking under this click model, which leaves a retrained model nothing measurable to gain."""
-SESSION_FIELDS = (
-    "customer_id",
-    "current_product_id",
-    "current_category",
-    "current_price",
-    "prev_product_1",
-    "prev_product_2",
-    "prev_product_3",
-    "products_in_cart",
-    "device_type",
-    "traffic_source",
-    "time_on_page_sec",
-    "scroll_depth",
-    "clicked_product_image",
-    "session_length_mins",
-    "products_viewed_count",
+SESSION_FIELDS = tuple(
+    c for c in LOG_COLUMNS if c not in ("session_id", "recommended_product_id", LABEL)
 )
+"""A logged page view's session, as the schema orders it (no id, product or label)."""
 
 
 class ShopperModel:

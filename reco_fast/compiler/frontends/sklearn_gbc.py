@@ -113,6 +113,30 @@ def import_model(estimator: Any) -> Imported:
         tl_model = treelite.sklearn.import_model(fitted_view(estimator))
     except (NotImplementedError, treelite.TreeliteError) as exc:
         raise treelite_error(exc) from exc
+    return sklearn_imported(
+        estimator,
+        tl_model,
+        family="sklearn-gb",
+        n_trees=len(estimator.estimators_),
+        input_precision="float32",
+        missing_values="refused",
+    )
+
+
+def sklearn_imported(
+    estimator: Any,
+    tl_model: Any,
+    *,
+    family: str,
+    n_trees: int,
+    input_precision: str,
+    missing_values: str,
+) -> Imported:
+    """What a scikit-learn gradient-boosting estimator's front end returns.
+
+    The reference is scikit-learn's own: ``decision_function`` and
+    ``predict_proba`` for a classifier (sigmoid link), ``predict`` for a regressor.
+    """
     classifier = hasattr(estimator, "classes_")
 
     def reference(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +147,7 @@ def import_model(estimator: Any) -> Imported:
 
     names = getattr(estimator, "feature_names_in_", None)
     return Imported(
-        family="sklearn-gb",
+        family=family,
         objective=str(estimator.loss),
         output="probability" if classifier else "value",
         link="sigmoid" if classifier else "identity",
@@ -131,9 +155,9 @@ def import_model(estimator: Any) -> Imported:
         reference=reference,
         reference_name="scikit-learn's " + ("predict_proba" if classifier else "predict"),
         n_features=int(estimator.n_features_in_),
-        n_trees=len(estimator.estimators_),
-        input_precision="float32",
-        missing_values="refused",
+        n_trees=n_trees,
+        input_precision=input_precision,
+        missing_values=missing_values,
         params=scalar_params(estimator.get_params()),
         feature_names=None if names is None else [str(n) for n in names],
     )

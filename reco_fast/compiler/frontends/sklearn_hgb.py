@@ -16,7 +16,8 @@ import numpy as np
 
 from reco_fast.errors import CompileError
 
-from . import Imported, as_1d, scalar_params, treelite_error
+from . import Imported, treelite_error
+from .sklearn_gbc import sklearn_imported
 
 __all__ = ["REGRESSOR_LOSSES", "import_model"]
 
@@ -58,25 +59,11 @@ def import_model(estimator: Any) -> Imported:
     except (NotImplementedError, treelite.TreeliteError) as exc:
         raise treelite_error(exc) from exc
 
-    def reference(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if classifier:
-            return as_1d(estimator.decision_function(X)), as_1d(estimator.predict_proba(X)[:, 1])
-        value = as_1d(estimator.predict(X))
-        return value, value
-
-    names = getattr(estimator, "feature_names_in_", None)
-    return Imported(
+    return sklearn_imported(
+        estimator,
+        tl_model,
         family="sklearn-hgb",
-        objective=str(estimator.loss),
-        output="probability" if classifier else "value",
-        link="sigmoid" if classifier else "identity",
-        treelite_model=tl_model,
-        reference=reference,
-        reference_name="scikit-learn's " + ("predict_proba" if classifier else "predict"),
-        n_features=int(estimator.n_features_in_),
         n_trees=len(estimator._predictors),
         input_precision="float64",
         missing_values="routed",
-        params=scalar_params(estimator.get_params()),
-        feature_names=None if names is None else [str(n) for n in names],
     )
