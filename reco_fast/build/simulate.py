@@ -95,7 +95,7 @@ class ShopperModel:
     Parameters
     ----------
     frame, catalog : DataFrame
-        ``_generate.generate``'s page views and catalog.
+        ``reco_fast.build.generate.generate``'s page views and catalog.
     seed : int
         Seeds the customer effects and the calibration noise.
     examination_decay : float >= 0

@@ -86,7 +86,7 @@ HARNESS = """
    GradientBoosting*, XGBoost); 0: compared as float64 (HistGradientBoosting*, LightGBM). */
 #define RF_F32_INPUT @F32_INPUT@
 /* 1: NaN is a valid input, sent where the model learned to send missing values
-   (tl2cgen's missing test reads isnan(fvalue): see _codegen.route_missing). 0: refused. */
+   (tl2cgen's missing test reads isnan(fvalue): see route_missing). 0: refused. */
 #define RF_NAN_ROUTED @NAN_ROUTED@
 /* |x| <= RF_ZERO_SNAP reads as 0 (LightGBM drops such values from a dense row as zeros);
    RF_ZERO_SNAP 0.0: off */

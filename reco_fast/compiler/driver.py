@@ -3,7 +3,7 @@
 The stages follow lleaves: import (a front end per library, :mod:`reco_fast.compiler.frontends`,
 reads the estimator into treelite's model), intermediate form (treelite's model, from
 which ``_ir`` builds the flat evaluator's arrays and tl2cgen emits C), code generation
-and build (``_codegen``), then verification against the library's own predictions
+and build (``codegen``), then verification against the library's own predictions
 (margin and output). A build that differs from them by more than the front end's
 tolerance (1e-12 for scikit-learn and LightGBM) on any verification row raises
 :class:`CompileError` and writes nothing: treelite's importers have mishandled

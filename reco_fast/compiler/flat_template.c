@@ -1,5 +1,5 @@
 /* reco_fast flat evaluator: complete trees, branch-free, float32 compares.
- * Generated from treelite's model by reco_fast._codegen; see reco_fast/_ir.py
+ * Generated from treelite's model by reco_fast.compiler.codegen; see reco_fast/compiler/ir.py
  * for why float32 compares with thresholds rounded down are exact. */
 #include <stddef.h>
 #include <stdint.h>

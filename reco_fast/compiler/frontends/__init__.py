@@ -5,7 +5,7 @@ that says why) and returns an :class:`Imported`: treelite's model (the one inter
 form, from which ``_ir`` builds the flat evaluator's arrays and tl2cgen emits C), the
 library's own predictions as the reference the build is verified against, and what the
 output is (a probability through a sigmoid, or a ranker's score or a regressor's value,
-the margin itself). The rest of the compiler (``_ir``, ``_codegen``, ``compile.verify``)
+the margin itself). The rest of the compiler (``compiler.ir``, ``compiler.codegen``, ``compiler.driver.verify``)
 does not know which library a model came from.
 
 | module | estimators | input precision | NaN |
