@@ -1118,9 +1118,9 @@ class Model:
         if self.output != "probability":
             self._require_probability()
         builder = self._builder
-        if getattr(builder, "tables", None) is not None:  # an event-trained model
-            return self._predict_events(sessions, on_invalid)
-        kernel = self._session_one
+        kernel = self._session_one  # page-view models only: event models have no session kernel
+        if kernel is None and getattr(builder, "tables", None) is not None:
+            return self._predict_events(sessions, on_invalid)  # an event-trained model
         if kernel is not None and type(sessions) is dict and on_invalid == "raise":
             # the hot path: one page view as a plain dict (a category is a str)
             if type(sessions.get("current_category")) is str:
