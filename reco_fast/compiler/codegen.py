@@ -442,6 +442,10 @@ def generate_c(
         sources["session.cdef"] = cdef
     if forest is not None:
         sources["flat.c"] = flat_source(forest)
+        if feature_set in _spec.FEATURE_SETS and _spec.FEATURE_SETS[feature_set].candidate:
+            source, cdef = topk_cells_c()
+            sources["harness.c"] += source
+            sources["session.cdef"] += cdef
     expected = {"main.c"} | {f"tu{i}.c" for i in range(units)}
     extra = sorted(p.name for p in gen_dir.iterdir() if p.suffix == ".c" and p.name not in expected)
     if extra:
@@ -450,6 +454,22 @@ def generate_c(
     for name, text in sources.items():
         (out_dir / name).write_text(text)
     return sources
+
+
+def topk_cells_c() -> tuple[str, str]:
+    """C and cdef of the whole-catalog top-k by threshold cells (``topk_cells.c``).
+
+    The cdef is the file's own block between ``/* cdef: begin */`` and ``/* cdef: end */``,
+    so the declaration cffi sees is the definition's, written once.
+    """
+    source = (Path(__file__).parent / "topk_cells.c").read_text()
+    begin, end = "/* cdef: begin */", "/* cdef: end */"
+    cdef = source[source.index(begin) + len(begin) : source.index(end)]
+    forest = (
+        "void rq_forest(const int32_t** feature, const float** threshold, const double** leaf,\n"
+        "               double* base, int32_t* shape);\n"
+    )
+    return "\n" + forest + source, cdef + forest
 
 
 QS_MAX_DEPTH = 5

@@ -397,6 +397,10 @@ class FeatureBuilder:
             self._buffers[ffi] = cached
         return cached
 
+    def catalog_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The catalog's category codes and prices: float64, shape (n_products,), catalog order."""
+        return self._cat_codes, self.required_catalog.prices
+
     def with_catalog(self, catalog: Catalog) -> FeatureBuilder:
         return FeatureBuilder(self.feature_set, self.vocabulary, catalog)
 

@@ -51,6 +51,8 @@ from reco_fast.features.schema import (
     not_a_number,
     series_values,
 )
+from reco_fast.features import spec as _spec
+from reco_fast.serve.cells import CELLS_MIN_PRODUCTS, CellIndex, cell_index
 from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
 __all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
@@ -552,6 +554,23 @@ class Model:
         self._loaded_catalog = builder.catalog if builder is not None else None
         self._requested_backend = backend
         self._use(_kernels(self._lib, backend or self.metadata.get("backend", "tl2cgen")))
+        self._cells = self._cell_index(builder)
+
+    def _cell_index(self, builder: Any) -> CellIndex | None:
+        """The whole-catalog top-k's index (:mod:`reco_fast.serve.cells`) for this builder's
+        catalog, or None (no catalog, a small one, or a model it does not apply to)."""
+        catalog = getattr(builder, "catalog", None)
+        if (
+            not isinstance(builder, FeatureBuilder)
+            or catalog is None
+            or len(catalog) < CELLS_MIN_PRODUCTS
+            or self.feature_set not in _spec.FEATURE_SETS
+        ):
+            return None
+        cat_codes, prices = builder.catalog_arrays()
+        return cell_index(
+            self._ffi, self._lib, _spec.FEATURE_SETS[self.feature_set], cat_codes, prices
+        )
 
     def _use(self, k: _Kernels) -> None:
         self.backend = k.backend
@@ -799,6 +818,17 @@ class Model:
         k = min(k, n_catalog if cand is None else len(cand))  # a huge k must not size a buffer
         if k <= 0:
             return [], []
+        cells = self._cells
+        if cand is None and cells is not None:
+            # the cells name the few products that can make the top k; the exact kernel
+            # scores them (and the viewed ones, whose features the cells do not cover)
+            found = cells.top(row, viewed_pos + drop_pos, threshold, k)
+            if found is not None:
+                dropped = set(drop_pos)
+                extra = [p for p in viewed_pos if p not in dropped]
+                cand = np.union1d(found, np.asarray(extra, dtype=np.int64)) if extra else found
+                if cand.size == 0:
+                    return [], []
         ffi = self._ffi
         cat_codes, prices = builder.catalog_buffers(ffi)
         top_pos = ffi.new("int64_t[]", k)
@@ -1294,6 +1324,7 @@ class Model:
         clone = object.__new__(Model)
         clone.__dict__.update(self.__dict__)
         clone._builder = builder.with_catalog(catalog)
+        clone._cells = clone._cell_index(clone._builder)
         return clone
 
     def _with_builder(self, builder: Any) -> Model:
@@ -1305,6 +1336,7 @@ class Model:
         clone.__dict__.update(self.__dict__)
         clone._builder = builder
         clone._loaded_catalog = getattr(builder, "catalog", None)
+        clone._cells = clone._cell_index(builder)
         return clone
 
     def _columns(self, sessions: Any, errors: RowErrors | None = None) -> Mapping[str, Any]:
