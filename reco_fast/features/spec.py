@@ -41,10 +41,10 @@ __all__ = [
     "FEATURE_SETS",
     "SEED",
     "SESSION_INPUTS",
+    "Axis",
     "Feature",
     "FeatureSet",
     "Input",
-    "Axis",
     "candidate_axes",
     "spec_hash",
 ]
@@ -442,7 +442,7 @@ def candidate_axes(fs: FeatureSet) -> tuple[Axis, ...] | None:
     kinds = {i.name: i.axis for i in fs.candidate_inputs}
     session = {i.name for i in fs.session_inputs}
     out = []
-    for feature, tree in zip(fs.candidate, _parsed(fs)[len(fs.session) :], strict=True):
+    for tree in _parsed(fs)[len(fs.session) :]:
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         axes = {kinds[n] for n in names if n in kinds}
         if len(axes) > 1 or "" in axes:

@@ -30,6 +30,7 @@ import numpy as np
 
 from reco_fast.artifact import platform_tag, read_artifact
 from reco_fast.errors import ArtifactError, InputError, shown
+from reco_fast.features import spec as _spec
 from reco_fast.features.events import EventBuilder
 from reco_fast.features.page import (
     CANDIDATE_FEATURES,
@@ -51,7 +52,6 @@ from reco_fast.features.schema import (
     not_a_number,
     series_values,
 )
-from reco_fast.features import spec as _spec
 from reco_fast.serve.cells import CELLS_MIN_PRODUCTS, CellIndex, cell_index
 from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
