@@ -104,7 +104,7 @@ def test_cells_equal_brute_force(built: Built, n: int) -> None:
             got = _answer(fast.recommend(session, k=k, threshold=threshold, exclude=exclude))
             assert got == want, (n, k, threshold, exclude)
             row = fast.builder.session_row(session)
-            cand = fast._cells.top(row, [], threshold, k)
+            cand = fast._cells.top(row, [], threshold, k, *fast.builder.catalog_arrays())
             assert cand is not None, "the cells gave up on a valid session"
             pruned += len(cand) < n / 4
     assert pruned > 0, "the cells never pruned: the comparison proved nothing"

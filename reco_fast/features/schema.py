@@ -509,6 +509,8 @@ def as_str_array(
         return np.empty(0, dtype="U1")
     if arr.dtype.kind == "O" or arr.dtype.kind == "T":
         items = arr.tolist()
+        if not objects and set(map(type, items)) == {str} and _plain_text(items):
+            return np.asarray(items, dtype=str)  # the common case, checked at C speed
         bad = [i for i, v in enumerate(items) if not isinstance(v, str)]
         reject(
             field,

@@ -100,7 +100,6 @@ class CellIndex:
         lib: Any,
         arrays: dict[str, np.ndarray],
         scalars: dict[str, Any],
-        slot_of: np.ndarray,
     ):
         self._ffi, self._lib = ffi, lib
         self._arrays = arrays  # the struct points into these: keep them alive
@@ -118,14 +117,28 @@ class CellIndex:
             }[arr.dtype]
             setattr(s, name, ffi.from_buffer(ctype, arr) if arr.size else ffi.NULL)
         self._struct = s
-        self._slot_of = slot_of
-        self.n_products = len(slot_of)
+        self._cat_code, self._uprice = arrays["cat_code"], arrays["uprice"]
+        self._cat_start, self._order, self._rank = (
+            arrays["cat_start"],
+            arrays["order"],
+            arrays["rank"],
+        )
+        self.n_products = len(self._order)
         self._needed = ffi.new("int64_t*")
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the index's arrays."""
-        return int(sum(a.nbytes for a in self._arrays.values()) + self._slot_of.nbytes)
+        return int(sum(a.nbytes for a in self._arrays.values()))
+
+    def _slot(self, pos: int, code: float, price: float) -> int:
+        """Where catalog position ``pos`` sits in the (category, price rank, position) order."""
+        c = int(np.searchsorted(self._cat_code, code))
+        r = int(np.searchsorted(self._uprice, price))
+        lo, hi = int(self._cat_start[c]), int(self._cat_start[c + 1])
+        ranks = self._rank[lo:hi]
+        a, b = lo + int(np.searchsorted(ranks, r)), lo + int(np.searchsorted(ranks, r, "right"))
+        return a + int(np.searchsorted(self._order[a:b], pos))
 
     def top(
         self,
@@ -133,13 +146,20 @@ class CellIndex:
         skip: list[int],
         threshold: float,
         k: int,
+        cat_codes: np.ndarray,
+        prices: np.ndarray,
     ) -> np.ndarray | None:
         """Catalog positions (int64, ascending) among which the exact top-k lies, the
         ``skip`` positions (viewed or excluded: the caller handles them) left out; or
-        None if the cells gave up (the caller then scores every product)."""
+        None if the cells gave up (the caller then scores every product).
+
+        ``row`` is the session's features (the session block); ``cat_codes`` and
+        ``prices`` the catalog's arrays this index was built from."""
         ffi = self._ffi
         skip_pos = np.asarray(sorted(set(skip)), dtype=np.int64)
-        skip_slot = self._slot_of[skip_pos].astype(np.int64)
+        skip_slot = np.asarray(
+            [self._slot(p, cat_codes[p], prices[p]) for p in skip_pos.tolist()], dtype=np.int64
+        )
         cap = 16 * k + 64
         for _ in range(2):
             out = np.empty(cap, dtype=np.int64)
@@ -268,8 +288,6 @@ def cell_index(
     cat_of = np.searchsorted(codes, cat_codes)
     rank = np.searchsorted(uprice, prices).astype(np.int32)
     order = np.lexsort((np.arange(len(prices)), rank, cat_of)).astype(np.int32)
-    slot_of = np.empty(len(prices), dtype=np.int32)
-    slot_of[order] = np.arange(len(prices), dtype=np.int32)
     cat_start = np.searchsorted(cat_of[order], np.arange(n_cat + 1)).astype(np.int64)
     del first
     bound = abs(base) + float(np.abs(leaf).max(axis=1).sum())
@@ -311,4 +329,4 @@ def cell_index(
         "n_cat": n_cat,
         "n_uprice": len(uprice),
     }
-    return CellIndex(ffi, lib, arrays, scalars, slot_of)
+    return CellIndex(ffi, lib, arrays, scalars)

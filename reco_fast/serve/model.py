@@ -822,7 +822,7 @@ class Model:
         if cand is None and cells is not None:
             # the cells name the few products that can make the top k; the exact kernel
             # scores them (and the viewed ones, whose features the cells do not cover)
-            found = cells.top(row, viewed_pos + drop_pos, threshold, k)
+            found = cells.top(row, viewed_pos + drop_pos, threshold, k, *builder.catalog_arrays())
             if found is not None:
                 dropped = set(drop_pos)
                 extra = [p for p in viewed_pos if p not in dropped]
