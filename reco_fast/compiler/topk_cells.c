@@ -60,9 +60,9 @@ typedef struct {
   int64_t n_uprice;
 } rs_cells;
 
-int64_t rs_cells_top(const rs_cells* ix, const double* row, const int64_t* skip_pos,
-                     const int64_t* skip_slot, size_t n_skip, double threshold, size_t k,
-                     int64_t* out, size_t out_cap, int64_t* needed);
+int64_t rs_cells_top(const rs_cells* ix, const double* row, const double* cat_codes,
+                     const double* prices, const int64_t* skip_pos, size_t n_skip,
+                     double threshold, size_t k, int64_t* out, size_t out_cap, int64_t* needed);
 /* cdef: end */
 
 #define RS_CELLS_NO_MEMORY (-1)
@@ -134,12 +134,36 @@ static int rs_is_skipped(int64_t pos, const int64_t* skip_pos, size_t n_skip) {
   return 0;
 }
 
+/* first index in the ascending a[lo..hi) not below x */
+static int64_t rs_lower_f64(const double* a, int64_t lo, int64_t hi, double x) {
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (a[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/* where catalog position p sits in ix->order (category, price rank, position) */
+static int64_t rs_cells_slot(const rs_cells* ix, const double* cat_codes, const double* prices,
+                             int64_t p) {
+  const int64_t c = rs_lower_f64(ix->cat_code, 0, ix->n_cat, cat_codes[p]);
+  const int32_t r = (int32_t)rs_lower_f64(ix->uprice, 0, ix->n_uprice, prices[p]);
+  int64_t lo = ix->cat_start[c], hi = ix->cat_start[c + 1];
+  while (lo < hi) { /* first slot at or past (r, p) */
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (ix->rank[mid] < r || (ix->rank[mid] == r && ix->order[mid] < p)) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 /* Positions worth scoring exactly, written to out; returns how many, or a negative code
- * (RS_CELLS_TOO_MANY sets *needed). skip_pos/skip_slot: products the caller scores or drops
- * itself (viewed, excluded), with their slots in ix->order. */
-int64_t rs_cells_top(const rs_cells* ix, const double* row, const int64_t* skip_pos,
-                     const int64_t* skip_slot, size_t n_skip, double threshold, size_t k,
-                     int64_t* out, size_t out_cap, int64_t* needed) {
+ * (RS_CELLS_TOO_MANY sets *needed). cat_codes, prices: the catalog's arrays the index was
+ * built from. skip_pos: products the caller scores or drops itself (viewed, excluded). */
+int64_t rs_cells_top(const rs_cells* ix, const double* row, const double* cat_codes,
+                     const double* prices, const int64_t* skip_pos, size_t n_skip,
+                     double threshold, size_t k, int64_t* out, size_t out_cap, int64_t* needed) {
   const int32_t T = ix->n_trees, NN = ix->n_nodes, NL = ix->n_leaves, P = ix->n_pnodes;
   const uint64_t all = NL == 64 ? ~(uint64_t)0 : (((uint64_t)1 << NL) - 1);
   const double eps = ix->eps;
@@ -152,7 +176,8 @@ int64_t rs_cells_top(const rs_cells* ix, const double* row, const int64_t* skip_
   rs_cat_bound* cats = malloc(sizeof(rs_cat_bound) * ((size_t)ix->n_cat + 1));
   rs_cell* cells = malloc(sizeof(rs_cell) * cap_cells);
   int64_t* best = malloc(sizeof(int64_t) * (k + 1));
-  if (!smask || !val || !events || !after || !cats || !cells || !best) {
+  int64_t* skip_slot = malloc(sizeof(int64_t) * (n_skip + 1));
+  if (!smask || !val || !events || !after || !cats || !cells || !best || !skip_slot) {
     result = RS_CELLS_NO_MEMORY;
     goto done;
   }
@@ -160,6 +185,8 @@ int64_t rs_cells_top(const rs_cells* ix, const double* row, const int64_t* skip_
   uint64_t* pmask = smask + 2 * (size_t)T;
   double* rest = val + T;
   int64_t* cut = events + (P + 1);
+
+  for (size_t j = 0; j < n_skip; ++j) skip_slot[j] = rs_cells_slot(ix, cat_codes, prices, skip_pos[j]);
 
   /* 1. session splits */
   for (int32_t t = 0; t < T; ++t) smask[t] = all;
@@ -169,14 +196,33 @@ int64_t rs_cells_top(const rs_cells* ix, const double* row, const int64_t* skip_
     smask[g / NN] &= x > ix->s_thr[i] ? ix->go_right[g] : ix->go_left[g];
   }
 
-  /* 2. price cuts: static ones from the index, the others by binary search */
+  /* 2. price cuts: static ones from the index, the others searched. The index lists a
+     feature's session-dependent nodes so that their cuts never decrease (thresholds
+     ascending for a rising feature, descending for a falling one): each search gallops
+     forward from the previous cut of the same feature. */
+  int64_t floor_cut = 0;
   for (int32_t i = 0; i < P; ++i) {
     if (ix->p_cut[i] >= 0) {
       cut[i] = ix->p_cut[i];
       continue;
     }
-    int64_t lo = 0, hi = ix->n_uprice; /* first rank past the flip */
-    while (lo < hi) {
+    if (i > 0 && ix->p_cut[i - 1] < 0 && ix->p_feat[i - 1] == ix->p_feat[i]) {
+      if (ix->p_thr[i - 1] == ix->p_thr[i]) { cut[i] = cut[i - 1]; continue; }
+      floor_cut = cut[i - 1];
+    } else {
+      floor_cut = 0;
+    }
+    const int64_t n = ix->n_uprice;
+    int64_t lo = floor_cut, step = 1, hi = n; /* every rank below lo does not flip */
+    while (lo + step - 1 < n) {
+      const int64_t probe = lo + step - 1;
+      rs_cells_features(row, ix->cat_code[0], ix->uprice[probe], rest);
+      const int left = (float)rest[ix->p_feat[i]] <= ix->p_thr[i];
+      if (ix->p_up[i] ? !left : left) { hi = probe; break; }
+      lo = probe + 1;
+      step *= 2;
+    }
+    while (lo < hi) { /* the first flipping rank in [lo, hi] */
       const int64_t mid = lo + (hi - lo) / 2;
       rs_cells_features(row, ix->cat_code[0], ix->uprice[mid], rest);
       const int left = (float)rest[ix->p_feat[i]] <= ix->p_thr[i];
@@ -319,5 +365,6 @@ done:
   free(cats);
   free(cells);
   free(best);
+  free(skip_slot);
   return result;
 }

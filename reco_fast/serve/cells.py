@@ -117,28 +117,13 @@ class CellIndex:
             }[arr.dtype]
             setattr(s, name, ffi.from_buffer(ctype, arr) if arr.size else ffi.NULL)
         self._struct = s
-        self._cat_code, self._uprice = arrays["cat_code"], arrays["uprice"]
-        self._cat_start, self._order, self._rank = (
-            arrays["cat_start"],
-            arrays["order"],
-            arrays["rank"],
-        )
-        self.n_products = len(self._order)
+        self.n_products = len(arrays["order"])
         self._needed = ffi.new("int64_t*")
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the index's arrays."""
         return int(sum(a.nbytes for a in self._arrays.values()))
-
-    def _slot(self, pos: int, code: float, price: float) -> int:
-        """Where catalog position ``pos`` sits in the (category, price rank, position) order."""
-        c = int(np.searchsorted(self._cat_code, code))
-        r = int(np.searchsorted(self._uprice, price))
-        lo, hi = int(self._cat_start[c]), int(self._cat_start[c + 1])
-        ranks = self._rank[lo:hi]
-        a, b = lo + int(np.searchsorted(ranks, r)), lo + int(np.searchsorted(ranks, r, "right"))
-        return a + int(np.searchsorted(self._order[a:b], pos))
 
     def top(
         self,
@@ -157,17 +142,15 @@ class CellIndex:
         ``prices`` the catalog's arrays this index was built from."""
         ffi = self._ffi
         skip_pos = np.asarray(sorted(set(skip)), dtype=np.int64)
-        skip_slot = np.asarray(
-            [self._slot(p, cat_codes[p], prices[p]) for p in skip_pos.tolist()], dtype=np.int64
-        )
         cap = 16 * k + 64
         for _ in range(2):
             out = np.empty(cap, dtype=np.int64)
             n = self._lib.rs_cells_top(
                 self._struct,
                 row,
+                ffi.from_buffer("double[]", cat_codes),
+                ffi.from_buffer("double[]", prices),
                 ffi.from_buffer("int64_t[]", skip_pos),
-                ffi.from_buffer("int64_t[]", skip_slot),
                 len(skip_pos),
                 threshold,
                 k,
@@ -280,6 +263,14 @@ def cell_index(
                     c_node.append(g)
                     c_feat.append(j)
                     c_thr.append(th)
+    # session-dependent price nodes grouped by feature, in the order their cuts rise
+    # (the C gallops from one cut to the next); static ones first
+    thr = np.asarray(p_thr, dtype=np.float64)
+    up = np.asarray(p_up, dtype=bool)
+    perm = np.lexsort((np.where(up, thr, -thr), np.asarray(p_feat), np.asarray(p_cut) < 0))
+    p_node, p_feat, p_thr, p_up, p_cut, p_tree = (
+        [seq[i] for i in perm] for seq in (p_node, p_feat, p_thr, p_up, p_cut, p_tree)
+    )
     p_tree_arr = np.asarray(p_tree, dtype=np.int32)
     tree_pnodes = np.argsort(p_tree_arr, kind="stable").astype(np.int32)
     tree_pstart = np.searchsorted(p_tree_arr[tree_pnodes], np.arange(n_trees + 1)).astype(np.int32)
