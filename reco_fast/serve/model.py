@@ -556,6 +556,34 @@ class Model:
         self._use(_kernels(self._lib, backend or self.metadata.get("backend", "tl2cgen")))
         self._cells = self._cell_index(builder)
 
+    @property
+    def uses_cells(self) -> bool:
+        """True if whole-catalog :meth:`recommend` ranks by threshold cells
+        (:mod:`reco_fast.serve.cells`): a ``ranking`` model with a flat forest of depth
+        <= 6 and a catalog of at least 2,048 products. Otherwise every product is
+        scored. Either way the answer is the same."""
+        return self._cells is not None
+
+    @property
+    def catalog_nbytes(self) -> int:
+        """Bytes the model holds for its catalog: ids, prices, categories, category codes
+        and the cell index (a catalog of at most 65,536 products also keeps Python dicts
+        and lists for speed, not counted). 0 without a catalog."""
+        builder = self._builder
+        catalog = getattr(builder, "catalog", None)
+        if not isinstance(builder, FeatureBuilder) or catalog is None:
+            return 0
+        cells = self._cells.nbytes if self._cells is not None else 0
+        return catalog.nbytes + builder.catalog_arrays()[0].nbytes + cells
+
+    def _scoring_every_product(self) -> Model:
+        """This model with the cell index off: recommend scores every product (the
+        reference the cells are compared and benchmarked against)."""
+        clone = object.__new__(Model)
+        clone.__dict__.update(self.__dict__)
+        clone._cells = None
+        return clone
+
     def _cell_index(self, builder: Any) -> CellIndex | None:
         """The whole-catalog top-k's index (:mod:`reco_fast.serve.cells`) for this builder's
         catalog, or None (no catalog, a small one, or a model it does not apply to)."""

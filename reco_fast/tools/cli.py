@@ -290,10 +290,13 @@ def _bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         batch_sizes=args.batch_sizes,
         threads=args.threads,
+        catalog_sizes=args.catalog_sizes,
         progress=progress,
     )
     results = bench.check(report, {g.option: getattr(args, g.option) for g in bench.GATES})
     print(bench.to_json(report, results) if args.json else bench.format_table(report, results))
+    if args.catalog_sizes and not args.json:
+        print("\n" + bench.catalog_table(report))
     return 0 if all(r.passed for r in results) else BENCH_GATE_FAILED
 
 
@@ -567,6 +570,15 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="also score the largest batch (if >= 8192 rows) with n_threads=this "
         "(default: the usable cores; 1: skip)",
+    )
+    be.add_argument(
+        "--catalog-sizes",
+        type=_sizes,
+        default=[],
+        metavar="N,N,...",
+        help="also attach a synthetic catalog of each size and time top-10 recommend (the "
+        "whole-catalog path and the per-product kernel side by side), tracker event + "
+        "recommend, with_catalog and its bytes per product; e.g. 250,10000,100000,1000000",
     )
     be.add_argument("--json", action="store_true", help="print the results as JSON")
     for gate in GATES:
