@@ -327,7 +327,7 @@ def catalog_cases(
         step = tracker_workload(
             SessionTracker(sized),
             session,
-            sized.builder.catalog.product_ids[:1000].tolist(),
+            sized.builder.required_catalog.product_ids[:1000].tolist(),
             CATALOG_K,
         )
         samples = time_calls(step, rounds, warmup)
