@@ -51,6 +51,7 @@ from reco_fast.features.schema import (
     not_a_number,
     series_values,
 )
+from reco_fast.metadata import ArtifactMetadata
 from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
 __all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
@@ -316,22 +317,13 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
     )
 
 
-def _check_feature_spec(root: Path, meta: Mapping[str, Any]) -> list[str]:
+def _check_feature_spec(root: Path, meta: ArtifactMetadata) -> list[str]:
     """The artifact's feature names, if its feature specification is this code's."""
-    names = meta["feature_names"]
-    if (
-        not isinstance(names, list)
-        or not names
-        or not all(isinstance(n, str) for n in names)
-        or len(set(names)) != len(names)
-    ):
+    names = list(meta.feature_names)
+    if not names or len(set(names)) != len(names):
         raise ValueError("feature_names must be a non-empty list of unique strings")
-    feature_set, spec = meta["feature_set"], meta["feature_spec"]
-    if (
-        not isinstance(spec, dict)
-        or spec.get("names") != names
-        or spec.get("feature_set") != feature_set
-    ):
+    feature_set, spec = meta.feature_set, meta.feature_spec
+    if spec.get("names") != names or spec.get("feature_set") != feature_set:
         raise ValueError("feature_spec does not match feature_names and feature_set")
     if feature_set is None:
         return names
@@ -382,12 +374,12 @@ class _Golden:
     margin_tolerance: float = GOLDEN_TOLERANCE
 
     @classmethod
-    def parse(cls, meta: Mapping[str, Any], n_features: int, builder: Any) -> _Golden:
-        golden = meta["golden"]
+    def parse(cls, meta: ArtifactMetadata, n_features: int, builder: Any) -> _Golden:
+        golden = meta.golden
         X = np.asarray(golden["X"], dtype=np.float64)  # null (a missing value) -> NaN
         proba = np.asarray(golden["proba"], dtype=np.float64)
         margin = np.asarray(golden.get("margin", proba), dtype=np.float64)
-        routed = meta.get("missing_values", "refused") == "routed"
+        routed = meta.missing_values == "routed"
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != n_features:
             raise ValueError(f"golden X must be a non-empty (n, {n_features}) matrix")
         if (
@@ -400,7 +392,9 @@ class _Golden:
         session_proba = np.empty(0)
         recs: list[dict[str, Any]] = []
         if builder is not None:  # a model built from sessions: they are required
-            gs = meta["golden_sessions"]
+            gs = meta.golden_sessions
+            if gs is None:
+                raise ValueError("golden_sessions is missing (a model built from sessions)")
             sessions = gs["sessions"]
             session_proba = np.asarray(gs["proba"], dtype=np.float64)
             if (
@@ -424,7 +418,7 @@ class _Golden:
                     raise ValueError("a golden recommend case is malformed")
         tolerances = []
         for key in ("tolerance", "margin_tolerance"):
-            t = meta.get("verification", {}).get(key, GOLDEN_TOLERANCE)
+            t = meta.verification.get(key, GOLDEN_TOLERANCE)
             # relative to the margins: 1e-12, XGBoost's float32 bound, or for margins in the
             # billions float64's summation-order bound (compiler/driver.py, compiler/frontends)
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < math.inf:
@@ -492,21 +486,6 @@ class _Golden:
                     raise refuse(name, f"recommend, case {i}")
 
 
-OUTPUT_KINDS = {
-    "output": ("probability", "score", "value"),
-    "link": ("sigmoid", "identity"),
-    "missing_values": ("routed", "refused"),
-    "input_precision": ("float32", "float64"),
-}
-
-
-def _check_output_kind(meta: Mapping[str, Any]) -> None:
-    """ValueError unless the artifact's output kind fields (format 3) are known values."""
-    for key, allowed in OUTPUT_KINDS.items():
-        if key in meta and meta[key] not in allowed:
-            raise ValueError(f"{key} must be one of {list(allowed)}, got {str(meta[key])[:40]!r}")
-
-
 class Model:
     """A compiled tree ensemble, loaded from a verified artifact.
 
@@ -520,7 +499,7 @@ class Model:
         path: Path,
         module: Any,
         feature_names: Sequence[str],
-        metadata: Mapping[str, Any] | None = None,
+        metadata: ArtifactMetadata | None = None,
         builder: FeatureBuilder | EventBuilder | None = None,
         backend: str | None = None,
     ):
@@ -540,18 +519,36 @@ class Model:
                 f"features, the library takes {self.n_features} ({self.feature_names[:3]}...); "
                 "rebuild the artifact"
             )
-        self.metadata: Mapping[str, Any] = dict(metadata or {})
-        # what the model gives and takes (format 2 artifacts: a classifier, NaN refused)
-        self.output: str = self.metadata.get("output", "probability")
-        self.missing_values: str = self.metadata.get("missing_values", "refused")
-        self.input_precision: str = self.metadata.get("input_precision", "float32")
-        threshold = self.metadata.get("threshold", 0.7)
+        self._metadata = metadata
+        # what the model gives and takes; a library staged by the build, not yet given its
+        # metadata, is a classifier that refuses NaN, evaluated by tl2cgen's code
+        self.output: str = metadata.output if metadata else "probability"
+        self.missing_values: str = metadata.missing_values if metadata else "refused"
+        self.input_precision: str = metadata.input_precision if metadata else "float32"
+        threshold = metadata.threshold if metadata else 0.7
         self.threshold = -math.inf if threshold is None else float(threshold)
-        self.feature_set: str | None = self.metadata.get("feature_set")
+        self.feature_set: str | None = metadata.feature_set if metadata else None
         self._builder = builder
         self._loaded_catalog = builder.catalog if builder is not None else None
         self._requested_backend = backend
-        self._use(_kernels(self._lib, backend or self.metadata.get("backend", "tl2cgen")))
+        self._use(_kernels(self._lib, backend or (metadata.backend if metadata else "tl2cgen")))
+
+    @property
+    def metadata(self) -> ArtifactMetadata:
+        """The artifact's ``metadata.json``, typed (:class:`~reco_fast.metadata.ArtifactMetadata`;
+        also a read-only mapping of the JSON, ``model.metadata["n_trees"]``).
+
+        Raises
+        ------
+        ArtifactError
+            The model is a library staged by the build, before its metadata was written.
+        """
+        if self._metadata is None:
+            raise ArtifactError(
+                f"{self.path}: this model was staged by the build and has no metadata yet; "
+                "load the built artifact with reco_fast.load"
+            )
+        return self._metadata
 
     def _use(self, k: _Kernels) -> None:
         self.backend = k.backend
@@ -618,33 +615,34 @@ class Model:
                 f"backend must be None or one of {list(BACKENDS)}, got {backend!r:.60}"
             )
         checked = read_artifact(path)  # everything that can be checked without running it
-        root, meta = checked.root, checked.metadata
+        root, meta = checked.root, checked.metadata  # every field present and well typed
         try:
             feature_names = _check_feature_spec(root, meta)
-            _check_output_kind(meta)
-            threshold = meta["threshold"]
-            if threshold is None and meta.get("output", "probability") != "probability":
+            threshold = meta.threshold
+            if threshold is None and meta.output != "probability":
                 pass  # a ranker's scores or a regressor's values have no threshold
-            elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-                raise TypeError(f"threshold is a {type(threshold).__name__}")
+            elif threshold is None:
+                raise TypeError("threshold is null, but the model gives probabilities")
             elif not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"threshold {threshold!r} is outside [0, 1]")
-            if meta["backend"] not in BACKENDS:
-                raise ValueError(f"unknown backend {str(meta['backend'])[:40]!r}")
+            if meta.backend not in BACKENDS:
+                raise ValueError(f"unknown backend {meta.backend[:40]!r}")
             builder: FeatureBuilder | EventBuilder | None = None
-            if meta["feature_set"] is not None and meta["feature_set"] not in FEATURE_SETS:
+            if meta.feature_set is not None and meta.feature_set not in FEATURE_SETS:
                 from reco_fast.features.events import ItemTables
 
                 builder = EventBuilder(ItemTables.load(root))  # files checked by read_artifact
-            elif meta["feature_set"] is not None:
+            elif meta.feature_set is not None:
+                if meta.vocabulary is None:
+                    raise ValueError(f"a {meta.feature_set!r} model needs its vocabulary")
                 catalog = read_catalog(checked.catalog) if checked.catalog is not None else None
                 builder = FeatureBuilder(
-                    meta["feature_set"], Vocabulary.from_json(meta["vocabulary"]), catalog
+                    meta.feature_set, Vocabulary.from_json(meta.vocabulary), catalog
                 )
             golden = _Golden.parse(meta, len(feature_names), builder)
         except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{root} has malformed metadata: {str(exc)[:200]}") from None
-        module = _import_library(checked.library, meta["module"], checked.library_sha256)
+        module = _import_library(checked.library, meta.module, checked.library_sha256)
         model = cls(root.resolve(), module, feature_names, meta, builder, backend)
         golden.check(model, root)
         return model
@@ -738,8 +736,8 @@ class Model:
             kind, what = ("ranker", "scores") if self.output == "score" else ("regressor", "values")
             raise TypeError(
                 f"a {kind} has {what}, not probabilities: use decision_function(X) "
-                f"(this model's {self.metadata.get('family', '')} objective "
-                f"{str(self.metadata.get('objective', ''))[:40]!r})"
+                f"(this model's {self.metadata.family} objective "
+                f"{self.metadata.objective[:40]!r})"
             )
 
     def decision_function(self, X: Any) -> np.ndarray:
