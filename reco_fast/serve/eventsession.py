@@ -33,6 +33,7 @@ from reco_fast.serve.session import (
     MemoryStore,
     SessionStore,
     State,
+    new_event_state,
 )
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_PRODUCTS", "EventTracker"]
 
 MAX_PRODUCTS = 100
-EVENT_STATE_KIND = "events"
 
 
 def _id(name: str, value: Any) -> str:
@@ -122,14 +122,7 @@ class EventTracker:
             if state is not None and now - state["last_ts"] > self.ttl:
                 state = None  # idle past the TTL: a new session
             if state is None:
-                state = {
-                    "session_id": sid,
-                    "kind": EVENT_STATE_KIND,
-                    "start_ts": now,
-                    "last_ts": now,
-                    "products": [],
-                    "cart": [],
-                }
+                state = new_event_state(sid, now)
             elif ts is None:
                 now = max(now, state["last_ts"])
             elif now < state["last_ts"]:

@@ -60,7 +60,28 @@ DEFAULT_STORE_TIMEOUT_SECONDS = 1.0
 MAX_SECONDS = 1e9
 """Longest duration a store accepts (about 31 years): a TTL beyond it is a mistake."""
 State = dict[str, Any]
-_EVENT_STATE_KEYS = frozenset(("session_id", "kind", "start_ts", "last_ts", "products", "cart"))
+EVENT_STATE_KIND = "events"
+"""The ``kind`` of a stored :class:`~reco_fast.serve.eventsession.EventTracker` session."""
+
+
+def new_event_state(session_id: str, now: float) -> State:
+    """A new event-log session's stored state: the one definition of its keys.
+
+    ``now`` is the first event's time in epoch seconds. ``products`` (touched product
+    ids, most recent last) and ``cart`` start empty. :class:`EventTracker` starts its
+    sessions with it; every store refuses a stored event session without these keys.
+    """
+    return {
+        "session_id": session_id,
+        "kind": EVENT_STATE_KIND,
+        "start_ts": now,
+        "last_ts": now,
+        "products": [],
+        "cart": [],
+    }
+
+
+_EVENT_STATE_KEYS = frozenset(new_event_state("", 0.0))
 _STATE_KEYS = frozenset(
     (
         "session_id",
@@ -202,7 +223,7 @@ def _loads(raw: bytes) -> State | None:
         return None
     if not isinstance(state, dict):
         return None
-    if state.get("kind") == "events":  # reco_fast.serve.eventsession.EventTracker's sessions
+    if state.get("kind") == EVENT_STATE_KIND:  # serve.eventsession.EventTracker's sessions
         return state if _EVENT_STATE_KEYS <= state.keys() else None
     if not _STATE_KEYS <= state.keys():
         return None
