@@ -232,6 +232,13 @@ class BatchResult:
     ``errors`` holds one :class:`RowError` (``row``, ``field``, ``message``) per bad
     field of each invalid row, sorted by row; ``field`` is None when the row is not
     a dict at all. A valid row's probability is exactly what scoring it alone gives.
+
+    Attributes
+    ----------
+    probabilities : ndarray of float64, shape (n_rows,)
+        Click probabilities in row order; NaN for each invalid row.
+    errors : list of RowError
+        Every problem of every invalid row, sorted by row.
     """
 
     probabilities: np.ndarray
@@ -487,11 +494,38 @@ class _Golden:
 
 
 class Model:
-    """A compiled tree ensemble, loaded from a verified artifact.
+    """A compiled tree ensemble, loaded from a verified artifact (:func:`load`; not
+    constructed directly).
 
     Immutable after load and safe to share between threads. Pickles as "re-open
     this artifact", so it can be shipped to worker processes without shipping
     a loaded native library.
+
+    Attributes
+    ----------
+    path : Path
+        The artifact directory (absolute).
+    feature_names : tuple of str
+        The model's input columns, in order; ``n_features`` is their number.
+    feature_set : str or None
+        The feature set the model was built on (``"seed"``, ``"ranking"``, an event-log
+        set), or None for a model compiled from a bare feature matrix.
+    output : str
+        ``"probability"`` (a binary classifier), ``"score"`` (a ranker) or ``"value"``
+        (a regressor).
+    threshold : float
+        Probability in [0, 1] at or above which ``recommend`` shows a product by
+        default; ``-inf`` for a model whose output is not a probability.
+    missing_values : str
+        ``"routed"``: NaN is a valid input, sent where the model learned; ``"refused"``.
+    input_precision : str
+        ``"float32"`` (inputs are rounded to float32 first, as scikit-learn's
+        GradientBoosting and XGBoost do) or ``"float64"``.
+    backend : str
+        The evaluator in use (:data:`BACKENDS`; "flat" resolves to one of
+        ``"flat-avx512"``, ``"flat-avx2"``, ``"flat-portable"``).
+    metadata : ArtifactMetadata
+        The artifact's ``metadata.json``, typed.
     """
 
     def __init__(
@@ -569,14 +603,39 @@ class Model:
         return cls(root, module, feature_names)
 
     def available_backends(self) -> tuple[str, ...]:
-        """The evaluators this artifact's library provides on this CPU."""
+        """The evaluators this artifact's library provides on this CPU.
+
+        Returns
+        -------
+        tuple of str
+            ``"tl2cgen"`` first, then the flat evaluator's kinds this CPU runs
+            (``"flat-portable"``, ``"flat-avx2"``, ``"flat-avx512"``), when the artifact
+            has the flat evaluator.
+        """
         lib = self._lib
         if not hasattr(lib, "rq_predict_one"):
             return ("tl2cgen",)
         return ("tl2cgen", *("flat-" + k for k in reversed(_flat_kinds(lib))))
 
     def using(self, backend: str) -> Model:
-        """The same model evaluated by another backend (for comparisons and benchmarks)."""
+        """The same model evaluated by another backend (for comparisons and benchmarks).
+
+        Parameters
+        ----------
+        backend : str
+            ``"tl2cgen"``, ``"flat"`` (the best flat kind this CPU runs) or one of
+            :meth:`available_backends`.
+
+        Returns
+        -------
+        Model
+            A copy sharing the loaded library; this model is unchanged.
+
+        Raises
+        ------
+        ArtifactError
+            The artifact or this CPU does not provide ``backend``.
+        """
         clone = object.__new__(Model)
         clone.__dict__.update(self.__dict__)
         clone._requested_backend = backend
@@ -598,9 +657,18 @@ class Model:
         at a time, as a batch and through ``recommend``, on every backend this CPU
         supports.
 
-        ``backend`` overrides the artifact's default evaluator: "flat" (the
-        branch-free evaluator, AVX-512 or AVX2 when the CPU has it), "flat-portable",
-        "flat-avx512", "flat-avx2" or "tl2cgen" (tl2cgen's reference code).
+        Parameters
+        ----------
+        path : str or path-like
+            The artifact directory.
+        backend : str, optional
+            Overrides the artifact's default evaluator: "flat" (the branch-free
+            evaluator, AVX-512 or AVX2 when the CPU has it), "flat-portable",
+            "flat-avx512", "flat-avx2" or "tl2cgen" (tl2cgen's reference code).
+
+        Returns
+        -------
+        Model
 
         Raises
         ------
@@ -1026,7 +1094,22 @@ class Model:
     def predict_proba_features(
         self, X: Any, *, n_threads: int = 1, on_invalid: str = "raise"
     ) -> np.ndarray:
-        """Click probability for each row of X (-> float64 ndarray of shape (n,)).
+        """Click probability for each row of X, a feature matrix.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or named columns
+            See below.
+        n_threads : int
+            Threads to split the rows over (1: the calling thread only).
+        on_invalid : {"raise", "nan"}
+            What an invalid row does (see below).
+
+        Returns
+        -------
+        ndarray of float64, shape (n_samples,)
+            The probabilities, equal to scikit-learn's ``predict_proba(X)[:, 1]``
+            (to 1e-12); NaN for rows refused under ``on_invalid="nan"``.
 
         ``X`` is an (n, n_features) array-like in ``feature_names`` order (any
         numeric dtype, lists, object arrays of numbers), or named columns matched to
@@ -1044,7 +1127,16 @@ class Model:
         dtype concerns the whole matrix and raises either way. NaN is a valid value
         for models that route missing values (``missing_values == "routed"``).
 
-        Raises a TypeError for a ranker or a regressor: use :meth:`decision_function`.
+        Raises
+        ------
+        InputError
+            A row with a value the model cannot take (``on_invalid="raise"``), a wrong
+            shape or a non-numeric dtype, or a missing, unknown or duplicated column
+            name; the message names the row and the feature.
+        TypeError
+            The model is a ranker or a regressor: use :meth:`decision_function`.
+        ValueError
+            ``on_invalid`` is not one of :data:`ON_INVALID`.
         """
         self._require_probability()
         _check_on_invalid(on_invalid)
@@ -1106,6 +1198,36 @@ class Model:
 
         Many may be a list of dicts, a dict of columns or a pandas DataFrame.
 
+        Parameters
+        ----------
+        sessions : dict, list of dicts, dict of columns or DataFrame
+            Page views in the seed's schema: ``current_category``, ``current_price``
+            (in the catalog's currency), ``products_in_cart`` (count), ``device_type``,
+            ``traffic_source``, ``time_on_page_sec`` (seconds), ``scroll_depth``
+            (fraction in [0, 1]), ``clicked_product_image`` (0 or 1),
+            ``session_length_mins`` (minutes), ``products_viewed_count``; a ``ranking``
+            model also reads ``current_product_id``, ``prev_product_1``..``3`` and the
+            candidate ``recommended_product_id``. An event-trained model takes
+            ``{"products": [...], "cart": [...]}`` instead. Extra keys are ignored.
+        on_invalid : {"raise", "nan"}
+            What an invalid page view does (see below).
+
+        Returns
+        -------
+        float or ndarray of float64, shape (n_sessions,)
+            Equal to scikit-learn's ``predict_proba`` of the features the build
+            computes (to 1e-12).
+
+        Raises
+        ------
+        InputError
+            A missing field, a value outside its domain or unknown to the model's
+            vocabulary or catalog (``on_invalid="raise"``); names the field and rows.
+        TypeError
+            The model is a ranker or a regressor.
+        ValueError
+            ``on_invalid`` is not one of :data:`ON_INVALID`.
+
         ``on_invalid="raise"`` (the default) raises an InputError naming the field
         and the first bad rows. ``on_invalid="nan"`` is for offline scoring of
         dirty logs: the valid rows are scored and the invalid ones get NaN (a
@@ -1149,6 +1271,26 @@ class Model:
 
     def score_batch(self, sessions: Any, on_invalid: str = "nan") -> BatchResult:
         """Score a batch of page views, keeping going past invalid rows.
+
+        Parameters
+        ----------
+        sessions : list of dicts, dict of columns or DataFrame
+            Page views as for :meth:`predict_proba`.
+        on_invalid : {"nan", "raise"}
+            ``"nan"`` (the default) scores the valid rows and reports the others.
+
+        Returns
+        -------
+        BatchResult
+            See below.
+
+        Raises
+        ------
+        InputError
+            A problem of the batch as a whole (a missing column, columns of different
+            lengths), or any invalid row with ``on_invalid="raise"``.
+        ValueError
+            ``on_invalid`` is not one of :data:`ON_INVALID`.
 
         ``sessions`` is a list of dicts, a dict of columns or a DataFrame (one dict
         is a batch of one). Returns a :class:`BatchResult`: ``probabilities`` (an
@@ -1213,7 +1355,26 @@ class Model:
         return out
 
     def features(self, sessions: Any) -> np.ndarray:
-        """The feature matrix the model scores for these sessions (for inspection)."""
+        """The feature matrix the model scores for these sessions (for inspection).
+
+        Parameters
+        ----------
+        sessions : dict, list of dicts, dict of columns or DataFrame
+            Page views as for :meth:`predict_proba`.
+
+        Returns
+        -------
+        ndarray of float64, shape (n_sessions, n_features)
+            Columns in ``feature_names`` order (one row for a single dict).
+
+        Raises
+        ------
+        InputError
+            As :meth:`predict_proba` with ``on_invalid="raise"``, or the model knows no
+            page-view schema (compiled from a bare feature matrix).
+        TypeError
+            The model was trained on an event log (its sessions are not page views).
+        """
         if isinstance(sessions, Mapping):
             if self._is_single(sessions):
                 return np.asarray([self.builder.row(sessions)], dtype=np.float64)
@@ -1356,5 +1517,24 @@ def _listed(items: Sequence[Any]) -> str:
 
 
 def load(path: str | os.PathLike[str], backend: str | None = None) -> Model:
-    """Load a model artifact written by ``build_model.py`` or ``compile_model``."""
+    """Load a model artifact written by ``build_model.py`` or ``compile_model``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The artifact directory.
+    backend : str, optional
+        Override the artifact's default evaluator (see :meth:`Model.load`).
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    ArtifactError
+        The artifact fails a check (see :meth:`Model.load`); says what to do.
+    ValueError
+        ``backend`` is not one of :data:`BACKENDS`.
+    """
     return Model.load(path, backend)
