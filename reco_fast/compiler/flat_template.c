@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #define RQ_X86 1
 #endif
+#include "flat.h" /* the entry points' declarations, also cffi's cdef */
 
 #define RQ_NF @N_FEATURES@
 #define RQ_NT @N_TREES@

@@ -117,7 +117,17 @@ def raise_rows(field: str, rows: Sequence[int] | np.ndarray, problem: str, offse
 
 @dataclass(frozen=True)
 class RowError:
-    """One thing wrong with one row of a batch: ``message`` names the field and the row."""
+    """One thing wrong with one row of a batch: ``message`` names the field and the row.
+
+    Attributes
+    ----------
+    row : int
+        The 0-based row in the batch.
+    field : str or None
+        The field at fault; None when the row is not a dict (a page view) at all.
+    message : str
+        What is wrong, naming the field and the row; bounded in length.
+    """
 
     row: int
     field: str | None
