@@ -14,6 +14,7 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import io
+import logging
 import math
 import os
 import shutil
@@ -57,6 +58,8 @@ from reco_fast.serve.cells import CELLS_MIN_PRODUCTS, CellIndex, cell_index
 from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
 __all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
+
+_log = logging.getLogger(__name__)
 
 ON_INVALID = ("raise", "nan")
 """What a batch does with a row it cannot score: raise an InputError, or score NaN."""
@@ -627,9 +630,37 @@ class Model:
         ):
             return None
         cat_codes, prices = builder.catalog_arrays()
-        return cell_index(
+        index = cell_index(
             self._ffi, self._lib, _spec.FEATURE_SETS[self.feature_set], cat_codes, prices
         )
+        if index is not None and not self._cells_agree(builder, index):
+            _log.warning(
+                "%s: the whole-catalog top-k disagreed with scoring every product on a golden "
+                "session; recommend scores every product for this catalog (exact, slower)",
+                self.path,
+            )
+            return None
+        return index
+
+    def _cells_agree(self, builder: FeatureBuilder, index: CellIndex) -> bool:
+        """Checked when a catalog is attached: one golden session's top-10 by the cells
+        equals the per-product kernel's (products, order and probabilities)."""
+        golden = self._metadata.golden_sessions if self._metadata is not None else None
+        sessions = [c["session"] for c in (golden or {}).get("recommend") or []][:1]
+        fast, every = object.__new__(Model), object.__new__(Model)
+        fast.__dict__.update(self.__dict__, _builder=builder, _cells=index)
+        every.__dict__.update(self.__dict__, _builder=builder, _cells=None)
+        for session in sessions:
+            try:
+                want = every.recommend(session, k=10, threshold=0.0)
+            except InputError:  # a golden session this catalog cannot serve
+                continue
+            got = fast.recommend(session, k=10, threshold=0.0)
+            if [(r.product_id, r.probability) for r in got] != [
+                (r.product_id, r.probability) for r in want
+            ]:
+                return False
+        return True
 
     def _use(self, k: _Kernels) -> None:
         self.backend = k.backend
