@@ -627,6 +627,7 @@ class Model:
             or catalog is None
             or len(catalog) < CELLS_MIN_PRODUCTS
             or self.feature_set not in _spec.FEATURE_SETS
+            or self.missing_values != "refused"  # the cells do not follow NaN's routes
         ):
             return None
         cat_codes, prices = builder.catalog_arrays()
