@@ -1255,6 +1255,16 @@ class Model:
     # ---- raw sessions ----------------------------------------------------------------------
     @property
     def builder(self) -> FeatureBuilder:
+        """The model's feature builder: vocabularies, catalog and the feature code of a
+        page-view model (read-only; the recommend path and the tools use it).
+
+        Raises
+        ------
+        InputError
+            A model compiled from a bare feature matrix has no session schema.
+        TypeError
+            An event-trained model's sessions are product lists (see :class:`EventTracker`).
+        """
         if self._builder is None:
             raise InputError(
                 "this model was compiled from a bare feature matrix and knows no session "
@@ -1481,8 +1491,39 @@ class Model:
         candidates: Sequence[str] | None = None,
         exclude: Iterable[str] = EXCLUDABLE,
     ) -> list[Recommendation]:
-        """The top k products for this session at or above ``threshold`` (default: the
-        artifact's, 0.7). See :func:`reco_fast.serve.recommend.recommend`."""
+        """The top ``k`` products for this session at or above ``threshold``, most likely first.
+
+        Parameters
+        ----------
+        session
+            One page view in the model's schema (a dict; ``cart_product_ids`` optional),
+            or for an event-trained model ``{"products": [...], "cart": [...]}``.
+        k
+            How many products at most (int >= 0).
+        threshold
+            Minimum probability in [0, 1]; default the artifact's (0.7 for the quick start,
+            0 for rankers). Fewer than ``k`` (or none) is a valid answer.
+        candidates
+            Product ids to rank instead of the whole catalog (deduplicated; each must be
+            listed); an event model's default is its first stage's candidates.
+        exclude
+            Drawn from ``("viewed", "in_cart")`` (the default: both are left out).
+
+        Returns
+        -------
+        list of Recommendation
+            Best first; ties by catalog order. Exactly the answer of scoring every
+            candidate with :meth:`predict_proba` and sorting, whichever path computes it
+            (threshold cells for large catalogs, :attr:`uses_cells`).
+
+        Raises
+        ------
+        InputError
+            A bad session field, ``k``, ``threshold``, ``candidates`` or ``exclude``,
+            naming it.
+        ValueError
+            The model has no candidate-product features (it scores page views only).
+        """
         if getattr(self._builder, "tables", None) is not None:  # an event-trained model
             return self._recommend_events(session, k, threshold, candidates, exclude)
         return recommend(self, session, k, threshold, candidates, exclude)
@@ -1534,7 +1575,7 @@ class Model:
     def with_catalog(self, catalog: Any) -> Model:
         """A model that recommends from a new catalog (prices or products changed).
 
-        ``catalog`` is a :class:`Catalog`, a list of dicts, a dict of columns or a
+        The ``catalog`` is a :class:`Catalog`, a list of dicts, a dict of columns or a
         DataFrame with product_id, category and price; categories must be ones
         the model was trained on. The compiled library is shared, not reloaded.
 
@@ -1564,7 +1605,8 @@ class Model:
         remove: Iterable[str] | None = None,
     ) -> Model:
         """A model whose catalog has some products repriced, added or delisted
-        (:meth:`Catalog.updated`); this model is unchanged.
+        (:meth:`Catalog.updated`, which documents ``prices``, ``add`` and ``remove``);
+        this model is unchanged.
 
         The swap is atomic for whoever holds the model: keep the returned model (or
         ``handle.swap`` it into a :class:`~reco_fast.ModelHandle`) and new requests see the
