@@ -331,7 +331,7 @@ class Catalog:
         """The catalog position of ``product_id`` (a str), or None if it is not listed."""
         index = self._index
         if index is not None:
-            return index.get(product_id) if type(product_id) is str else None
+            return index.get(product_id) if isinstance(product_id, str) else None
         if not isinstance(product_id, str):
             return None
         ids = self.product_ids
@@ -591,7 +591,7 @@ class FeatureBuilder:
         self, product_id: Any, field_name: str = "recommended_product_id"
     ) -> tuple[float, float]:
         """(category code, price) of a catalog product; InputError if it is not listed."""
-        if self._product is not None and type(product_id) is str:
+        if self._product is not None and isinstance(product_id, str):
             found = self._product.get(product_id)
             if found is not None:
                 return found
