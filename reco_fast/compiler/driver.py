@@ -478,9 +478,7 @@ def compile_model(
                         raise UnsupportedForest(
                             "it compares float32 inputs, this model float64 ones"
                         )
-                    if routed:
-                        raise UnsupportedForest("it does not route missing values (NaN)")
-                    forest = from_treelite(tl_model, tl_json)
+                    forest = from_treelite(tl_model, tl_json, nan_routed=routed)
                 except UnsupportedForest as exc:
                     flat_note = f"not generated: {exc}"
                     log.info("flat evaluator not generated (%s); serving with tl2cgen's code", exc)
