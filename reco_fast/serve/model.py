@@ -48,6 +48,7 @@ from reco_fast.features.schema import (
     as_float_array,
     as_number,
     is_scalar,
+    nan_ok_for,
     not_a_number,
     series_values,
 )
@@ -639,7 +640,10 @@ class Model:
             elif meta["feature_set"] is not None:
                 catalog = read_catalog(checked.catalog) if checked.catalog is not None else None
                 builder = FeatureBuilder(
-                    meta["feature_set"], Vocabulary.from_json(meta["vocabulary"]), catalog
+                    meta["feature_set"],
+                    Vocabulary.from_json(meta["vocabulary"]),
+                    catalog,
+                    nan_ok=nan_ok_for(meta.get("missing_values", "refused")),
                 )
             golden = _Golden.parse(meta, len(feature_names), builder)
         except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
@@ -1194,7 +1198,7 @@ class Model:
         # --- model families (issue 15): float64 inputs, NaN routed as the model learned
         if self.input_precision == "float64":
             ok = np.isfinite(X)
-        if self.missing_values == "routed":
+        if nan_ok_for(self.missing_values):
             ok |= np.isnan(X)
         # ---
         bad_rows = np.flatnonzero(~ok.all(axis=1))
