@@ -470,9 +470,13 @@ class _Golden:
                 raise refuse(name, "raw margins of feature rows")
             if not self.sessions:
                 continue
+            # a classifier's probabilities; a ranker's scores (event-trained rankers)
+            score = (
+                other.predict_proba if model.output == "probability" else other.decision_function
+            )
             try:
-                one = [other.predict_proba(s) for s in self.sessions]
-                batch = other.predict_proba(self.sessions)
+                one = [score(s) for s in self.sessions]
+                batch = score(self.sessions)
                 recs = [
                     other.recommend(c["session"], k=c["k"], threshold=c["threshold"])
                     for c in self.recommend
@@ -751,10 +755,12 @@ class Model:
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or session dicts
             Feature rows in ``feature_names`` order, float64 or float32 (float32 rows
             are taken as they are). NaN is a valid value when the model routes missing
-            values (``model.missing_values == "routed"``).
+            values (``model.missing_values == "routed"``). An event-trained model also
+            takes a session dict with its ``recommended_product_id`` (-> float) or a
+            list of them, as ``predict_proba`` does: a ranker's scores.
 
         Returns
         -------
@@ -769,6 +775,14 @@ class Model:
             Wrong shape or dtype, or a value the model cannot take (NaN where missing
             values are not routed, an infinity, or beyond float32 for float32 models).
         """
+        builder = self._builder
+        if isinstance(builder, EventBuilder) and (
+            isinstance(X, Mapping)
+            or (isinstance(X, Sequence) and len(X) > 0 and isinstance(X[0], Mapping))
+        ):
+            if isinstance(X, Mapping):
+                return float(self._margin_f64(builder.rows([X]))[0])  # type: ignore[return-value]
+            return self._margin_f64(builder.rows(X))
         arr = self._check_features(X)
         if arr.dtype == np.float32:
             return self._margin_f32(arr)
@@ -1278,7 +1292,19 @@ class Model:
     ) -> list[Recommendation]:
         from reco_fast.serve.recommend import _check_args
 
-        k, t, excluded = _check_args(k, self.threshold if threshold is None else threshold, exclude)
+        if self.output == "probability":
+            k, t, excluded = _check_args(
+                k, self.threshold if threshold is None else threshold, exclude
+            )
+        else:  # a ranker: every candidate by score, no threshold
+            if threshold is not None:
+                raise InputError(
+                    "a ranker's scores have no threshold: recommend(session, k) ranks every "
+                    "candidate by score",
+                    field="threshold",
+                )
+            k, _, excluded = _check_args(k, 0.0, exclude)
+            t = -math.inf
         builder = self._builder
         assert isinstance(builder, EventBuilder)
         ranked = builder.rank(self._predict_f64, session, k, t, candidates, tuple(excluded))

@@ -42,6 +42,12 @@ def _build(args: argparse.Namespace) -> int:
         return _build_events(args)
     if args.columns is not None or args.event_types is not None:
         raise InputError("--columns and --event-types go with --events FILE", field="--columns")
+    if args.objective != "binary":
+        raise InputError(
+            f"--objective {args.objective} trains on an event log's page views (one group "
+            "each): give --events FILE --columns ...",
+            field="--objective",
+        )
     from reco_fast.build.pipeline import build
 
     result = build(
@@ -83,6 +89,7 @@ def _build_events(args: argparse.Namespace) -> int:
         args.out,
         event_types=args.event_types,
         seed=args.seed,
+        objective=args.objective,
     )
     if not args.quiet:
         print(result.markdown)
@@ -166,7 +173,8 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
         model += f", {trees} trees" + (f" of depth {depth}" if depth is not None else "")
     if params.get("learning_rate") is not None:
         model += f", learning rate {params['learning_rate']}"
-    row("model", model + ": click probability of a recommendation")
+    if meta.get("family", "sklearn-gb") == "sklearn-gb":  # other families: the line below
+        row("model", model + ": click probability of a recommendation")
 
     names = meta.get("feature_names")
     if isinstance(names, list):
@@ -207,7 +215,9 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
     if "family" in meta:  # format 3: what the model is and gives
         row(
             "model",
-            f"{str(meta.get('family'))[:40]} {str(meta.get('objective'))[:40]}: "
+            f"{str(meta.get('family'))[:40]} {str(meta.get('objective'))[:40]}"
+            + (f", {trees} trees" if isinstance(trees, int) else "")
+            + ": "
             f"{str(meta.get('output'))[:20]} (decision_function: the raw margin); "
             f"NaN {'routed as learned' if meta.get('missing_values') == 'routed' else 'refused'}",
         )
@@ -449,6 +459,13 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
         metavar="TYPE=VALUE,...",
         help="with --events: the log's names of view, cart, purchase and remove "
         "(default view,cart,purchase,remove_from_cart)",
+    )
+    b.add_argument(
+        "--objective",
+        default="binary",
+        choices=["binary", "lambdarank"],
+        help="with --events: binary (scikit-learn's GradientBoostingClassifier, the default) "
+        "or lambdarank (LightGBM's LambdaMART ranker, one group per page view; needs lightgbm)",
     )
     b.add_argument("--out", default="artifacts/reco_model", help="artifact directory")
     b.add_argument(
