@@ -57,6 +57,11 @@ class BuildResult:
     seconds: float
 
 
+ENGINES = ("local", "spark")
+"""Where the page-view build trains: ``local`` (scikit-learn) or ``spark`` (XGBoost's
+PySpark estimator)."""
+
+
 def build(
     data: str | Path | None = None,
     catalog: str | Path | None = None,
@@ -66,12 +71,24 @@ def build(
     data_dir: str | Path = "data",
     seed: int = DEFAULT_SEED,
     threshold: float = 0.7,
+    engine: str = "local",
+    spark_master: str = "local[2]",
+    spark_workers: int = 1,
 ) -> BuildResult:
-    """Run the whole pipeline; raise (and write nothing) if any stage fails."""
+    """Run the whole pipeline; raise (and write nothing) if any stage fails.
+
+    ``engine="local"`` trains the seed's GradientBoostingClassifier with scikit-learn;
+    ``engine="spark"`` trains XGBoost's classifier with its PySpark estimator on a
+    Spark DataFrame of the same training rows (``spark_master``, ``spark_workers``
+    XGBoost workers; :mod:`reco_fast.build.spark_train`), then compiles the collected
+    booster the same way.
+    """
     from reco_fast.compiler.driver import compile_model
 
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; choose from {list(FEATURE_SETS)}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r:.40}")
     start = time.perf_counter()
     steps = 5
 
@@ -95,17 +112,30 @@ def build(
 
     parts = split(X, y)
     log.info(
-        "[3/%d] training GradientBoostingClassifier on %d rows, %.1f s elapsed",
+        "[3/%d] training %s on %d rows, %.1f s elapsed",
         steps,
+        "XGBoost on Spark" if engine == "spark" else "GradientBoostingClassifier",
         len(parts.y_train),
         elapsed(),
     )
-    estimator, train_seconds = fit(parts.X_train, parts.y_train)
+    if engine == "spark":
+        from reco_fast.build import spark_train
+
+        estimator, train_seconds = spark_train.fit_on_spark(
+            parts.X_train,
+            parts.y_train,
+            builder.feature_names,
+            master=spark_master,
+            num_workers=spark_workers,
+        )
+    else:
+        estimator, train_seconds = fit(parts.X_train, parts.y_train)
     log.info("trained in %.1f s", train_seconds)
 
     log.info(
-        "[4/%d] compiling to C and verifying against scikit-learn, %.1f s elapsed",
+        "[4/%d] compiling to C and verifying against %s, %.1f s elapsed",
         steps,
+        "XGBoost" if engine == "spark" else "scikit-learn",
         elapsed(),
     )
     result: dict[str, Any] = {}

@@ -58,6 +58,9 @@ def _build(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         seed=args.seed,
         threshold=args.threshold,
+        engine=args.engine,
+        spark_master=args.spark_master,
+        spark_workers=args.spark_workers,
     )
     if not args.quiet:
         print(result.markdown)
@@ -73,6 +76,12 @@ def _build(args: argparse.Namespace) -> int:
 def _build_events(args: argparse.Namespace) -> int:
     from reco_fast.build.pipeline import build_events
 
+    if args.engine != "local":
+        raise InputError(
+            "--engine spark trains the page-view model (--data, or the generated data); "
+            "event-log builds (--events) train on this machine",
+            field="--engine",
+        )
     if args.columns is None:
         raise InputError(
             "--events needs --columns, e.g. --columns time=event_time,session=user_session,"
@@ -466,6 +475,27 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
         choices=["binary", "lambdarank"],
         help="with --events: binary (scikit-learn's GradientBoostingClassifier, the default) "
         "or lambdarank (LightGBM's LambdaMART ranker, one group per page view; needs lightgbm)",
+    )
+    b.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "spark"],
+        help="local (scikit-learn's GradientBoostingClassifier, the default) or spark "
+        "(XGBoost's PySpark estimator on a Spark DataFrame of the training rows; needs "
+        "pyspark, xgboost and Java)",
+    )
+    b.add_argument(
+        "--spark-master",
+        default="local[2]",
+        metavar="URL",
+        help="with --engine spark: the Spark master (default local[2])",
+    )
+    b.add_argument(
+        "--spark-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --engine spark: XGBoost workers, at most the cluster's task slots (default 1)",
     )
     b.add_argument("--out", default="artifacts/reco_model", help="artifact directory")
     b.add_argument(
