@@ -19,12 +19,12 @@ import numpy as np
 
 from reco_fast.artifact import CATALOG_FILE
 from reco_fast.build.data import DEFAULT_SEED, generate_default, load
-from reco_fast.features.page import FEATURE_SETS, FeatureBuilder, Vocabulary
 from reco_fast.build.report import build_report, predictions_frame, render_markdown
 from reco_fast.build.report_html import curves, render_html
-from reco_fast.serve.model import Model, write_catalog
-from reco_fast.features.schema import LABEL
 from reco_fast.build.train import fit, split
+from reco_fast.features.page import FEATURE_SETS, FeatureBuilder, Vocabulary
+from reco_fast.features.schema import LABEL
+from reco_fast.serve.model import Model, write_catalog
 
 __all__ = ["BuildResult", "build"]
 
@@ -259,10 +259,14 @@ def build_events(
     CompileError
         The compiled model is not equal to scikit-learn's.
     """
-    from reco_fast.compiler.driver import compile_model
-    from reco_fast.build.evaluate import baselines, evaluate, format_table, retrieval_table, split_by_time
+    from reco_fast.build.evaluate import (
+        baselines,
+        evaluate,
+        format_table,
+        retrieval_table,
+        split_by_time,
+    )
     from reco_fast.build.events import parse_columns, parse_event_types, read_events
-    from reco_fast.features.events import RETRIEVE_PER_SOURCE, EventBuilder, retrieve
     from reco_fast.build.sessiontrain import (
         OBJECTIVES,
         fit_lambdarank,
@@ -271,6 +275,8 @@ def build_events(
         session_sequences,
         training_rows,
     )
+    from reco_fast.compiler.driver import compile_model
+    from reco_fast.features.events import RETRIEVE_PER_SOURCE, EventBuilder, retrieve
 
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r:.40}")
@@ -400,9 +406,7 @@ def build_events(
             + format_table(evaluation)
             + "\n\nFirst stage (retrieval) recall@N: the share of held-out next products "
             "among its candidates, by candidates per source (the model ranks "
-            f"{RETRIEVE_PER_SOURCE} per source).\n\n"
-            + retrieval_table(evaluation)
-            + "\n"
+            f"{RETRIEVE_PER_SOURCE} per source).\n\n" + retrieval_table(evaluation) + "\n"
         )
         (staging / "report.md").write_text(markdown)
         (staging / "report.json").write_text(

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from reco_fast.features.schema import LABEL
 from reco_fast.build.train import SEED_PARAMS, Split
+from reco_fast.features.schema import LABEL
 
 __all__ = ["THRESHOLDS", "build_report", "predictions_frame", "render_markdown"]
 
