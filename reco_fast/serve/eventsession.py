@@ -33,10 +33,14 @@ from reco_fast.serve.session import (
     MemoryStore,
     SessionStore,
     State,
+    _attach,
+    _log_of,
 )
 
 if TYPE_CHECKING:
+    from reco_fast.serve.impressions import ImpressionLog, LoggedRecommender
     from reco_fast.serve.model import Model
+    from reco_fast.serve.policies import Policy
 
 __all__ = ["MAX_PRODUCTS", "EventTracker"]
 
@@ -78,11 +82,18 @@ class EventTracker:
         Bound of the in-memory store (default 100,000); used only without ``store``.
     clock : callable
         Epoch seconds now (default ``time.time``).
+    log : ImpressionLog, optional
+        Attach an impression log: ``recommend`` logs one impression per call (and
+        returns a ``Shown`` list with its ``request_id``), :meth:`click` records a
+        click and :meth:`purchase` a purchase too, each joined by the log to the
+        impression that showed the product (as :class:`~reco_fast.SessionTracker`).
+    policy : Policy, optional
+        With ``log``: an exploration policy (:mod:`reco_fast.serve.policies`).
 
     Raises
     ------
     ValueError
-        ``model`` was not trained on events.
+        ``model`` was not trained on events; ``policy`` without ``log``.
     """
 
     def __init__(
@@ -93,6 +104,8 @@ class EventTracker:
         ttl: float = DEFAULT_TTL_SECONDS,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         clock: Callable[[], float] = time.time,
+        log: ImpressionLog | None = None,
+        policy: Policy | None = None,
     ):
         if not model.ranks_from_events:
             raise ValueError(
@@ -105,6 +118,12 @@ class EventTracker:
             store if store is not None else MemoryStore(ttl, max_sessions, clock)
         )
         self.ttl = self.store.ttl
+        self._logged: LoggedRecommender | None = _attach(self, log, policy)
+
+    @property
+    def log(self) -> ImpressionLog | None:
+        """The attached impression log, or None."""
+        return None if self._logged is None else self._logged.log
 
     def _event(self, kind: str, session_id: Any, product_id: Any, ts: float | None) -> State:
         sid = _id("session_id", session_id)
@@ -162,8 +181,30 @@ class EventTracker:
     def purchase(
         self, session_id: Any, product_id: Any, *, ts: float | None = None
     ) -> dict[str, Any]:
-        """A purchase: touches the product."""
-        return self._context(self._event("purchase", session_id, product_id, ts))
+        """A purchase: touches the product; with a log attached, also records the purchase
+        there, joined to the impression that showed the product (at ``ts``, default now)."""
+        context = self._context(self._event("purchase", session_id, product_id, ts))
+        if self._logged is not None:
+            self._logged.log.purchase(
+                _id("session_id", session_id), _id("product_id", product_id), ts
+            )
+        return context
+
+    def click(self, session_id: Any, product_id: Any, *, ts: float | None = None) -> None:
+        """Record a click on a recommended product in the attached log (joined to the
+        impression that showed it, see :meth:`reco_fast.SessionTracker.click`). The
+        session is not changed: a click that opens the product is a :meth:`view` too.
+
+        Raises
+        ------
+        RuntimeError
+            No impression log is attached.
+        InputError
+            An empty or non-text id; TypeError/ValueError: a bad ``ts``.
+        """
+        _log_of(self, "click").click(
+            _id("session_id", session_id), _id("product_id", product_id), ts
+        )
 
     def remove_from_cart(
         self, session_id: Any, product_id: Any, *, ts: float | None = None
@@ -195,5 +236,12 @@ class EventTracker:
         return self._context(state)
 
     def recommend(self, session_id: Any, k: int = 10, **kwargs: Any) -> list[Recommendation]:
-        """The model's top ``k`` for the session as it is now (see ``Model.recommend``)."""
+        """The model's top ``k`` for the session as it is now (see ``Model.recommend``).
+
+        With a ``log`` attached the call is logged as one impression (``ts=`` sets its
+        time) and returns a :class:`~reco_fast.serve.impressions.Shown`.
+        """
+        logged = self._logged
+        if logged is not None:
+            return logged.recommend(_id("session_id", session_id), k, **kwargs)
         return self._model.recommend(self.context(session_id), k, **kwargs)

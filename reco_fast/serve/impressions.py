@@ -99,6 +99,7 @@ import numpy as np
 
 from reco_fast.artifact import METADATA_FILE
 from reco_fast.errors import ArtifactError, InputError
+from reco_fast.serve.eventsession import EventTracker
 from reco_fast.serve.handle import ModelHandle
 from reco_fast.serve.policies import Greedy, Policy
 from reco_fast.serve.recommend import CART_FIELD, Recommendation
@@ -924,9 +925,10 @@ class LoggedRecommender:
 
     Parameters
     ----------
-    source : SessionTracker, ModelHandle or Model
+    source : SessionTracker, EventTracker, ModelHandle or Model
         With a tracker, ``recommend`` takes a session id and scores the tracker's
-        context with the tracker's model; a ModelHandle is read at every request
+        context with the tracker's model (``SessionTracker(model, log=...)`` does
+        this itself); a ModelHandle is read at every request
         (swaps take effect, and the logged ``model_id`` is the model that scored).
     log : ImpressionLog
         Where impressions go (shared by any number of recommenders).
@@ -934,7 +936,7 @@ class LoggedRecommender:
         Exploration (:mod:`reco_fast.serve.policies`); None shows the model's top k.
     variant : str
         Recorded in every impression (A/B variant name).
-    tracker : SessionTracker, optional
+    tracker : SessionTracker or EventTracker, optional
         With a ModelHandle or Model as ``source``: session ids are looked up in
         this tracker and scored by ``source`` (what :class:`~reco_fast.serve.ab.ABRouter` does).
     """
@@ -946,7 +948,7 @@ class LoggedRecommender:
         policy: Policy | None = None,
         variant: str = "default",
         *,
-        tracker: SessionTracker | None = None,
+        tracker: SessionTracker | EventTracker | None = None,
     ):
         if not isinstance(log, ImpressionLog):
             raise TypeError(f"log must be an ImpressionLog, got {type(log).__name__}")
@@ -954,10 +956,12 @@ class LoggedRecommender:
             raise TypeError(f"policy must be a reco_fast.serve.policies.Policy, got {policy!r:.60}")
         if not isinstance(variant, str) or not variant:
             raise ValueError(f"variant must be a non-empty string, got {variant!r:.40}")
-        if tracker is not None and not isinstance(tracker, SessionTracker):
-            raise TypeError(f"tracker must be a SessionTracker, got {type(tracker).__name__}")
-        self.tracker: SessionTracker | None = tracker
-        if isinstance(source, SessionTracker):
+        if tracker is not None and not isinstance(tracker, (SessionTracker, EventTracker)):
+            raise TypeError(
+                f"tracker must be a SessionTracker or EventTracker, got {type(tracker).__name__}"
+            )
+        self.tracker: SessionTracker | EventTracker | None = tracker
+        if isinstance(source, (SessionTracker, EventTracker)):
             self.tracker = source
             source = source._model  # hook: a public SessionTracker.model would replace this
         if not hasattr(source, "recommend") or not hasattr(source, "path"):
