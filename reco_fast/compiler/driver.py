@@ -48,6 +48,7 @@ from reco_fast.compiler.ir import (
     thresholds_by_feature,
 )
 from reco_fast.errors import ArtifactError, CompileError
+from reco_fast.metadata import FORMAT_NAME, ArtifactMetadata
 
 __all__ = ["TOLERANCE", "adversarial_inputs", "check_estimator", "compile_model", "fitted_view"]
 
@@ -399,7 +400,9 @@ def compile_model(
     thresholds. ``feature_set`` (the build pipeline's) adds a C kernel that
     scores one page view from its raw numbers. ``metadata`` and ``write_extra(staging_dir, staged_model)`` let
     the build pipeline add its feature spec, catalog and report to the same
-    atomic write.
+    atomic write: ``metadata``'s keys are :class:`~reco_fast.metadata.ArtifactMetadata`
+    fields (checked like the compiler's own; a missing or ill-typed one is a
+    :class:`CompileError` naming it) or other keys, kept as they are.
 
     ``feature_set`` needs ``builder`` (the build's :class:`~reco_fast.features.page.FeatureBuilder`)
     and ``sessions`` (raw page views, e.g. the test split's rows): golden raw sessions
@@ -558,7 +561,7 @@ def compile_model(
                     )
 
                 meta: dict[str, Any] = {
-                    "format": "reco_fast",
+                    "format": FORMAT_NAME,
                     "format_version": FORMAT_VERSION,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "library": lib_path.name,
@@ -613,9 +616,15 @@ def compile_model(
                 )
                 if golden_s is not None:
                     meta["golden_sessions"] = golden_s
+                try:  # the one definition of the fields: a bad caller's field is named
+                    typed = ArtifactMetadata.from_json(
+                        meta, "compile_model's metadata", sealed=False
+                    )
+                except ArtifactError as exc:
+                    raise CompileError(str(exc).removesuffix("; rebuild the artifact")) from None
                 if write_extra is not None:
                     write_extra(staging, model)
-                write_metadata(staging, meta)
+                write_metadata(staging, typed)
                 try:  # every load-time check, before anything is published
                     Model.load(staging)
                 except ArtifactError as exc:

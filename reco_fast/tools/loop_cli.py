@@ -147,7 +147,7 @@ def train_from_impressions(
 
 def summary(model: Any, seconds: float) -> str:
     """The one line ``build --impressions`` and ``retrain`` print about the new artifact."""
-    training = dict(model.metadata.get("training", {}))
+    training = dict(model.metadata.training or {})
     return (
         f"artifact: {model.path}  (trained on {training.get('rows', 0):,} shown products from "
         f"the impression log, {training.get('positives', 0):,} clicked, and "
