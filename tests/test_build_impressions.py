@@ -110,12 +110,18 @@ def test_build_trains_on_shown_and_clicked_against_shown_and_not_clicked(
     assert "position fixed at 0" in stdout
 
 
-def test_the_new_model_scores_the_logged_sessions(trained, shop_log: Path):
-    """It serves the logged sessions (the base model's features, no position input)."""
+def test_the_position_is_fixed_at_the_first_slot(trained, shop_log: Path):
+    """The served model scores every logged row as if shown first: about the click rate of the
+    first slot where it was shown there, well above the clicks seen lower down elsewhere."""
+    from reco_fast.build.retrain import training_rows
+
     model = reco_fast.load(trained[0])
     imps, _ = load_joined(shop_log)
-    recs = [model.recommend(i.record["session"], K, 0.0) for i in imps[:20]]
-    assert all(len(r) == K for r in recs)
+    rows = training_rows(imps, model.builder)
+    p = model.predict_proba_features(rows.X)
+    top, lower = rows.position == 0, rows.position > 0
+    assert abs(p[top].mean() - rows.y[top].mean()) < 0.05
+    assert p[lower].mean() > rows.y[lower].mean() + 0.05
 
 
 @pytest.fixture
