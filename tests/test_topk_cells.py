@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import reco_fast
 from reco_fast.features import spec as _spec
 from reco_fast.serve.cells import CELLS_MIN_PRODUCTS
 from reco_fast.tools.bench import sample_session
@@ -144,3 +145,91 @@ def test_a_feature_reading_two_kinds_of_product_input_disables_the_cells() -> No
     assert _axes("rprice + rcat") is None
     axes = _axes("rcat == cat")
     assert axes is not None and axes[0].axis == "category" and axes[0].reads_session
+
+
+# ---- catalog updates while serving --------------------------------------------------------
+def test_catalog_update_equals_a_catalog_built_from_scratch(built: Built) -> None:
+    rng = np.random.default_rng(7)
+    model = built.model.with_catalog(_catalog(built.model, 5_000, rng))
+    catalog = model.builder.catalog
+    ids = catalog.product_ids.tolist()
+    cats = model.builder.vocabulary.values("current_category")
+    reprice = {ids[10]: 1.5, ids[20]: 999.99}
+    gone = [ids[30], ids[40]]
+    new = [{"product_id": "NEW-1", "category": cats[0], "price": 42.0}]
+    before = catalog.to_rows()
+    updated = model.with_catalog_update(prices=reprice, add=new, remove=gone)
+
+    rows = {p: (c, pr) for p, c, pr in catalog.to_rows() if p not in gone}
+    rows.update({p: (rows[p][0], price) for p, price in reprice.items()})
+    rows["NEW-1"] = (cats[0], 42.0)
+    scratch = built.model.with_catalog(
+        [{"product_id": p, "category": c, "price": pr} for p, (c, pr) in rows.items()]
+    )
+    assert updated.builder.catalog.to_rows() == scratch.builder.catalog.to_rows()
+    assert updated.uses_cells
+    for _ in range(10):
+        session = _session(updated, rng)
+        want = _answer(scratch._scoring_every_product().recommend(session, k=10, threshold=0.0))
+        assert _answer(updated.recommend(session, k=10, threshold=0.0)) == want
+    # the old model is untouched: requests in flight keep their catalog
+    assert model.builder.catalog is catalog and catalog.to_rows() == before
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"prices": {"no such product": 1.0}}, "prices"),
+        ({"remove": ["no such product"]}, "remove"),
+        ({"prices": {"P0000001": float("nan")}}, "price"),
+        ({"prices": {"P0000001": -1.0}}, "price"),
+        ({"add": [{"product_id": "P0000001", "category": "Books", "price": 1.0}]}, "product_id"),
+        (
+            {"add": [{"product_id": "N1", "category": "Spaceships", "price": 1.0}]},
+            "current_category",
+        ),
+    ],
+)
+def test_a_bad_catalog_update_is_refused_naming_the_field(
+    built: Built, change: dict[str, Any], field: str
+) -> None:
+    model = built.model.with_catalog(
+        {
+            "product_id": [f"P{i:07d}" for i in range(100)],
+            "category": ["Books"] * 100,
+            "price": np.linspace(1, 100, 100),
+        }
+    )
+    with pytest.raises(reco_fast.InputError) as info:
+        model.with_catalog_update(**change)
+    assert info.value.field == field
+    assert len(str(info.value)) < 400
+
+
+def test_bench_reports_the_catalog_sizes(built: Built) -> None:
+    from reco_fast.tools import bench
+
+    report = bench.run(built.model, rounds=5, batch_sizes=(), catalog_sizes=(300, 3_000))
+    table = bench.catalog_table(report)
+    assert "| 300 |" in table and "| 3,000 |" in table
+    assert report.case("recommend@3000").note == "threshold cells"
+    assert report.case("recommend@300").note == "every product scored"
+    assert report.case("with_catalog@3000").p50 > 0
+
+
+def test_cells_that_disagree_at_attach_time_are_not_used(
+    built: Built, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Attaching a catalog replays a golden session both ways; a disagreement (here a
+    broken pruning that keeps only three products) turns the cells off, with a warning."""
+    from reco_fast.serve import cells as cells_module
+
+    columns = _catalog(built.model, CELLS_MIN_PRODUCTS, np.random.default_rng(3))
+    assert built.model.with_catalog(columns).uses_cells
+    monkeypatch.setattr(
+        cells_module.CellIndex, "top", lambda self, *a, **kw: np.arange(3, dtype=np.int64)
+    )
+    with caplog.at_level("WARNING", logger="reco_fast.serve.model"):
+        model = built.model.with_catalog(columns)
+    assert not model.uses_cells
+    assert "disagreed" in caplog.text

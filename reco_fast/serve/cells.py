@@ -209,7 +209,7 @@ def cell_index(
 
     # one representative candidate block per category, for static category features
     codes, first = np.unique(cat_codes, return_index=True)
-    uprice = np.unique(prices)
+    uprice, price_rank = np.unique(prices, return_inverse=True)
     n_cat = len(codes)
     cat_cand = np.empty((len(fs.candidate), n_cat))
     price_cand = np.empty((len(fs.candidate), len(uprice)))
@@ -277,8 +277,9 @@ def cell_index(
 
     # the catalog by category, price rank, position
     cat_of = np.searchsorted(codes, cat_codes)
-    rank = np.searchsorted(uprice, prices).astype(np.int32)
-    order = np.lexsort((np.arange(len(prices)), rank, cat_of)).astype(np.int32)
+    rank = price_rank.astype(np.int32)
+    # by category, then price rank, then position (a stable sort keeps positions ascending)
+    order = np.argsort(cat_of * np.int64(len(uprice)) + rank, kind="stable").astype(np.int32)
     cat_start = np.searchsorted(cat_of[order], np.arange(n_cat + 1)).astype(np.int64)
     del first
     bound = abs(base) + float(np.abs(leaf).max(axis=1).sum())

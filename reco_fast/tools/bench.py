@@ -18,7 +18,8 @@ Cases (one thread unless stated):
   (:func:`synthetic_catalog`): ``with_catalog@N`` (seconds to attach it, and the bytes
   per product the model then holds), ``recommend@N`` (top-10 at threshold 0, the
   whole-catalog path: threshold cells above 2,048 products), ``recommend@N-all``
-  (the same answer from today's per-product kernel: every product scored) and
+  (the same answer from today's per-product kernel: every product scored),
+  ``update@N`` (``with_catalog_update`` of one price, index rebuilt) and
   ``event+recommend@N``.
 
 The session is synthetic but valid: products, categories and prices come from
@@ -294,6 +295,20 @@ def catalog_cases(
                 seconds,
                 1,
                 note=f"{per_product:.1f} bytes/product held",
+            )
+        )
+        one = str(sized.builder.required_catalog.product_ids[n // 2])
+        start = time.perf_counter()
+        sized.with_catalog_update(prices={one: 12.34})
+        seconds = time.perf_counter() - start
+        cases.append(
+            Case(
+                f"update@{n}",
+                f"with_catalog_update, one price, {n:,} products",
+                "s",
+                seconds,
+                seconds,
+                1,
             )
         )
         session = sample_session(sized)
@@ -574,17 +589,18 @@ def catalog_table(report: BenchReport) -> str:
     )
     lines = [
         "| products | recommend p50 (p99), µs | per-product kernel p50, µs | per product, ns "
-        "| event + recommend p50, µs | with_catalog, s | bytes/product |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| event + recommend p50, µs | with_catalog, s | bytes/product | one-price update, s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in sizes:
         fast, every = report.case(f"recommend@{n}"), report.case(f"recommend@{n}-all")
         event, attach = report.case(f"event+recommend@{n}"), report.case(f"with_catalog@{n}")
-        assert fast and every and event and attach
+        update = report.case(f"update@{n}")
+        assert fast and every and event and attach and update
         lines.append(
             f"| {n:,} | {_fmt(fast.p50)} ({_fmt(fast.p99)}) | {_fmt(every.p50)} "
             f"| {every.p50 * 1000 / n:.0f} | {_fmt(event.p50)} | {attach.p50:.2f} "
-            f"| {attach.note.split()[0]} |"
+            f"| {attach.note.split()[0]} | {update.p50:.3f} |"
         )
     return "\n".join(lines)
 
