@@ -263,9 +263,10 @@ class EventTracker:
         return context
 
     def click(self, session_id: Any, product_id: Any, *, ts: float | None = None) -> None:
-        """Record a click on a recommended product in the attached log (joined to the
-        impression that showed it, see :meth:`reco_fast.SessionTracker.click`). The
-        session is not changed: a click that opens the product is a :meth:`view` too.
+        """Record a click on the recommended ``product_id`` in ``session_id`` at ``ts``
+        (epoch seconds, default now) in the attached log, joined to the impression that
+        showed it (see :meth:`reco_fast.SessionTracker.click`). The session is not
+        changed: a click that opens the product is a :meth:`view` too.
 
         Raises
         ------

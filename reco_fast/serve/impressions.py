@@ -273,7 +273,7 @@ class JsonlSink:
                 os.close(fd)
 
     def write_batch(self, lines: Sequence[bytes]) -> tuple[int, int]:
-        """Append each line (one ``write()`` each); return (written, failed)."""
+        """Append each of ``lines`` (one ``write()`` each); return (written, failed)."""
         written = failed = 0
         for line in lines:
             try:
@@ -349,13 +349,15 @@ class RedisStreamSink:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStreamSink:
-        """A sink with its own client (2 s socket timeouts)."""
+        """A sink with its own client for the Redis at ``url`` (2 s socket timeouts);
+        ``kwargs`` as the constructor's (``key``, ``maxlen``)."""
         import redis
 
         client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         return cls(client, **kwargs)
 
     def write_batch(self, lines: Sequence[bytes]) -> tuple[int, int]:
+        """XADD each of ``lines`` in one pipeline; return (written, failed): all or none."""
         import redis
 
         try:
@@ -369,10 +371,10 @@ class RedisStreamSink:
         return len(lines), 0
 
     def tick(self) -> None:
-        pass
+        """The writer's timer: nothing to do (Redis persists on its own terms)."""
 
     def close(self) -> None:
-        pass
+        """Nothing to close: the client belongs to the caller (or to ``from_url``'s sink)."""
 
 
 def read_stream(client: Any, key: str = "reco_fast:impressions", page: int = 1000) -> list[dict]:
@@ -609,6 +611,8 @@ class ImpressionLog:
         The same for purchases (default: ``click_window``).
     join_sessions, join_per_session : int
         Bounds of the join state (sessions kept, impressions kept per session).
+    batch_interval : float
+        Seconds the writer thread sleeps between drains of the queue (default 0.05).
 
     ``stats()`` -> ``{"written", "dropped", "queued", "failed", "clicks",
     "unmatched_clicks", "purchases", "unmatched_purchases", "unserializable"}``.
@@ -702,7 +706,8 @@ class ImpressionLog:
         self._outcome("click", session_id, product_id, ts)
 
     def purchase(self, session_id: str, product_id: str, ts: float | None = None) -> None:
-        """Record a purchase; joined like a click, within ``purchase_window``."""
+        """Record a purchase of ``product_id`` in ``session_id`` at ``ts`` (epoch seconds,
+        default now); joined like a click, within ``purchase_window``."""
         self._outcome("purchase", session_id, product_id, ts)
 
     def _outcome(self, kind: str, session_id: Any, product_id: Any, ts: Any) -> None:
@@ -729,7 +734,10 @@ class ImpressionLog:
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Flush, stop the writer and close the sink. Later records are dropped (counted)."""
+        """Flush, stop the writer and close the sink. Later records are dropped (counted).
+
+        Waits at most ``timeout`` seconds for the writer (None: until it is done).
+        """
         if self._closed:
             return
         self._closed = True
@@ -1088,9 +1096,10 @@ class LoggedRecommender:
         return out
 
     def click(self, session_id: str, product_id: str, ts: float | None = None) -> None:
-        """``log.click``: record a click (joined to the impression that showed the product)."""
+        """``log.click(session_id, product_id, ts)``: record a click, joined to the impression
+        that showed the product."""
         self.log.click(session_id, product_id, ts)
 
     def purchase(self, session_id: str, product_id: str, ts: float | None = None) -> None:
-        """``log.purchase``."""
+        """``log.purchase(session_id, product_id, ts)``: record a purchase, joined like a click."""
         self.log.purchase(session_id, product_id, ts)

@@ -1135,7 +1135,8 @@ class SessionTracker:
         _log_of(self, "click").click(session_id, product_id, ts)
 
     def purchase(self, session_id: str, product_id: str, ts: float | None = None) -> None:
-        """Record a purchase, joined like :meth:`click` (within the log's ``purchase_window``).
+        """Record a purchase of ``product_id`` in ``session_id`` at ``ts`` (epoch seconds,
+        default now), joined like :meth:`click` (within the log's ``purchase_window``).
 
         Raises RuntimeError without an attached log; TypeError/ValueError for bad ids or ``ts``.
         """
