@@ -191,6 +191,8 @@ def test_base_defaults_to_the_artifact_at_out(spy, built: Built, shop_log: Path,
         (["--base", "{base}", "--events", "x.csv"], "--events and --impressions"),
         (["--base", "{base}", "--features", "seed"], "--features does not go with --impressions"),
         (["--base", "{base}", "--catalog", "{catalog}"], "give the page-view CSV too"),
+        (["--base", "{base}", "--engine", "spark"], "--engine spark does not go with"),
+        (["--base", "{base}", "--objective", "lambdarank"], "--objective lambdarank does not"),
     ],
 )
 def test_refusals(spy, built: Built, shop_log: Path, tmp_path, extra, mentions):

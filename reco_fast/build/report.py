@@ -133,6 +133,29 @@ def _coverage(
     }
 
 
+XGB_REPORTED = ("n_estimators", "max_depth", "learning_rate", "tree_method", "random_state")
+
+
+def _model_summary(estimator: Any) -> dict[str, Any]:
+    """The trained model's class and settings for the report: the seed's
+    GradientBoostingClassifier, or XGBoost's classifier (``--engine spark``)."""
+    name = type(estimator).__name__
+    params = estimator.get_params()
+    if name == "GradientBoostingClassifier":
+        return {
+            "class": name,
+            "params": SEED_PARAMS | {k: v for k, v in params.items() if k in SEED_PARAMS},
+        }
+    return {
+        "class": name,
+        "params": {k: params[k] for k in XGB_REPORTED if params.get(k) is not None},
+    }
+
+
+def _library(model_class: str) -> str:
+    return "XGBoost" if model_class.startswith("XGB") else "scikit-learn"
+
+
 def build_report(
     *,
     log: pd.DataFrame,
@@ -255,11 +278,7 @@ def build_report(
             "test": len(y_test),
             "test_clicks": int(y_test.sum()),
         },
-        "model": {
-            "class": "GradientBoostingClassifier",
-            "params": SEED_PARAMS
-            | {k: v for k, v in estimator.get_params().items() if k in SEED_PARAMS},
-        },
+        "model": _model_summary(estimator),
         "training_seconds": train_seconds,
         "metrics": {
             "accuracy": float(accuracy_score(y_test, sk_pred)),
@@ -328,7 +347,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"- Training: {r['split']['train']:,} samples, {r['split']['train_clicks']:,} clicks\n"
         f"- Test: {r['split']['test']:,} samples, {r['split']['test_clicks']:,} clicks\n",
         "## Training\n",
-        f"GradientBoostingClassifier({', '.join(f'{k}={v}' for k, v in r['model']['params'].items())})"
+        f"{r['model']['class']}({', '.join(f'{k}={v}' for k, v in r['model']['params'].items())})"
         f"\n\nTraining time: {r['training_seconds']:.2f} s\n",
         "## Model performance\n",
         f"- Accuracy: {m['accuracy']:.4f}\n- AUC-ROC: {m['auc']:.4f}\n"
@@ -363,7 +382,7 @@ def render_markdown(r: dict[str, Any]) -> str:
                 "speedup": ".0f",
             },
         ),
-        f"Compiled vs scikit-learn on the test split: max |difference| = "
+        f"Compiled vs {_library(r['model']['class'])} on the test split: max |difference| = "
         f"{r['compiled_vs_sklearn_max_abs_diff']:.3g}\n",
         "## Confidence thresholds\n",
         _md_table(r["thresholds"], {"ctr": ".1%"}),

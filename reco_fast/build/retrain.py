@@ -48,8 +48,8 @@ import numpy as np
 from reco_fast.artifact import CATALOG_FILE
 from reco_fast.errors import CompileError, InputError
 from reco_fast.features.page import FEATURE_SETS
-from reco_fast.serve.impressions import DEFAULT_CLICK_WINDOW, LoggedImpression, LogRead, load_joined
 from reco_fast.features.schema import LABEL
+from reco_fast.serve.impressions import DEFAULT_CLICK_WINDOW, LoggedImpression, LogRead, load_joined
 
 __all__ = [
     "POSITION_FEATURE",
@@ -292,9 +292,9 @@ def retrain(
         The partially evaluated forest differs from the trained one at position 0,
         or the compiled model differs from scikit-learn.
     """
+    from reco_fast.build.train import fit
     from reco_fast.compiler.driver import compile_model
     from reco_fast.serve.model import write_catalog
-    from reco_fast.build.train import fit
 
     builder = base.builder
     if builder.feature_set not in FEATURE_SETS or not builder.ranks_products:

@@ -49,6 +49,12 @@ def _build(args: argparse.Namespace) -> int:
         return _build_events(args)
     if args.columns is not None or args.event_types is not None:
         raise InputError("--columns and --event-types go with --events FILE", field="--columns")
+    if args.objective != "binary":
+        raise InputError(
+            f"--objective {args.objective} trains on an event log's page views (one group "
+            "each): give --events FILE --columns ...",
+            field="--objective",
+        )
     from reco_fast.build.pipeline import build
 
     threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
@@ -60,6 +66,9 @@ def _build(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         seed=args.seed,
         threshold=threshold,
+        engine=args.engine,
+        spark_master=args.spark_master,
+        spark_workers=args.spark_workers,
     )
     if not args.quiet:
         print(result.markdown)
@@ -87,6 +96,16 @@ def _build_impressions(args: argparse.Namespace) -> int:
             "features (plus the position at training)",
             field="--features",
         )
+    for option, value, default in (
+        ("--objective", args.objective, "binary"),
+        ("--engine", args.engine, "local"),
+    ):
+        if value != default:
+            raise InputError(
+                f"{option} {value} does not go with --impressions (a GradientBoostingClassifier "
+                "trained locally on the logged shown products)",
+                field=option,
+            )
     base = args.out if args.base is None else args.base
     if args.base is None and not (Path(base) / "metadata.json").is_file():
         raise InputError(
@@ -113,6 +132,12 @@ def _build_impressions(args: argparse.Namespace) -> int:
 def _build_events(args: argparse.Namespace) -> int:
     from reco_fast.build.pipeline import build_events
 
+    if args.engine != "local":
+        raise InputError(
+            "--engine spark trains the page-view model (--data, or the generated data); "
+            "event-log builds (--events) train on this machine",
+            field="--engine",
+        )
     if args.columns is None:
         raise InputError(
             "--events needs --columns, e.g. --columns time=event_time,session=user_session,"
@@ -129,6 +154,7 @@ def _build_events(args: argparse.Namespace) -> int:
         args.out,
         event_types=args.event_types,
         seed=args.seed,
+        objective=args.objective,
     )
     if not args.quiet:
         print(result.markdown)
@@ -210,7 +236,10 @@ def info_summary(root: Path, meta: ArtifactMetadata, report: dict[str, Any] | st
     model += f", {trees} trees" + (f" of depth {depth}" if depth is not None else "")
     if params.get("learning_rate") is not None:
         model += f", learning rate {params['learning_rate']}"
-    row("model", model + ": click probability of a recommendation")
+    if (
+        meta.family == "sklearn-gb" or "family" in meta.absent_keys
+    ):  # other families: the line below
+        row("model", model + ": click probability of a recommendation")
 
     names, fs = meta.feature_names, meta.feature_set
     row(
@@ -249,7 +278,9 @@ def info_summary(root: Path, meta: ArtifactMetadata, report: dict[str, Any] | st
     if "family" not in meta.absent_keys:  # format 3: what the model is and gives
         row(
             "model",
-            f"{meta.family[:40]} {meta.objective[:40]}: "
+            f"{meta.family[:40]} {meta.objective[:40]}"
+            + (f", {trees} trees" if isinstance(trees, int) else "")
+            + ": "
             f"{meta.output[:20]} (decision_function: the raw margin); "
             f"NaN {'routed as learned' if meta.missing_values == 'routed' else 'refused'}",
         )
@@ -506,6 +537,34 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
         metavar="ARTIFACT",
         help="with --impressions: the model that served the log, whose features, vocabulary "
         "and catalog the new model takes (default: the artifact at --out, rebuilt in place)",
+    )
+    b.add_argument(
+        "--objective",
+        default="binary",
+        choices=["binary", "lambdarank"],
+        help="with --events: binary (scikit-learn's GradientBoostingClassifier, the default) "
+        "or lambdarank (LightGBM's LambdaMART ranker, one group per page view; needs lightgbm)",
+    )
+    b.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "spark"],
+        help="local (scikit-learn's GradientBoostingClassifier, the default) or spark "
+        "(XGBoost's PySpark estimator on a Spark DataFrame of the training rows; needs "
+        "pyspark, xgboost and Java)",
+    )
+    b.add_argument(
+        "--spark-master",
+        default="local[2]",
+        metavar="URL",
+        help="with --engine spark: the Spark master (default local[2])",
+    )
+    b.add_argument(
+        "--spark-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --engine spark: XGBoost workers, at most the cluster's task slots (default 1)",
     )
     b.add_argument("--out", default="artifacts/reco_model", help="artifact directory")
     b.add_argument(
