@@ -22,6 +22,7 @@ from reco_fast.build.data import DEFAULT_SEED, generate_default, load
 from reco_fast.build.report import build_report, predictions_frame, render_markdown
 from reco_fast.build.report_html import curves, render_html
 from reco_fast.build.train import fit, split
+from reco_fast.errors import InputError
 from reco_fast.features.page import FEATURE_SETS, FeatureBuilder, Vocabulary
 from reco_fast.features.schema import LABEL
 from reco_fast.serve.model import Model, write_catalog
@@ -230,6 +231,8 @@ def build_events(
     seed: int = DEFAULT_SEED,
     k: int = 10,
     objective: str = "binary",
+    impressions: str | Path | None = None,
+    window: float | None = None,
 ) -> EventBuildResult:
     """Train, evaluate, compile and verify a model from a raw event log (issue "Real shops' logs").
 
@@ -251,11 +254,27 @@ def build_events(
     way. A ranker's ``recommend`` orders by score and has no threshold; its
     ``predict_proba`` raises TypeError (``decision_function`` gives the scores).
 
+    ``impressions`` (an impression log directory, :mod:`reco_fast.serve.impressions`,
+    e.g. written by ``EventTracker(model, log=...)``) replaces the sampled training
+    rows: every shown product of every logged request is a row, its features
+    computed from the logged session with the item tables learned here by the
+    serving path's :func:`reco_fast.features.events.feature_matrix`, plus its shown
+    position; the label is whether it was clicked (clicks joined within ``window``
+    seconds, default :data:`~reco_fast.serve.impressions.DEFAULT_CLICK_WINDOW`). The
+    position is fixed at 0 for serving by partial evaluation of the trees
+    (:func:`reco_fast.build.retrain.fit_with_position`). Shown products the tables do
+    not know are skipped and counted. The item tables and the held-out replay are
+    as without impressions; ``evaluation.json["training"]`` says which rows were used
+    and how many logged sessions are also held-out sessions (their replay is then
+    not independent of training).
+
     Raises
     ------
     InputError
         The log is unreadable, lacks a required column, or has no session with
-        two different products.
+        two different products; with ``impressions``: the log is missing or
+        damaged, its sessions are not event-model sessions, or its shown products
+        are all clicked or all not clicked.
     CompileError
         The compiled model is not equal to scikit-learn's.
     """
@@ -281,6 +300,16 @@ def build_events(
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r:.40}")
     ranker = objective == "lambdarank"
+    if impressions is not None and ranker:
+        raise ValueError(
+            "objective: training from impressions fits a GradientBoostingClassifier "
+            "(objective='binary'), not lambdarank"
+        )
+    if impressions is not None and not Path(impressions).is_dir():
+        raise InputError(
+            f"impression log directory {str(impressions)[:200]!r} does not exist",
+            field="impressions",
+        )
     learner = "LightGBM LambdaMART (lambdarank)" if ranker else "GradientBoostingClassifier"
     start = time.perf_counter()
     steps = 6
@@ -299,19 +328,37 @@ def build_events(
     )
     tables = fit_tables(train_events)
     builder = EventBuilder(tables)
-    rows = training_rows(train_events, tables, n_random=n_random, seed=seed)
-    log.info(
-        "[3/%d] training %s on %d rows (%d page views, features: %s)",
-        steps,
-        learner,
-        len(rows.y),
-        int(rows.groups.max()) + 1,
-        ", ".join(builder.feature_names),
-    )
-    if ranker:
-        estimator, train_seconds = fit_lambdarank(rows, seed=seed)
+    shown: dict[str, Any] | None = None
+    if impressions is not None:
+        shown = _impression_training(impressions, window, tables, test_events)
+        y_train: np.ndarray = shown["rows"].y
+        X_train: np.ndarray = shown["rows"].X
+        log.info(
+            "[3/%d] training %s on %d shown products of %d logged requests (%d clicked; "
+            "features: %s + position, fixed at 0)",
+            steps,
+            learner,
+            len(y_train),
+            shown["training"]["requests"],
+            shown["training"]["positives"],
+            ", ".join(builder.feature_names),
+        )
+        estimator, train_seconds = shown["fit"].served, shown["fit"].seconds
     else:
-        estimator, train_seconds = fit(rows.X, rows.y, EVENT_MODEL_PARAMS)
+        rows = training_rows(train_events, tables, n_random=n_random, seed=seed)
+        X_train, y_train = rows.X, rows.y
+        log.info(
+            "[3/%d] training %s on %d rows (%d page views, features: %s)",
+            steps,
+            learner,
+            len(rows.y),
+            int(rows.groups.max()) + 1,
+            ", ".join(builder.feature_names),
+        )
+        if ranker:
+            estimator, train_seconds = fit_lambdarank(rows, seed=seed)
+        else:
+            estimator, train_seconds = fit(rows.X, rows.y, EVENT_MODEL_PARAMS)
 
     pool: list[dict[str, Any]] = []
     for seq in session_sequences(test_events, tables):
@@ -331,7 +378,7 @@ def build_events(
             {"products": [str(tables.product_ids[0])], "cart": [], "recommended_product_id": str(p)}
             for p in tables.product_ids[1:65].tolist()
         ]
-    verify_X = rows.X[:: max(1, len(rows.X) // 4000)]
+    verify_X = X_train[:: max(1, len(X_train) // 4000)]
     result: dict[str, Any] = {}
 
     def write_extra(staging: Path, staged: Model) -> None:
@@ -377,17 +424,52 @@ def build_events(
             **default,
             "by_size": curve,
         }
-        evaluation["training"] = {
-            "objective": objective,
-            "model": learner,
-            "rows": len(rows.y),
-            "positives": int(rows.y.sum()),
-            "page_views": int(rows.groups.max()) + 1,
-            "labels": "next different product viewed or carted (no impressions in the log)",
-            "negatives": rows.negatives,
-            "seconds": round(train_seconds, 1),
-            "features": list(builder.feature_names),
-        }
+        if shown is not None:
+            evaluation["training"] = {
+                "objective": objective,
+                "model": learner,
+                **shown["training"],
+                "seconds": round(train_seconds, 1),
+                "features": list(builder.feature_names),
+            }
+            rows_text = (
+                f"Training rows: {len(y_train):,} shown products of "
+                f"{shown['training']['requests']:,} logged requests in `{impressions}` "
+                f"({int(y_train.sum()):,} clicked = label 1, the rest 0); features from the "
+                "logged sessions with these item tables, plus the shown position (importance "
+                f"{shown['training']['position_feature']['importance']:.3f}), fixed at 0 at "
+                "serving."
+                + (
+                    f" {shown['training']['skipped_unknown_products']:,} shown products "
+                    "unknown to the item tables were skipped."
+                    if shown["training"]["skipped_unknown_products"]
+                    else ""
+                )
+                + (
+                    f" Warning: {shown['training']['held_out_sessions_logged']:,} of the "
+                    "held-out sessions are in the impression log: their replay below is not "
+                    "independent of training."
+                    if shown["training"]["held_out_sessions_logged"]
+                    else ""
+                )
+            )
+        else:
+            evaluation["training"] = {
+                "objective": objective,
+                "model": learner,
+                "rows": len(rows.y),
+                "positives": int(rows.y.sum()),
+                "page_views": int(rows.groups.max()) + 1,
+                "labels": "next different product viewed or carted (no impressions in the log)",
+                "negatives": rows.negatives,
+                "seconds": round(train_seconds, 1),
+                "features": list(builder.feature_names),
+            }
+            rows_text = (
+                f"Training rows: {len(rows.y):,} ({int(rows.y.sum()):,} positives = the next "
+                "different product; negatives from the retrieval stage plus "
+                f"{n_random} random products per page view)."
+            )
         (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
         markdown = (
             "# Event-log model: held-out replay\n\n"
@@ -400,9 +482,8 @@ def build_events(
             f"(cut {split_info.get('cut_time_iso', '?')}); "
             f"{split_info['train']['sessions']:,} training and "
             f"{split_info['test']['sessions']:,} held-out sessions.\n\n"
-            f"Training rows: {len(rows.y):,} ({int(rows.y.sum()):,} positives = the next "
-            "different product; negatives from the retrieval stage plus "
-            f"{n_random} random products per page view).\n\n"
+            + rows_text
+            + "\n\n"
             + format_table(evaluation)
             + "\n\nFirst stage (retrieval) recall@N: the share of held-out next products "
             "among its candidates, by candidates per source (the model ranks "
@@ -428,6 +509,11 @@ def build_events(
         metadata={
             "data": {"source": str(events), "events": len(frame), "kind": "events"},
             "item_tables": list(("items.json", "covis.npz")),
+            **(
+                {"training": {k: v for k, v in shown["training"].items() if k != "log"}}
+                if shown is not None
+                else {}
+            ),
         },
         feature_set=builder.feature_set,
         write_extra=write_extra,
@@ -437,3 +523,66 @@ def build_events(
     seconds = time.perf_counter() - start
     log.info("[6/%d] built %s in %.1f s", steps, out, seconds)
     return EventBuildResult(model, result["evaluation"], result["markdown"], seconds)
+
+
+def _impression_training(
+    impressions: str | Path, window: float | None, tables: Any, test_events: Any
+) -> dict[str, Any]:
+    """Rows from an impression log for an event model, fitted with the position fixed at 0.
+
+    Returns ``{"rows": TrainingRows, "fit": PositionFit, "training": {...}}`` (the
+    JSON-native description that goes to ``evaluation.json["training"]``).
+    """
+    from reco_fast.build.retrain import (
+        POSITION_FEATURE,
+        SERVING_POSITION,
+        event_training_rows,
+        fit_with_position,
+    )
+    from reco_fast.serve.impressions import DEFAULT_CLICK_WINDOW, load_joined
+
+    window = DEFAULT_CLICK_WINDOW if window is None else window
+    joined, counts = load_joined(impressions, window)
+    rows, skipped = event_training_rows(joined, tables)
+    positives = int(rows.y.sum())
+    if positives == 0 or positives == len(rows.y):
+        raise InputError(
+            f"the log's {len(rows.y)} shown products are all "
+            f"{'not clicked' if positives == 0 else 'clicked'}; training needs both",
+            field="impressions",
+        )
+    if skipped:
+        log.warning(
+            "%d shown products of the impression log are not in the event log's training "
+            "side (a log served with other item tables): skipped",
+            skipped,
+        )
+    held_out = set(test_events["session_id"].astype(str).tolist())
+    logged_sessions = {str(i.record.get("session_id")) for i in joined}
+    overlap = len(held_out & logged_sessions)
+    if overlap:
+        log.warning(
+            "%d held-out sessions are also in the impression log: the held-out replay is not "
+            "independent of the training rows",
+            overlap,
+        )
+    fitted = fit_with_position(rows.X, rows.position, rows.y, EVENT_MODEL_PARAMS)
+    training = {
+        "source": "impressions",
+        "impressions": str(impressions),
+        "labels": "shown and clicked (1) against shown and not clicked (0), from the "
+        "impression log (clicks joined to the impression that showed the product)",
+        "rows": len(rows.y),
+        "positives": positives,
+        "requests": len(set(rows.request_ids)),
+        "skipped_unknown_products": skipped,
+        "held_out_sessions_logged": overlap,
+        "position_feature": {
+            "name": POSITION_FEATURE,
+            "fixed_at_serving": SERVING_POSITION,
+            "importance": fitted.importance,
+        },
+        "click_window": window,
+        "log": counts,
+    }
+    return {"rows": rows, "fit": fitted, "training": training}

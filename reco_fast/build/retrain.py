@@ -54,7 +54,10 @@ from reco_fast.serve.impressions import DEFAULT_CLICK_WINDOW, LoggedImpression, 
 __all__ = [
     "POSITION_FEATURE",
     "SERVING_POSITION",
+    "PositionFit",
     "TrainingRows",
+    "event_training_rows",
+    "fit_with_position",
     "fix_feature",
     "retrain",
     "training_rows",
@@ -115,6 +118,77 @@ def training_rows(impressions: Sequence[LoggedImpression], builder: Any) -> Trai
     return TrainingRows(
         X, np.asarray(position, dtype=np.float64), np.asarray(y, dtype=np.int64), sessions, rids
     )
+
+
+def event_training_rows(
+    impressions: Sequence[LoggedImpression], tables: Any
+) -> tuple[TrainingRows, int]:
+    """The shown products of joined impressions as rows of an event-log model's features.
+
+    Each logged request's raw session (``{"products": [...], "cart": [...]}``, what
+    :class:`~reco_fast.serve.eventsession.EventTracker` logs) and its shown products
+    go through :func:`reco_fast.features.events.feature_matrix` with ``tables``, the
+    function the serving path ranks with, so a row is what a model with these
+    tables computes for that product in that session. Shown products the tables do
+    not know (a log served by a model with other tables) cannot be scored by such a
+    model and are skipped: ``(rows, skipped)``.
+
+    Raises
+    ------
+    InputError
+        A logged session is not an event-model session (the message names the
+        request id), or no shown product is known to ``tables``.
+    """
+    from reco_fast.features.events import feature_matrix, session_positions
+
+    Xs: list[np.ndarray] = []
+    sessions: list[dict[str, Any]] = []
+    position: list[int] = []
+    y: list[int] = []
+    rids: list[str] = []
+    skipped = 0
+    for imp in impressions:
+        rec = imp.record
+        shown = rec["shown"]
+        if not shown:
+            continue
+        session: dict[str, Any] = rec.get("session") or {}
+        try:
+            touched, cart = session_positions(tables, session)
+        except (InputError, TypeError) as exc:
+            field_ = getattr(exc, "field", None)
+            raise InputError(
+                f"impression {str(rec.get('request_id'))[:40]!r}: its logged session is not an "
+                f"event-model session ({str(exc)[:120]}); was the log served by a model built "
+                "with --events?",
+                field=field_ or "session",
+            ) from exc
+        ids = [str(s["product_id"]) for s in shown]
+        cand = tables.positions(ids)
+        keep = np.flatnonzero(cand >= 0)
+        skipped += len(ids) - len(keep)
+        if not len(keep):
+            continue
+        Xs.append(feature_matrix(tables, touched, cart, cand[keep]))
+        for j in keep.tolist():
+            sessions.append({**session, "recommended_product_id": ids[j]})
+            position.append(int(shown[j]["position"]))
+            y.append(int(ids[j] in imp.clicked))
+            rids.append(rec["request_id"])
+    if not Xs:
+        raise InputError(
+            "the impression log has no shown product the event log's training side knows"
+            + (f" ({skipped} shown products skipped)" if skipped else "")
+            + ": nothing to train on"
+        )
+    rows = TrainingRows(
+        np.concatenate(Xs),
+        np.asarray(position, dtype=np.float64),
+        np.asarray(y, dtype=np.int64),
+        sessions,
+        rids,
+    )
+    return rows, skipped
 
 
 def _prune_tree(tree: Any, feature: int, value: float) -> Any:
@@ -183,6 +257,61 @@ def fix_feature(estimator: Any, feature: int, value: float) -> Any:
     new.n_features_in_ = n - 1
     new.max_features_ = min(int(estimator.max_features_), n - 1)
     return new
+
+
+@dataclass(frozen=True)
+class PositionFit:
+    """A model trained with the shown position as its last feature, and its serving form."""
+
+    full: Any  # the fitted estimator, features + position (last column)
+    served: Any  # ``full`` with the position fixed at SERVING_POSITION (features only)
+    seconds: float  # training wall time
+    importance: float  # the position's feature importance in ``full``
+
+
+def fit_with_position(
+    X: np.ndarray,
+    position: np.ndarray,
+    y: np.ndarray,
+    params: Mapping[str, Any] | None = None,
+) -> PositionFit:
+    """Fit on ``[X, position]``, then fix the position at :data:`SERVING_POSITION`.
+
+    The one implementation of position as a training feature fixed at serving, for
+    page-view models (:func:`retrain`) and event-log models
+    (:func:`reco_fast.build.pipeline.build_events` with impressions).
+
+    Parameters
+    ----------
+    X : ndarray of float64, shape (n, n_features)
+        The serving model's features of each shown product.
+    position : ndarray, shape (n,)
+        0-based shown position of each row.
+    y : ndarray of int, shape (n,)
+        1 clicked, 0 not.
+    params : mapping, optional
+        GradientBoostingClassifier settings over the seed's (:func:`reco_fast.build.train.fit`).
+
+    Returns
+    -------
+    PositionFit
+
+    Raises
+    ------
+    CompileError
+        The partially evaluated forest's probabilities differ (bitwise) from the
+        trained model's at position 0 on some row of ``X``.
+    """
+    from reco_fast.build.train import fit
+
+    X_full = np.column_stack([X, position])
+    full, seconds = fit(X_full, y, dict(params or {}))
+    served = fix_feature(full, X_full.shape[1] - 1, SERVING_POSITION)
+    at_top = X_full.copy()
+    at_top[:, -1] = SERVING_POSITION
+    if not np.array_equal(served.predict_proba(X), full.predict_proba(at_top)):
+        raise CompileError("fixing the position feature changed the model's probabilities")
+    return PositionFit(full, served, seconds, float(full.feature_importances_[-1]))
 
 
 MAX_LISTED_MODELS = 10
@@ -292,7 +421,6 @@ def retrain(
         The partially evaluated forest differs from the trained one at position 0,
         or the compiled model differs from scikit-learn.
     """
-    from reco_fast.build.train import fit
     from reco_fast.compiler.driver import compile_model
     from reco_fast.serve.model import write_catalog
 
@@ -316,15 +444,15 @@ def retrain(
             f"the log's {len(rows.y)} shown products are all "
             f"{'not clicked' if positives == 0 else 'clicked'}; training needs both"
         )
-    X_full = np.column_stack([rows.X, rows.position])
-    y = rows.y
+    X, position, y = rows.X, rows.position, rows.y
     n_base = 0
     if base_log is not None:
         columns = {c: np.asarray(base_log[c]) for c in (*builder.required_fields, LABEL)}
         X_base = builder.transform(columns)
         y_base = np.asarray(columns[LABEL], dtype=np.int64)
         n_base = len(y_base)
-        X_full = np.vstack([X_full, np.column_stack([X_base, np.zeros(n_base)])])
+        X = np.vstack([X, X_base])
+        position = np.concatenate([position, np.zeros(n_base)])
         y = np.concatenate([y, y_base])
     log.info(
         "training on %d shown products (%d clicked)%s with the position as a feature",
@@ -332,13 +460,8 @@ def retrain(
         positives,
         f" and {n_base} base page views" if n_base else "",
     )
-    full, seconds = fit(X_full, y, dict(params or {}))
-    served = fix_feature(full, X_full.shape[1] - 1, SERVING_POSITION)
-    at_top = X_full.copy()
-    at_top[:, -1] = SERVING_POSITION
-    if not np.array_equal(served.predict_proba(X_full[:, :-1]), full.predict_proba(at_top)):
-        raise CompileError("fixing the position feature changed the model's probabilities")
-    importances = full.feature_importances_
+    fitted = fit_with_position(X, position, y, params)
+    served, seconds = fitted.served, fitted.seconds
     training = {
         "source": "impressions",
         "impressions": log_dir,
@@ -350,7 +473,7 @@ def retrain(
         "position_feature": {
             "name": POSITION_FEATURE,
             "fixed_at_serving": SERVING_POSITION,
-            "importance": float(importances[-1]),
+            "importance": fitted.importance,
         },
         "train_seconds": round(seconds, 2),
         **served_by,

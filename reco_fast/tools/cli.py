@@ -41,12 +41,12 @@ _EXPECTED = (RecoFastError, OSError, ValueError, TypeError, ImportError, Recursi
 
 
 def _build(args: argparse.Namespace) -> int:
-    if args.impressions is not None:
+    if args.impressions is not None and args.events is None:
         return _build_impressions(args)
-    if args.base is not None:
-        raise InputError("--base goes with --impressions DIR", field="--base")
     if args.events is not None:
         return _build_events(args)
+    if args.base is not None:
+        raise InputError("--base goes with --impressions DIR", field="--base")
     if args.columns is not None or args.event_types is not None:
         raise InputError("--columns and --event-types go with --events FILE", field="--columns")
     if args.objective != "binary":
@@ -85,11 +85,12 @@ def _build_impressions(args: argparse.Namespace) -> int:
     """``build --impressions DIR``: the code of ``reco-fast retrain`` (loop_cli), one implementation."""
     from reco_fast.tools.loop_cli import summary, train_from_impressions
 
-    for given, option in ((args.events, "--events"), (args.columns, "--columns")):
-        if given is not None:
-            raise InputError(
-                f"{option} and --impressions are two different builds; give one", field=option
-            )
+    if args.columns is not None or args.event_types is not None:
+        raise InputError(
+            "--columns and --event-types go with --events FILE (an event-log model trained "
+            "on the impression log: --events FILE --columns ... --impressions DIR)",
+            field="--columns",
+        )
     if args.features != "ranking":
         raise InputError(
             "--features does not go with --impressions: the new model has the base model's "
@@ -132,6 +133,22 @@ def _build_impressions(args: argparse.Namespace) -> int:
 def _build_events(args: argparse.Namespace) -> int:
     from reco_fast.build.pipeline import build_events
 
+    if args.impressions is not None:
+        if args.base is not None:
+            raise InputError(
+                "--base does not go with --events: an event-log model trained on impressions "
+                "takes its item tables and features from the event log (--base is for a "
+                "page-view model's --impressions build)",
+                field="--base",
+            )
+        if args.objective != "binary":
+            raise InputError(
+                f"--objective {args.objective} does not go with --impressions (a "
+                "GradientBoostingClassifier trained on the logged shown products)",
+                field="--objective",
+            )
+    elif args.base is not None:
+        raise InputError("--base goes with --impressions DIR", field="--base")
     if args.engine != "local":
         raise InputError(
             "--engine spark trains the page-view model (--data, or the generated data); "
@@ -155,12 +172,20 @@ def _build_events(args: argparse.Namespace) -> int:
         event_types=args.event_types,
         seed=args.seed,
         objective=args.objective,
+        impressions=args.impressions,
     )
     if not args.quiet:
         print(result.markdown)
     model = result.evaluation["methods"]["model"]
+    training = result.evaluation["training"]
+    trained_on = (
+        f"trained on {training['rows']:,} shown products of the impression log, "
+        f"{training['positives']:,} clicked, position fixed at 0; "
+        if training.get("source") == "impressions"
+        else ""
+    )
     print(
-        f"artifact: {result.model.path}  (HitRate@{result.evaluation['k']} "
+        f"artifact: {result.model.path}  ({trained_on}HitRate@{result.evaluation['k']} "
         f"{model['hit_rate']:.4f}, MRR {model['mrr']:.4f} on the held-out replay; "
         f"built in {result.seconds:.1f} s)"
     )
@@ -530,7 +555,9 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
         help="an impression log directory (reco_fast.serve.impressions) instead of --data: "
         "trains on shown-and-clicked against shown-and-not-clicked products with the shown "
         "position as a feature, fixed at 0 at serving; --data/--catalog then add the base "
-        "model's page views at position 0 (same as `reco-fast retrain`)",
+        "model's page views at position 0 (same as `reco-fast retrain`). With --events FILE: "
+        "an event-log model, its item tables learned from the events, its training rows the "
+        "logged shown products (sessions logged by EventTracker)",
     )
     b.add_argument(
         "--base",
