@@ -206,3 +206,33 @@ def test_refusals(tmp_path: Path, extra: list[str], mentions: str) -> None:
         code = cli.main(argv)
     assert code == 2 and mentions in err.getvalue(), err.getvalue()
     assert not (tmp_path / "o").exists()
+
+
+def test_unknown_shown_products_are_skipped_and_page_view_sessions_refused(served, retrained):
+    """A log served with other item tables: its unknown shown products are skipped and
+    counted; a page-view model's log (no 'products') is refused, naming the request."""
+    from reco_fast.serve.impressions import LoggedImpression
+
+    tables = ItemTables.load(Path(retrained["out"]))
+    known = str(tables.product_ids[0])
+    shown = [
+        {"product_id": "no-such-product", "position": 0, "probability": 0.5, "propensity": 1.0},
+        {"product_id": known, "position": 1, "probability": 0.4, "propensity": 1.0},
+    ]
+    session = {"products": [str(tables.product_ids[1]), "unknown-viewed"], "cart": []}
+    imp = LoggedImpression(
+        {"request_id": "r1", "session": session, "shown": shown}, clicked={known}
+    )
+    rows, skipped = retrain.event_training_rows([imp], tables)
+    assert skipped == 1 and rows.y.tolist() == [1] and rows.position.tolist() == [1.0]
+    builder = EventBuilder(tables)
+    np.testing.assert_array_equal(
+        rows.X, builder.rows([{**session, "recommended_product_id": known}])
+    )
+    page_view = {"current_category": "A", "current_price": 1.0}
+    bad = LoggedImpression({"request_id": "r-page", "session": page_view, "shown": shown})
+    with pytest.raises(reco_fast.InputError, match="r-page"):
+        retrain.event_training_rows([bad], tables)
+    only_unknown = LoggedImpression({"request_id": "r2", "session": session, "shown": shown[:1]})
+    with pytest.raises(reco_fast.InputError, match="1 shown products skipped"):
+        retrain.event_training_rows([only_unknown], tables)
