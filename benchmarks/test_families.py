@@ -110,7 +110,7 @@ SPECS = (
         "LightGBM lambdarank, 31 leaves",
         "lightgbm",
         (LIBRARY, RECO, GTIL, LLEAVES, ORT),
-        "predict (score)",
+        "predict",
     ),
 )
 SPEC = {s.name: s for s in SPECS}
@@ -328,6 +328,7 @@ def test_family(benchmark, families, name, case, impl):
         trees=N_TREES,
         features=N_FEATURES,
         eval_rows=BATCH,
+        impls=list(family.spec.impls),
         max_abs_diff=family.diffs[impl],
     )
     if impl == RECO:
