@@ -130,7 +130,7 @@ def render(data: dict[str, Any], source: str = "families.json") -> str:
         reco = fam.get("reco", {})
         title = (
             f"{fam['info']['title']} (`{fam['info']['reference']}`; "
-            f"reco_fast backend {reco.get('backend', '?')})"
+            f"reco_fast backend {reco.get('reco_fast_backend', '?')})"
         )
 
         exact = []

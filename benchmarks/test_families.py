@@ -332,7 +332,9 @@ def test_family(benchmark, families, name, case, impl):
         max_abs_diff=family.diffs[impl],
     )
     if impl == RECO:
-        benchmark.extra_info.update(backend=family.model.backend, tolerance=family.tolerance)
+        benchmark.extra_info.update(
+            reco_fast_backend=family.model.backend, tolerance=family.tolerance
+        )
     if benchmark.disabled:
         out = benchmark(fn, X)
     else:

@@ -42,7 +42,7 @@ def _bench(family: str, case: str, impl: str, median_ns: float, diff: float, **k
 def _data() -> dict[str, Any]:
     gb = ["library", "reco_fast", "treelite.gtil", "onnxruntime"]
     lgbm = [*gb[:3], "lleaves", "onnxruntime"]
-    reco = {"backend": "flat-test", "tolerance": 1e-12}
+    reco = {"reco_fast_backend": "flat-test", "tolerance": 1e-12}
     benches = [
         _bench("gb", "single", "library", 212_000.0, 0.0, impls=gb, rounds=400),
         _bench("gb", "single", "reco_fast", 4_980.0, 4.4e-16, impls=gb, rounds=3000, **reco),
