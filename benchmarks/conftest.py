@@ -270,7 +270,35 @@ def pytest_benchmark_update_machine_info(config: Any, machine_info: dict[str, An
         tl2cgen=tl2cgen.__version__,
         cffi=cffi.__version__,
     )
+    info["peers"] = _installed(PEER_DISTRIBUTIONS)
     machine_info["reco_fast_bench"] = info
+
+
+PEER_DISTRIBUTIONS = (
+    "xgboost",
+    "xgboost-cpu",
+    "lightgbm",
+    "lleaves",
+    "llvmlite",
+    "onnxruntime",
+    "onnx",
+    "skl2onnx",
+    "onnxmltools",
+)
+"""The optional libraries benchmarks/test_families.py compares with (the ``peers`` extra)."""
+
+
+def _installed(names: tuple[str, ...]) -> dict[str, str]:
+    """name -> version of each distribution installed (read from metadata, not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
 
 
 def pytest_benchmark_update_json(config: Any, benchmarks: Any, output_json: dict) -> None:
