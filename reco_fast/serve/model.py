@@ -51,6 +51,7 @@ from reco_fast.features.schema import (
     not_a_number,
     series_values,
 )
+from reco_fast.serve.calibration import Calibration
 from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
 __all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
@@ -548,6 +549,10 @@ class Model:
         threshold = self.metadata.get("threshold", 0.7)
         self.threshold = -math.inf if threshold is None else float(threshold)
         self.feature_set: str | None = self.metadata.get("feature_set")
+        # calibrated probabilities: a monotone map of the raw margin (serve/calibration.py)
+        self.calibration: Calibration | None = Calibration.from_json(
+            self.metadata.get("calibration")
+        )
         self._builder = builder
         self._loaded_catalog = builder.catalog if builder is not None else None
         self._requested_backend = backend
@@ -559,6 +564,11 @@ class Model:
         self._prefix, self._session_one = k.prefix, k.session
         self._recommend_kernel = k.recommend
         self._margin_kernels = (k.margin_one, k.margin64, k.margin32)
+        cal = self.calibration
+        if cal is not None:  # every probability comes from the margin: no probability kernel
+            margin_one = self._margin_kernel(0)
+            self._one = lambda row: cal.one(margin_one(row))
+            self._session_one = self._recommend_kernel = None  # recommend takes the numpy path
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -631,6 +641,11 @@ class Model:
                 raise ValueError(f"threshold {threshold!r} is outside [0, 1]")
             if meta["backend"] not in BACKENDS:
                 raise ValueError(f"unknown backend {str(meta['backend'])[:40]!r}")
+            if (
+                Calibration.from_json(meta.get("calibration")) is not None
+                and meta.get("output", "probability") != "probability"
+            ):
+                raise ValueError("calibration is for probabilities, this model gives none")
             builder: FeatureBuilder | EventBuilder | None = None
             if meta["feature_set"] is not None and meta["feature_set"] not in FEATURE_SETS:
                 from reco_fast.features.events import ItemTables
@@ -709,9 +724,13 @@ class Model:
         raise InputError(f"X[{row}, {c}] ({name!r}) {what}", field=name, rows=[row])
 
     def _predict_f64(self, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
+        if self.calibration is not None:
+            return self.calibration(self._margin_f64(X, row_offset))
         return self._run(self._batch64, "double[]", X, row_offset)
 
     def _predict_f32(self, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
+        if self.calibration is not None:
+            return self.calibration(self._margin_f32(X, row_offset))
         return self._run(self._batch32, "float[]", X, row_offset)
 
     def _margin_kernel(self, i: int) -> Any:
@@ -755,8 +774,8 @@ class Model:
         Returns
         -------
         ndarray of float64, shape (n_samples,)
-            The log-odds of a binary classifier (scikit-learn's ``decision_function``,
-            LightGBM's ``predict(raw_score=True)``, XGBoost's
+            The log-odds of a binary classifier before any calibration (scikit-learn's
+            ``decision_function``, LightGBM's ``predict(raw_score=True)``, XGBoost's
             ``predict(output_margin=True)``), a ranker's score, a regressor's value.
 
         Raises
@@ -838,6 +857,11 @@ class Model:
             raise ValueError(
                 f"rest must be C-contiguous float64 ({self.n_features - n_prefix}, n_rows)"
             )
+        if self.calibration is not None:  # the calibrated map of the margins of the full rows
+            X = np.empty((rest.shape[1], self.n_features), dtype=np.float64)
+            X[:, :n_prefix] = prefix
+            X[:, n_prefix:] = rest.T
+            return self._predict_f64(X)
         out = np.empty(rest.shape[1], dtype=np.float64)
         if rest.shape[1]:
             ffi = self._ffi
@@ -1106,6 +1130,13 @@ class Model:
     def predict_proba(self, sessions: Any, on_invalid: str = "raise") -> float | np.ndarray:
         """Click probability of one page view (a dict -> float) or of many (-> ndarray).
 
+        For a calibrated artifact (``model.calibration`` is not None) this is the
+        calibrated probability: scikit-learn's ``CalibratedClassifierCV`` fitted on
+        held-out rows, a monotone map of :meth:`decision_function`'s raw margin
+        (:mod:`reco_fast.serve.calibration`); otherwise the estimator's own
+        ``predict_proba``. Every probability entry point (``predict_proba_features``,
+        ``score_batch``, ``recommend``) gives the same number.
+
         Many may be a list of dicts, a dict of columns or a pandas DataFrame.
 
         ``on_invalid="raise"`` (the default) raises an InputError naming the field
@@ -1294,6 +1325,15 @@ class Model:
         clone = object.__new__(Model)
         clone.__dict__.update(self.__dict__)
         clone._builder = builder.with_catalog(catalog)
+        return clone
+
+    def _with_calibration(self, calibration: Calibration | None) -> Model:
+        """This model's library serving ``calibration``'s probabilities: the build
+        pipeline's view of a staged calibrated artifact (before its metadata is written)."""
+        clone = object.__new__(Model)
+        clone.__dict__.update(self.__dict__)
+        clone.calibration = calibration
+        clone._use(_kernels(self._lib, self.backend))
         return clone
 
     def _with_builder(self, builder: Any) -> Model:

@@ -52,14 +52,19 @@ def _build(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         seed=args.seed,
         threshold=args.threshold,
+        calibration=None if args.calibration == "none" else args.calibration,
+        target_precision=args.target_precision,
+        target_coverage=args.target_coverage,
     )
     if not args.quiet:
         print(result.markdown)
     m = result.report
+    ev = m["threshold_choice"]["evaluation_half"]
     print(
         f"artifact: {result.model.path}  (AUC {m['metrics']['auc']:.4f}, "
-        f"CTR at >= {args.threshold}: {m['high_confidence']['ctr']:.1%}, "
-        f"built in {result.seconds:.1f} s)"
+        f"threshold {result.model.threshold:.4g}: held-out precision "
+        + ("n/a" if ev["precision"] is None else f"{ev['precision']:.1%}")
+        + f", coverage {ev['coverage']:.1%}; built in {result.seconds:.1f} s)"
     )
     return 0
 
@@ -77,6 +82,13 @@ def _build_events(args: argparse.Namespace) -> int:
         raise InputError(
             "--events replaces --data and --catalog; give one or the other", field="--events"
         )
+    for name in ("threshold", "target_precision", "target_coverage"):
+        if getattr(args, name) is not None:
+            raise InputError(
+                f"--{name.replace('_', '-')} is for page-view models: an event-log model ranks "
+                "(its threshold is 0)",
+                field=f"--{name.replace('_', '-')}",
+            )
     result = build_events(
         args.events,
         args.columns,
@@ -461,7 +473,34 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
         "--data-dir", default="data", help="where the generated data goes (without --data)"
     )
     b.add_argument("--seed", type=int, default=42, help="generator seed")
-    b.add_argument("--threshold", type=float, default=0.7, help="high-confidence threshold")
+    b.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="high-confidence threshold on the served probability (default 0.7 unless a "
+        "target is given)",
+    )
+    b.add_argument(
+        "--target-precision",
+        type=float,
+        metavar="P",
+        help="choose the threshold on held-out rows: the lowest whose recommendations were "
+        "clicked at least a share P of the time",
+    )
+    b.add_argument(
+        "--target-coverage",
+        type=float,
+        metavar="C",
+        help="choose the threshold on held-out rows: the highest that gives at least a share "
+        "C of page views one recommendation or more",
+    )
+    b.add_argument(
+        "--calibration",
+        default="sigmoid",
+        choices=["sigmoid", "isotonic", "none"],
+        help="calibrate probabilities on held-out rows (scikit-learn's CalibratedClassifierCV): "
+        "sigmoid (Platt, keeps the ranking), isotonic, or none (the estimator's own)",
+    )
     b.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
     b.set_defaults(func=_build, command="build")
 
