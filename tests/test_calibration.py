@@ -456,11 +456,13 @@ def test_cli_isotonic_build_for_a_coverage_target(cal: dict[str, Any], tmp_path:
     meta = json.loads((out / METADATA_FILE).read_text())
     choice = meta["threshold_choice"]
     assert choice["rule"] == "target_coverage" and choice["target"] == 0.4
-    assert meta["threshold"] == choice["threshold"]
+    assert "threshold" not in choice  # recorded once, as metadata's threshold
+    report = json.loads((out / "report.json").read_text())
+    assert report["threshold_choice"]["threshold"] == meta["threshold"]
     assert choice["calibration_half"]["coverage"] >= 0.4
     assert "coverage" in proc.stdout and "threshold" in proc.stdout
     model = reco_fast.load(out)
-    assert model.threshold == choice["threshold"]
+    assert model.threshold == meta["threshold"]
     c = meta["calibration"]
     assert c["method"] == "isotonic"
     # scikit-learn's own isotonic predict through the recorded breakpoints (y is already
@@ -469,8 +471,8 @@ def test_cli_isotonic_build_for_a_coverage_target(cal: dict[str, Any], tmp_path:
     X = model.features(log.iloc[:500])
     got = model.predict_proba_features(X)
     assert np.max(np.abs(got - iso.predict(model.decision_function(X)))) <= TOL
-    report = (out / "report.md").read_text()
-    assert "isotonic" in report and "the highest with coverage >= 0.4" in report
+    md = (out / "report.md").read_text()
+    assert "isotonic" in md and "the highest with coverage >= 0.4" in md
 
 
 def test_cli_refuses_conflicting_threshold_options(tmp_path: Path) -> None:
@@ -494,3 +496,22 @@ def test_cli_refuses_conflicting_threshold_options(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "give one of them" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_info_names_the_calibration_and_the_threshold_rule(cal: dict[str, Any]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "reco_fast.tools.cli", "info", str(cal["path"])],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    flat = " ".join(proc.stdout.split())
+    ev = cal["result"].report["threshold_choice"]["evaluation_half"]
+    assert "(format 4)" in flat
+    assert "calibrated: sigmoid on held-out rows" in flat
+    assert (
+        f"threshold rule default; evaluation half: precision {ev['precision']:.1%}, "
+        f"coverage {ev['coverage']:.1%}" in flat
+    )

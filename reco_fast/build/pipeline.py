@@ -197,7 +197,11 @@ def build(
         )
         write_catalog(dataset.catalog, staging / CATALOG_FILE)
         result.update(report=report, markdown=markdown)
-        return {"threshold": chosen, "threshold_choice": choice}
+        # "threshold" itself is metadata's own entry, recorded once
+        return {
+            "threshold": chosen,
+            "threshold_choice": {k: v for k, v in choice.items() if k != "threshold"},
+        }
 
     model = compile_model(
         estimator,

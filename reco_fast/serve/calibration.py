@@ -60,8 +60,15 @@ class Calibration:
         return np.interp(margin, self.x, self.y)
 
     def one(self, margin: float) -> float:
-        """The calibrated probability of one margin: the same bits as :meth:`__call__`."""
-        return float(self(np.asarray([margin], dtype=np.float64))[0])
+        """The calibrated probability of one margin: the same operations, so the same bits,
+        as :meth:`__call__` (numpy's ufuncs on a scalar), in under a microsecond."""
+        if self.method == "sigmoid":
+            z = self.a * margin + self.b
+            if z < 700.0:  # exp(z) is finite: no overflow to silence
+                return float(1.0 / (1.0 + np.exp(z)))
+            with np.errstate(over="ignore"):
+                return float(1.0 / (1.0 + np.exp(z)))
+        return float(np.interp(margin, self.x, self.y))
 
     def to_json(self) -> dict[str, Any]:
         """The metadata.json form (JSON-native)."""

@@ -263,6 +263,7 @@ class _Kernels:
     margin_one: Any = None  # (const double* row) -> raw margin; None in format-2 artifacts
     margin64: Any = None  # (const double* X, n, double* out) -> raw margins
     margin32: Any = None  # (const float* X, n, double* out) -> raw margins
+    session_margin: Any = None  # (raw numbers of one page view...) -> raw margin, or None
 
 
 def _flat_kinds(lib: Any) -> list[str]:
@@ -290,6 +291,7 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
             getattr(lib, "rf_margin_one", None),
             getattr(lib, "rf_margin_f64", None),
             getattr(lib, "rf_margin_f32", None),
+            getattr(lib, "rs_margin_tl2cgen", None),
         )
     if not hasattr(lib, "rq_predict_one"):
         raise ArtifactError(
@@ -314,6 +316,7 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
         getattr(lib, "rq_margin_one", None),
         getattr(lib, f"rq_margin_f64_{kind}", None),
         getattr(lib, f"rq_margin_f32_{kind}", None),
+        getattr(lib, "rs_margin_flat", None),
     )
 
 
@@ -566,9 +569,10 @@ class Model:
         self._margin_kernels = (k.margin_one, k.margin64, k.margin32)
         cal = self.calibration
         if cal is not None:  # every probability comes from the margin: no probability kernel
-            margin_one = self._margin_kernel(0)
+            margin_one, session = self._margin_kernel(0), k.session_margin
             self._one = lambda row: cal.one(margin_one(row))
-            self._session_one = self._recommend_kernel = None  # recommend takes the numpy path
+            self._session_one = None if session is None else lambda *raw: cal.one(session(*raw))
+            self._recommend_kernel = None  # recommend ranks by the calibrated map in numpy
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod

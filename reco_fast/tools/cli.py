@@ -216,6 +216,24 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
             row("quality", where + ", ".join(quality))
     if threshold is not None:
         row("threshold", f"{threshold:g} (recommend shows products at or above it)")
+    cal, choice = meta.get("calibration"), meta.get("threshold_choice")
+    if isinstance(cal, dict):
+        row(
+            "calibrated",
+            f"{str(cal.get('method'))[:20]} on held-out rows: predict_proba is the calibrated "
+            "probability, decision_function the raw margin",
+        )
+    ev = _get(choice, "evaluation_half")
+    if isinstance(choice, dict) and isinstance(ev, dict):
+        prec, cov = _num(ev.get("precision")), _num(ev.get("coverage"))
+        row(
+            "held out",
+            f"threshold rule {str(choice.get('rule'))[:20]}"
+            + (f" {choice['target']:g}" if _num(choice.get("target")) is not None else "")
+            + "; evaluation half: precision "
+            + ("n/a" if prec is None else f"{prec:.1%}")
+            + ("" if cov is None else f", coverage {cov:.1%}"),
+        )
     if "family" in meta:  # format 3: what the model is and gives
         row(
             "model",
@@ -477,8 +495,8 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
         "--threshold",
         type=float,
         default=None,
-        help="high-confidence threshold on the served probability (default 0.7 unless a "
-        "target is given)",
+        help="high-confidence threshold on the served probability (default: 0.7); "
+        "--target-precision or --target-coverage choose it on held-out rows instead",
     )
     b.add_argument(
         "--target-precision",
