@@ -41,11 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from reco_fast.errors import ArtifactError
+from reco_fast.metadata import FORMAT_NAME, ArtifactMetadata
 
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_FILE",
     "UNCALIBRATED_FORMAT_VERSION",
+    "ArtifactMetadata",
     "CheckedArtifact",
     "metadata_digest",
     "platform_tag",
@@ -112,20 +114,44 @@ def metadata_digest(metadata: Mapping[str, Any]) -> str:
     ).hexdigest()
 
 
-def write_metadata(staging: Path, metadata: dict[str, Any]) -> None:
+def write_metadata(
+    staging: Path, metadata: ArtifactMetadata | Mapping[str, Any]
+) -> ArtifactMetadata:
     """Seal a staging directory: checksum every file, then write metadata.json last.
 
-    ``metadata["files"]`` gets the sha256 of every file beside it and
-    ``metadata["metadata_sha256"]`` the digest of everything else in it.
+    Parameters
+    ----------
+    staging : Path
+        The directory holding every other file of the artifact.
+    metadata : ArtifactMetadata or mapping
+        The artifact's metadata; a mapping is its JSON form (``files`` and
+        ``metadata_sha256`` may be missing), checked by :meth:`ArtifactMetadata.from_json`.
+
+    Returns
+    -------
+    ArtifactMetadata
+        What was written: ``files`` holds the sha256 of every file beside
+        metadata.json and ``metadata_sha256`` the digest of everything else.
+
+    Raises
+    ------
+    ArtifactError
+        A field of ``metadata`` is missing or ill-typed (named in the message).
+    ValueError
+        A value is not finite (JSON has no NaN or infinity).
     """
+    if not isinstance(metadata, ArtifactMetadata):
+        metadata = ArtifactMetadata.from_json(
+            {"format": FORMAT_NAME, **metadata}, "the metadata to write", sealed=False
+        )
     files = sorted(p for p in staging.iterdir() if p.is_file() and p.name != METADATA_FILE)
-    metadata = dict(metadata)
-    metadata["files"] = {p.name: sha256_file(p) for p in files}
-    metadata.pop(DIGEST_FIELD, None)
-    metadata = json.loads(json.dumps(metadata, allow_nan=False))  # exactly what load parses
-    metadata[DIGEST_FIELD] = metadata_digest(metadata)
-    text = json.dumps(metadata, indent=2, sort_keys=False, allow_nan=False)
+    data = metadata.replace(files={p.name: sha256_file(p) for p in files}).to_json()
+    data.pop(DIGEST_FIELD, None)
+    data = json.loads(json.dumps(data, allow_nan=False))  # exactly what load parses
+    data[DIGEST_FIELD] = metadata_digest(data)
+    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
     (staging / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+    return ArtifactMetadata.from_json(data, str(staging / METADATA_FILE))
 
 
 @contextlib.contextmanager
@@ -312,7 +338,7 @@ def _parse_metadata(data: bytes, meta_path: Path) -> dict[str, Any]:
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ArtifactError(f"{meta_path} is unreadable or damaged: {str(exc)[:200]}") from None
-    if not isinstance(meta, dict) or meta.get("format") != "reco_fast":
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ArtifactError(f"{meta_path} is not reco_fast metadata")
     return meta
 
@@ -346,13 +372,20 @@ def _check_version_and_digest(meta: dict[str, Any], root: Path) -> None:
         )
 
 
-def load_metadata_file(meta_path: Path) -> dict[str, Any]:
-    """Parse a metadata.json, check it is reco_fast's, of this format version and intact
-    (its ``metadata_sha256``). Reads no other file and executes nothing."""
+def load_metadata_file(meta_path: Path) -> ArtifactMetadata:
+    """Parse a metadata.json, check it is reco_fast's, of this format version, intact
+    (its ``metadata_sha256``) and well typed. Reads no other file and executes nothing.
+
+    Raises
+    ------
+    ArtifactError
+        The file is unreadable, not reco_fast's, of another format version, does not
+        match its digest, or a field is missing or ill-typed (named in the message).
+    """
     data = _read_regular(meta_path, MAX_METADATA_BYTES)
     meta = _parse_metadata(data, meta_path)
     _check_version_and_digest(meta, meta_path.parent)
-    return meta
+    return ArtifactMetadata.from_json(meta, str(meta_path))
 
 
 def _read_regular(path: Path, limit: int | None = None) -> bytes:
@@ -419,7 +452,7 @@ class CheckedArtifact:
     """
 
     root: Path
-    metadata: dict[str, Any]
+    metadata: ArtifactMetadata
     library: bytes
     library_sha256: str
     catalog: bytes | None
@@ -447,17 +480,15 @@ def read_artifact(path: str | os.PathLike[str]) -> CheckedArtifact:
             f"{root} has no {METADATA_FILE}: not a reco_fast artifact (or an interrupted copy)"
         )
     meta = load_metadata_file(meta_path)
-    here, there = platform_tag(), meta.get("platform")
-    if not isinstance(there, dict):
-        raise ArtifactError(f"{meta_path} records no platform; rebuild the artifact")
+    here, there = platform_tag(), meta.platform
     for key in ("system", "machine", "ext_suffix"):
         if there.get(key) != here[key]:
             raise ArtifactError(
                 f"{root} was built for {key}={str(there.get(key))[:80]!r} but this interpreter "
                 f"is {here[key]!r}; rebuild the artifact on this platform"
             )
-    files = meta.get("files")
-    if not isinstance(files, dict) or not files:
+    files = meta.files
+    if not files:
         raise ArtifactError(f"{meta_path} lists no files")
     for name, digest in files.items():
         _plain_name(name, "files", meta_path)
@@ -465,15 +496,14 @@ def read_artifact(path: str | os.PathLike[str]) -> CheckedArtifact:
             raise ArtifactError(f"{meta_path} lists itself in files; rebuild the artifact")
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise ArtifactError(f"{meta_path} has no valid sha256 for {name[:80]!r}")
-    library = _plain_name(meta.get("library"), "library", meta_path)
+    library = _plain_name(meta.library, "library", meta_path)
     if not library.endswith(here["ext_suffix"]):
         raise ArtifactError(
             f"{meta_path}: the library {library[:80]!r} is not a {here['ext_suffix']} module"
         )
-    module = meta.get("module")
-    if not isinstance(module, str) or not _MODULE_NAME.fullmatch(module):
+    if not _MODULE_NAME.fullmatch(meta.module):
         raise ArtifactError(f"{meta_path} has no valid module name")
-    catalog = meta.get("catalog")
+    catalog = meta.catalog
     needed = [library]
     if catalog is not None:
         needed.append(_plain_name(catalog, "catalog", meta_path))
@@ -503,7 +533,7 @@ def read_artifact(path: str | os.PathLike[str]) -> CheckedArtifact:
     )
 
 
-def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+def read_metadata(path: str | os.PathLike[str]) -> tuple[Path, ArtifactMetadata]:
     """Read and check an artifact's metadata and checksums; raise ArtifactError if anything is off.
 
     The checks of :func:`read_artifact` (nothing is executed).

@@ -69,6 +69,17 @@ class InputError(RecoFastError, ValueError):
 
     It is a ValueError so that code written for scikit-learn's validation errors
     keeps working.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong and what to do; bounded in length (inputs are echoed with
+        :func:`shown`).
+    field : str, optional
+        The input field (or argument, e.g. ``"X"``) at fault; also the ``field`` attribute.
+    rows : sequence of int
+        The 0-based batch rows at fault (the first few); also the ``rows`` attribute
+        (a tuple; empty for a single input).
     """
 
     def __init__(self, message: str, *, field: str | None = None, rows: Sequence[int] = ()):
@@ -78,15 +89,27 @@ class InputError(RecoFastError, ValueError):
 
 
 class ArtifactError(RecoFastError, RuntimeError):
-    """A model artifact is missing, damaged, foreign or built for another platform."""
+    """A model artifact is missing, damaged, foreign or built for another platform.
+
+    Raised by ``load`` (and ``reco-fast verify``/``info``); every check that needs no
+    native code runs before any of the artifact's code. The message names the file or
+    metadata field and says what to do (usually: rebuild the artifact).
+    """
 
 
 class CompileError(RecoFastError, RuntimeError):
-    """An estimator cannot be compiled faithfully; nothing was written."""
+    """An estimator cannot be compiled faithfully; nothing was written.
+
+    Raised by ``compile_model``: an unsupported estimator or parameter, a build that
+    differs from the library's own predictions beyond the tolerance, or a failing C
+    compiler (its first error is in the message).
+    """
 
 
 class SessionNotFound(InputError):
-    """The session is unknown or expired (idle for longer than the TTL)."""
+    """The session is unknown or expired (idle for longer than the TTL), or its stored
+    value is corrupt; ``field`` is ``"session_id"``.
+    Start it again with a page view (or any event, for an ``EventTracker``)."""
 
 
 class StoreUnavailable(RecoFastError, RuntimeError):

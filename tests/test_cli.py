@@ -697,6 +697,33 @@ _json_values = st.recursive(
 )
 @settings(max_examples=200)
 def test_info_summary_survives_any_metadata(meta, report):
-    """info shows whatever a metadata.json holds, never crashes on a field of the wrong type."""
-    text = info_summary(Path("art"), {"format": "reco_fast", **meta}, report)
+    """info shows whatever a metadata.json holds; a field of the wrong type is refused by
+    name (ArtifactMetadata), never a crash."""
+    from reco_fast.metadata import ArtifactMetadata
+
+    base = {
+        "format": "reco_fast",
+        "format_version": 3,
+        "created": "2026-01-01T00:00:00+00:00",
+        "library": "_m.so",
+        "module": "_m",
+        "feature_names": ["a"],
+        "feature_set": None,
+        "feature_spec": {},
+        "threshold": 0.5,
+        "estimator": {},
+        "n_trees": 1,
+        "backend": "tl2cgen",
+        "backends": {},
+        "versions": {},
+        "platform": {},
+        "verification": {},
+        "golden": {},
+    }
+    try:
+        typed = ArtifactMetadata.from_json({**base, **meta}, sealed=False)
+    except reco_fast.ArtifactError as exc:
+        assert any(f"field {key!r} must be" in str(exc) for key in meta), exc
+        return
+    text = info_summary(Path("art"), typed, report)
     assert text.startswith("art: reco_fast model artifact")

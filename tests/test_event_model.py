@@ -148,7 +148,18 @@ def test_events_options_are_checked(minimal_log, tmp_path, capsys):
 
 def test_the_readme_table_is_this_build_s_evaluation(rees46):
     """The README's REES46 table is what the documented command measures, not typed by hand."""
-    from reco_fast.build.evaluate import format_table
+    from reco_fast.build.evaluate import format_table, retrieval_table
 
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert format_table(rees46.evaluation).strip() in readme
+    assert retrieval_table(rees46.evaluation).strip() in readme
+
+
+def test_retrieval_recall_grows_with_its_size(rees46):
+    """recall@N of the first stage, measured at several N on the held-out replay."""
+    curve = rees46.evaluation["retrieval"]["by_size"]
+    sizes = [c["mean_candidates"] for c in curve]
+    recalls = [c["recall"] for c in curve]
+    assert sizes == sorted(sizes) and recalls == sorted(recalls)
+    assert all(c["predictions"] == curve[0]["predictions"] > 0 for c in curve)
+    assert rees46.evaluation["retrieval"]["recall"] in recalls

@@ -609,3 +609,25 @@ def test_delisted_products_are_skipped_in_live_sessions(model, products, catalog
     assert after.recommend("s", k=5, threshold=0.0)
     with pytest.raises(InputError, match="not in the catalog"):
         after.add_to_cart("s", carted, ts=1060.0)  # new events still need listed products
+
+
+def test_event_sessions_are_stored_with_the_one_definition_of_their_keys() -> None:
+    """EventTracker starts its sessions with session.new_event_state, and every store reads
+    a stored event session by that same definition: missing any key, it is corrupt."""
+    import json
+
+    from reco_fast import EventTracker
+    from reco_fast.serve.session import EVENT_STATE_KIND, _loads, new_event_state
+
+    class EventModel:
+        ranks_from_events = True
+
+    tracker = EventTracker(EventModel(), clock=lambda: 1_700_000_000.0)  # type: ignore[arg-type]
+    tracker.view("s1", 42, ts=1_700_000_000.0)
+    stored = tracker.store.get("s1")
+    assert stored is not None and stored["kind"] == EVENT_STATE_KIND
+    assert stored.keys() == new_event_state("s1", 0.0).keys()
+    assert _loads(json.dumps(stored).encode()) == stored
+    for key in stored:
+        partial = {k: v for k, v in stored.items() if k != key}
+        assert _loads(json.dumps(partial).encode()) is None, key

@@ -484,6 +484,20 @@ def format_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def retrieval_table(result: Mapping[str, Any]) -> str:
+    """The first stage's recall@N (``result["retrieval"]["by_size"]``) as a Markdown table."""
+    lines = [
+        "| candidates per source | mean candidates (N) | max | recall@N |",
+        "|---:|---:|---:|---:|",
+    ]
+    for c in result["retrieval"]["by_size"]:
+        lines.append(
+            f"| {c['per_source']} | {c['mean_candidates']:.1f} | {c['max_candidates']} "
+            f"| {c['recall']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
 # ---- baselines ----------------------------------------------------------------------------------
 
 

@@ -27,6 +27,9 @@ from reco_fast.build.train import fit, split
 
 __all__ = ["BuildResult", "build"]
 
+RETRIEVAL_SIZES = (5, 10, 20, 50, 100)
+"""Candidates per retrieval source at which the event build measures the first stage's recall."""
+
 log = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("artifacts") / "reco_model"
@@ -288,9 +291,9 @@ def build_events(
         The compiled model is not equal to scikit-learn's.
     """
     from reco_fast.compiler.driver import compile_model
-    from reco_fast.build.evaluate import baselines, evaluate, format_table, split_by_time
+    from reco_fast.build.evaluate import baselines, evaluate, format_table, retrieval_table, split_by_time
     from reco_fast.build.events import parse_columns, parse_event_types, read_events
-    from reco_fast.features.events import EventBuilder, retrieve
+    from reco_fast.features.events import RETRIEVE_PER_SOURCE, EventBuilder, retrieve
     from reco_fast.build.sessiontrain import fit_tables, next_targets, session_sequences, training_rows
 
     start = time.perf_counter()
@@ -356,18 +359,30 @@ def build_events(
         rankers: dict[str, Any] = {"model": model_ranker}
         rankers.update(baselines(train_events))
         evaluation = evaluate(train_events, test_events, rankers, k, split=split_info)
-        hits, sizes = [], []
-        for seq in session_sequences(test_events, tables):
-            for i, target in next_targets(seq.touched):
-                got = retrieve(tables, seq.touched[: i + 1], seq.carts[i])
-                hits.append(target >= 0 and target in set(got.tolist()))
-                sizes.append(len(got))
+        # recall@N of the first stage: the share of held-out next products among its N
+        # candidates, for several sizes per source (the default is RETRIEVE_PER_SOURCE)
+        curve = []
+        for per_source in RETRIEVAL_SIZES:
+            hits, sizes = [], []
+            for seq in session_sequences(test_events, tables):
+                for i, target in next_targets(seq.touched):
+                    got = retrieve(tables, seq.touched[: i + 1], seq.carts[i], per_source)
+                    hits.append(target >= 0 and target in set(got.tolist()))
+                    sizes.append(len(got))
+            curve.append(
+                {
+                    "per_source": per_source,
+                    "recall": float(np.mean(hits)) if hits else 0.0,
+                    "mean_candidates": float(np.mean(sizes)) if sizes else 0.0,
+                    "max_candidates": int(max(sizes, default=0)),
+                    "predictions": len(hits),
+                }
+            )
+        default = next(c for c in curve if c["per_source"] == RETRIEVE_PER_SOURCE)
         evaluation["retrieval"] = {
             "what": "first stage: co-visitation neighbours, session, category and global popularity",
-            "recall": float(np.mean(hits)) if hits else 0.0,
-            "mean_candidates": float(np.mean(sizes)) if sizes else 0.0,
-            "max_candidates": int(max(sizes, default=0)),
-            "predictions": len(hits),
+            **default,
+            "by_size": curve,
         }
         evaluation["training"] = {
             "rows": len(rows.y),
@@ -389,7 +404,13 @@ def build_events(
             f"{split_info['test']['sessions']:,} held-out sessions.\n\n"
             f"Training rows: {len(rows.y):,} ({int(rows.y.sum()):,} positives = the next "
             "different product; negatives from the retrieval stage plus "
-            f"{n_random} random products per page view).\n\n" + format_table(evaluation) + "\n"
+            f"{n_random} random products per page view).\n\n"
+            + format_table(evaluation)
+            + "\n\nFirst stage (retrieval) recall@N: the share of held-out next products "
+            "among its candidates, by candidates per source (the model ranks "
+            f"{RETRIEVE_PER_SOURCE} per source).\n\n"
+            + retrieval_table(evaluation)
+            + "\n"
         )
         (staging / "report.md").write_text(markdown)
         (staging / "report.json").write_text(

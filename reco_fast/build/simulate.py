@@ -476,7 +476,7 @@ def simulate(
         "models": {
             "initial": str(initial_model.path),
             "retrained": str(retrained.path),
-            "retrained_training": dict(retrained.metadata.get("training", {})),
+            "retrained_training": dict(retrained.metadata.training or {}),
         },
         "log": counts,
         "config": {

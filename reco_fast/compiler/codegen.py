@@ -26,6 +26,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,168 +36,23 @@ from reco_fast.features import spec as _spec
 
 __all__ = ["CDEF", "build_library", "flat_source", "generate_c"]
 
-CDEF = """
-int rf_num_feature(void);
-double rf_predict_one(const double* x);
-void rf_predict_prefix(const double* prefix, size_t n_prefix, const double* rest,
-                       size_t n_rows, double* out);
-ptrdiff_t rf_predict_f64(const double* X, size_t n_rows, double* out);
-ptrdiff_t rf_predict_f32(const float* X, size_t n_rows, double* out);
-double rf_margin_one(const double* x);
-ptrdiff_t rf_margin_f64(const double* X, size_t n_rows, double* out);
-ptrdiff_t rf_margin_f32(const float* X, size_t n_rows, double* out);
-"""
-CDEF_FLAT = """
-int rq_has_avx2(void);
-double rq_predict_one(const double* x);
-ptrdiff_t rq_predict_f64_portable(const double* X, size_t n_rows, double* out);
-ptrdiff_t rq_predict_f32_portable(const float* X, size_t n_rows, double* out);
-ptrdiff_t rq_predict_f64_avx2(const double* X, size_t n_rows, double* out);
-ptrdiff_t rq_predict_f32_avx2(const float* X, size_t n_rows, double* out);
-void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const double* rest,
-                                size_t n_rows, double* out);
-void rq_predict_prefix_avx2(const double* prefix, size_t n_prefix, const double* rest,
-                            size_t n_rows, double* out);
-int rq_has_avx512(void);
-ptrdiff_t rq_predict_f64_avx512(const double* X, size_t n_rows, double* out);
-ptrdiff_t rq_predict_f32_avx512(const float* X, size_t n_rows, double* out);
-void rq_predict_prefix_avx512(const double* prefix, size_t n_prefix, const double* rest,
-                              size_t n_rows, double* out);
-double rq_margin_one(const double* x);
-ptrdiff_t rq_margin_f64_portable(const double* X, size_t n_rows, double* out);
-ptrdiff_t rq_margin_f32_portable(const float* X, size_t n_rows, double* out);
-ptrdiff_t rq_margin_f64_avx2(const double* X, size_t n_rows, double* out);
-ptrdiff_t rq_margin_f32_avx2(const float* X, size_t n_rows, double* out);
-ptrdiff_t rq_margin_f64_avx512(const double* X, size_t n_rows, double* out);
-ptrdiff_t rq_margin_f32_avx512(const float* X, size_t n_rows, double* out);
-"""
+
+def _c_file(name: str) -> str:
+    """A C source or header shipped in this package (reco_fast/compiler/NAME)."""
+    return resources.files("reco_fast.compiler").joinpath(name).read_text(encoding="utf-8")
+
+
+CDEF = _c_file("harness.h")
+"""The harness's entry points (``rf_*``): cffi's cdef, and the header harness.c includes."""
+CDEF_FLAT = _c_file("flat.h")
+"""The flat evaluator's entry points (``rq_*``): cffi's cdef, and the header flat.c and the
+harness include."""
 # -ffp-contract=off: no fused multiply-add may change a rounding the verification relies on.
 COMPILE_ARGS = ["-O2", "-fno-fast-math", "-ffp-contract=off", "-Wno-unused-variable"]
 
-HARNESS = """
-#include <stddef.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <math.h>
-#include <float.h>
-#include "header.h"
-
-#define RF_NFEAT @N_FEATURES@
-/* 1: every input is rounded to float32 before the trees see it (scikit-learn's
-   GradientBoosting*, XGBoost); 0: compared as float64 (HistGradientBoosting*, LightGBM). */
-#define RF_F32_INPUT @F32_INPUT@
-/* 1: NaN is a valid input, sent where the model learned to send missing values
-   (tl2cgen's missing test reads isnan(fvalue): see route_missing). 0: refused. */
-#define RF_NAN_ROUTED @NAN_ROUTED@
-/* |x| <= RF_ZERO_SNAP reads as 0 (LightGBM drops such values from a dense row as zeros);
-   RF_ZERO_SNAP 0.0: off */
-#define RF_ZERO_SNAP @ZERO_SNAP@
-/* what tl2cgen's predict() accumulates into: float (XGBoost) or double */
-typedef @RESULT_T@ rf_result_t;
-/* The row tl2cgen reads (RF_NFEAT entries) lives on the stack only while it fits
-   RF_STACK_MAX bytes; a wider model's row comes from the heap, once per call. No stack
-   frame grows with the model, so any model runs in a thread with a small stack. */
-#define RF_STACK_MAX 4096
-enum { RF_SMALL = RF_NFEAT * sizeof(union Entry) <= RF_STACK_MAX };
-#define RF_ROW_BUFFER(NAME) \\
-  union Entry NAME##_stack[RF_SMALL ? RF_NFEAT : 1]; \\
-  union Entry* NAME = RF_SMALL ? NAME##_stack : malloc(RF_NFEAT * sizeof(union Entry))
-#define RF_ROW_RELEASE(NAME) do { if (!RF_SMALL) free(NAME); } while (0)
-/* what a batch entry point returns when it cannot allocate its buffer */
-#define RF_NO_MEMORY ((ptrdiff_t)-2)
-
-/* A value the model cannot take: not finite (NaN allowed when routed) or, for float32
-   inputs, beyond float32's range. */
-static inline int rf_bad(double v) {
-#if RF_NAN_ROUTED
-  if (v != v) return 0;
-#endif
-#if RF_F32_INPUT
-  return !(fabs(v) <= (double)FLT_MAX);
-#else
-  return !(fabs(v) <= DBL_MAX);
-#endif
-}
-
-static inline void rf_set(union Entry* e, double v) {
-  if (RF_ZERO_SNAP > 0.0 && fabs(v) <= RF_ZERO_SNAP) v = 0.0;
-#if RF_F32_INPUT
-  /* volatile: GCC 12 -O2 drops this (double)(float) round trip when RF_NFEAT is 2 or 3
-     (SLP vectorizer), skipping the float32 rounding scikit-learn applies */
-  volatile float f = (float)v;
-  e->fvalue = f;
-#else
-  e->fvalue = v;
-#endif
-}
-
-/* margin = 1: tl2cgen's raw sum (base score included, no postprocessor) */
-static inline double rf_eval(union Entry* data, int margin) {
-  rf_result_t result = 0;
-  predict(data, margin, &result);
-  return (double)result;
-}
-
-static inline double rf_row_f64(const double* x, union Entry* data, int margin) {
-  for (int j = 0; j < RF_NFEAT; ++j) rf_set(&data[j], x[j]);
-  return rf_eval(data, margin);
-}
-
-int rf_num_feature(void) { return RF_NFEAT; }
-
-/* NaN if out of memory (only for models wider than RF_STACK_MAX allows): NaN never
-   passes a golden or verification check and is never a probability. */
-static double rf_one(const double* x, int margin) {
-  RF_ROW_BUFFER(data);
-  if (!data) return NAN;
-  const double p = rf_row_f64(x, data, margin);
-  RF_ROW_RELEASE(data);
-  return p;
-}
-double rf_predict_one(const double* x) { return rf_one(x, 0); }
-double rf_margin_one(const double* x) { return rf_one(x, 1); }
-
-/* Batch entry points return the flat index of the first value the model cannot take
-   (rf_bad), or -1; they stop there. RF_NO_MEMORY: nothing scored. */
-#define RF_BATCH(NAME, T, MARGIN)                                                   \\
-  ptrdiff_t NAME(const T* X, size_t n_rows, double* out) {                          \\
-    RF_ROW_BUFFER(data);                                                            \\
-    if (!data) return RF_NO_MEMORY;                                                 \\
-    ptrdiff_t bad = -1;                                                             \\
-    for (size_t i = 0; i < n_rows && bad < 0; ++i) {                                \\
-      const T* x = X + i * RF_NFEAT;                                                \\
-      for (int j = 0; j < RF_NFEAT; ++j) {                                          \\
-        if (rf_bad((double)x[j])) { bad = (ptrdiff_t)(i * RF_NFEAT + j); break; }   \\
-        rf_set(&data[j], (double)x[j]);                                             \\
-      }                                                                             \\
-      if (bad < 0) out[i] = rf_eval(data, MARGIN);                                  \\
-    }                                                                               \\
-    RF_ROW_RELEASE(data);                                                           \\
-    return bad;                                                                     \\
-  }
-RF_BATCH(rf_predict_f64, double, 0)
-RF_BATCH(rf_predict_f32, float, 0)
-RF_BATCH(rf_margin_f64, double, 1)
-RF_BATCH(rf_margin_f32, float, 1)
-
-/* Out of memory: every out[i] is NaN (never at or above a threshold). */
-void rf_predict_prefix(const double* prefix, size_t n_prefix, const double* rest,
-                       size_t n_rows, double* out) {
-  /* rest is feature-major: rest[j * n_rows + i] */
-  RF_ROW_BUFFER(data);
-  if (!data) {
-    for (size_t i = 0; i < n_rows; ++i) out[i] = NAN;
-    return;
-  }
-  for (size_t j = 0; j < n_prefix; ++j) rf_set(&data[j], prefix[j]);
-  for (size_t i = 0; i < n_rows; ++i) {
-    for (size_t j = n_prefix; j < RF_NFEAT; ++j)
-      rf_set(&data[j], rest[(j - n_prefix) * n_rows + i]);
-    out[i] = rf_eval(data, 0);
-  }
-  RF_ROW_RELEASE(data);
-}
-"""
+HARNESS = _c_file("harness.c")
+"""C around tl2cgen's ``predict()``: the ``rf_*`` entry points, with ``@NAME@`` fields that
+:func:`generate_c` fills."""
 
 TL2CGEN_VERSION_WARNING = "originated from a newer Treelite version"
 
@@ -302,36 +158,77 @@ def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str,
 
 RECOMMEND_C = """
 #include <stdlib.h>
+#include <string.h>
 typedef void (*rs_prefix_fn)(const double*, size_t, const double*, size_t, double*);
+
+static int rs_cmp_i64(const void* a, const void* b) {
+  const int64_t x = *(const int64_t*)a, y = *(const int64_t*)b;
+  return (x > y) - (x < y);
+}
+
+/* 1 if p is in the sorted array s[0..n) */
+static int rs_member(const int64_t* s, size_t n, int64_t p) {
+  return n > 0 && bsearch(&p, s, n, sizeof(int64_t), rs_cmp_i64) != NULL;
+}
 
 /* One session against the catalog (or the caller's candidates, deduplicated and
    validated by the caller), in one call: drop excluded products, build the candidate
-   features, score, keep the top k. Returns how many were kept, or -1 if out of memory. */
+   features, score, keep the top k. Returns how many were kept, or -1 if out of memory.
+   With candidates, the work and memory are proportional to them, not to the catalog:
+   their category codes, prices and viewed flags are gathered into local arrays. */
 static int64_t rs_recommend(const double* row, const double* cat_codes, const double* prices,
                             size_t n_catalog, const int64_t* viewed_pos, size_t n_viewed,
                             const int64_t* drop_pos, size_t n_drop, const int64_t* cand,
                             size_t n_cand, double threshold, size_t k, int64_t* top_pos,
                             double* top_p, rs_prefix_fn prefix) {
   const size_t m_max = cand ? n_cand : n_catalog;
-  uint8_t* flags = calloc(n_catalog ? n_catalog : 1, 2);
+  const size_t n_flags = cand ? m_max : n_catalog;
+  uint8_t* flags = calloc(n_flags ? n_flags : 1, 2);
+  int64_t* sorted = malloc(((n_viewed + n_drop) ? (n_viewed + n_drop) : 1) * sizeof(int64_t));
   int64_t* kept = malloc((m_max ? m_max : 1) *
-                         (2 * sizeof(int64_t) + (@N_CANDIDATE@ + 1) * sizeof(double)));
-  if (!flags || !kept) { free(flags); free(kept); return -1; }
+                         (3 * sizeof(int64_t) + (@N_CANDIDATE@ + 3) * sizeof(double)));
+  if (!flags || !kept || !sorted) { free(flags); free(kept); free(sorted); return -1; }
   uint8_t* viewed = flags;
-  uint8_t* dropped = flags + n_catalog;
-  for (size_t i = 0; i < n_viewed; ++i) viewed[viewed_pos[i]] = 1;
-  for (size_t i = 0; i < n_drop; ++i) dropped[drop_pos[i]] = 1;
-  size_t m = 0;
-  for (size_t i = 0; i < m_max; ++i) {
-    const int64_t p = cand ? cand[i] : (int64_t)i;
-    if (!dropped[p]) kept[m++] = p;
-  }
+  uint8_t* dropped = flags + n_flags;
   int64_t* order = kept + m_max;
-  double* rest = (double*)(order + m_max);
+  int64_t* local = order + m_max;
+  double* rest = (double*)(local + m_max);
   double* proba = rest + @N_CANDIDATE@ * m_max;
+  double* local_codes = proba + m_max;
+  double* local_prices = local_codes + m_max;
+  size_t m = 0;
+  const double* codes = cat_codes;
+  const double* price = prices;
+  const int64_t* rows = kept;
+  if (!cand) {
+    for (size_t i = 0; i < n_viewed; ++i) viewed[viewed_pos[i]] = 1;
+    for (size_t i = 0; i < n_drop; ++i) dropped[drop_pos[i]] = 1;
+    for (size_t i = 0; i < n_catalog; ++i)
+      if (!dropped[i]) kept[m++] = (int64_t)i;
+  } else {
+    int64_t* sv = sorted;
+    int64_t* sd = sorted + n_viewed;
+    memcpy(sv, viewed_pos, n_viewed * sizeof(int64_t));
+    memcpy(sd, drop_pos, n_drop * sizeof(int64_t));
+    qsort(sv, n_viewed, sizeof(int64_t), rs_cmp_i64);
+    qsort(sd, n_drop, sizeof(int64_t), rs_cmp_i64);
+    for (size_t i = 0; i < n_cand; ++i) {
+      const int64_t p = cand[i];
+      if (rs_member(sd, n_drop, p)) continue;
+      kept[m] = p;
+      local[m] = (int64_t)m;
+      local_codes[m] = cat_codes[p];
+      local_prices[m] = prices[p];
+      viewed[m] = (uint8_t)rs_member(sv, n_viewed, p);
+      ++m;
+    }
+    codes = local_codes;
+    price = local_prices;
+    rows = local;
+  }
   size_t count = 0;
   if (m > 0) {
-    rs_candidate_rest(row, cat_codes, prices, kept, m, viewed, rest);
+    rs_candidate_rest(row, codes, price, rows, m, viewed, rest);
     prefix(row, @N_SESSION@, rest, m, proba);
     count = rs_top_k(proba, m, threshold, k, order);
     for (size_t j = 0; j < count; ++j) {
@@ -341,6 +238,7 @@ static int64_t rs_recommend(const double* row, const double* cat_codes, const do
   }
   free(flags);
   free(kept);
+  free(sorted);
   return (int64_t)count;
 }
 """
@@ -430,24 +328,23 @@ def generate_c(
         sources[f"model_{path.name}"] = path.read_text()
     for name in [n for n in sources if n.endswith(".c")]:
         sources[name] = route_missing(sources[name])[0]
-    harness = HARNESS
-    for key, value in {
-        "N_FEATURES": str(n_features),
-        "F32_INPUT": "1" if input_precision == "float32" else "0",
-        "NAN_ROUTED": "1" if missing_values == "routed" else "0",
-        "RESULT_T": signature.group(1),
-        "ZERO_SNAP": float(zero_snap).hex(),
-    }.items():
-        harness = harness.replace(f"@{key}@", value)
-    sources["harness.c"] = harness
+    sources["harness.c"] = harness_source(
+        n_features, input_precision, missing_values, signature.group(1), zero_snap
+    )
+    sources["harness.h"] = CDEF
     if forest is not None:
-        sources["harness.c"] += CDEF_FLAT
+        sources["harness.c"] += '\n#include "flat.h"\n'
+        sources["flat.h"] = CDEF_FLAT
     if feature_set is not None:
         source, cdef = session_harness(feature_set, n_features, forest is not None)
         sources["harness.c"] += source
         sources["session.cdef"] = cdef
     if forest is not None:
         sources["flat.c"] = flat_source(forest)
+        if feature_set in _spec.FEATURE_SETS and _spec.FEATURE_SETS[feature_set].candidate:
+            source, cdef = topk_cells_c()
+            sources["harness.c"] += source
+            sources["session.cdef"] += cdef
     expected = {"main.c"} | {f"tu{i}.c" for i in range(units)}
     extra = sorted(p.name for p in gen_dir.iterdir() if p.suffix == ".c" and p.name not in expected)
     if extra:
@@ -456,6 +353,42 @@ def generate_c(
     for name, text in sources.items():
         (out_dir / name).write_text(text)
     return sources
+
+
+def topk_cells_c() -> tuple[str, str]:
+    """C and cdef of the whole-catalog top-k by threshold cells (``topk_cells.c``).
+
+    The cdef is the file's own block between ``/* cdef: begin */`` and ``/* cdef: end */``,
+    so the declaration cffi sees is the definition's, written once.
+    """
+    source = (Path(__file__).parent / "topk_cells.c").read_text()
+    begin, end = "/* cdef: begin */", "/* cdef: end */"
+    cdef = source[source.index(begin) + len(begin) : source.index(end)]
+    return "\n" + source, cdef
+
+
+def harness_source(
+    n_features: int,
+    input_precision: str = "float32",
+    missing_values: str = "refused",
+    result_type: str = "double",
+    zero_snap: float = 0.0,
+) -> str:
+    """harness.c with its fields filled (it includes tl2cgen's ``header.h`` and ``harness.h``).
+
+    ``result_type`` is the C type tl2cgen's ``predict()`` accumulates into ("float" or
+    "double"); the other parameters are :func:`generate_c`'s.
+    """
+    harness = HARNESS
+    for key, value in {
+        "N_FEATURES": str(n_features),
+        "F32_INPUT": "1" if input_precision == "float32" else "0",
+        "NAN_ROUTED": "1" if missing_values == "routed" else "0",
+        "RESULT_T": result_type,
+        "ZERO_SNAP": float(zero_snap).hex(),
+    }.items():
+        harness = harness.replace(f"@{key}@", value)
+    return harness
 
 
 QS_MAX_DEPTH = 5
@@ -540,7 +473,7 @@ def flat_source(forest: Forest) -> str:
     def f32(v: float) -> str:
         return "INFINITY" if math.isinf(v) else _f32(v)
 
-    template = (Path(__file__).parent / "flat_template.c").read_text()
+    template = _c_file("flat_template.c")
     fields = {
         "N_FEATURES": str(forest.n_features),
         "N_TREES": str(forest.n_trees),

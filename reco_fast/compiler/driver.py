@@ -49,6 +49,7 @@ from reco_fast.compiler.ir import (
     thresholds_by_feature,
 )
 from reco_fast.errors import ArtifactError, CompileError
+from reco_fast.metadata import FORMAT_NAME, ArtifactMetadata
 from reco_fast.serve.calibration import Calibration
 
 __all__ = ["TOLERANCE", "adversarial_inputs", "check_estimator", "compile_model", "fitted_view"]
@@ -402,7 +403,9 @@ def compile_model(
     thresholds. ``feature_set`` (the build pipeline's) adds a C kernel that
     scores one page view from its raw numbers. ``metadata`` and ``write_extra(staging_dir, staged_model)`` let
     the build pipeline add its feature spec, catalog and report to the same
-    atomic write.
+    atomic write: ``metadata``'s keys are :class:`~reco_fast.metadata.ArtifactMetadata`
+    fields (checked like the compiler's own; a missing or ill-typed one is a
+    :class:`CompileError` naming it) or other keys, kept as they are.
 
     ``feature_set`` needs ``builder`` (the build's :class:`~reco_fast.features.page.FeatureBuilder`)
     and ``sessions`` (raw page views, e.g. the test split's rows): golden raw sessions
@@ -580,7 +583,7 @@ def compile_model(
                     )
 
                 meta: dict[str, Any] = {
-                    "format": "reco_fast",
+                    "format": FORMAT_NAME,
                     "format_version": UNCALIBRATED_FORMAT_VERSION,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "library": lib_path.name,
@@ -639,14 +642,27 @@ def compile_model(
                     # readers of format 3 would serve the uncalibrated probabilities
                     meta["format_version"] = FORMAT_VERSION
                     model = model._with_calibration(calibration)
+
+                def typed_metadata() -> ArtifactMetadata:
+                    try:  # the one definition of the fields: a bad caller's field is named
+                        return ArtifactMetadata.from_json(
+                            meta, "compile_model's metadata", sealed=False
+                        )
+                    except ArtifactError as exc:
+                        raise CompileError(
+                            str(exc).removesuffix("; rebuild the artifact")
+                        ) from None
+
+                typed = typed_metadata()
                 if write_extra is not None:
                     updates = write_extra(staging, model)
-                    if updates:
+                    if updates:  # the pipeline's threshold, chosen on the staged model
                         meta.update(updates)
                         t = meta.get("threshold")
                         if probability and not (isinstance(t, float) and 0.0 <= t <= 1.0):
                             raise CompileError(f"threshold must be in [0, 1], got {t!r:.40}")
-                write_metadata(staging, meta)
+                        typed = typed_metadata()
+                write_metadata(staging, typed)
                 try:  # every load-time check, before anything is published
                     Model.load(staging)
                 except ArtifactError as exc:

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #define RQ_X86 1
 #endif
+#include "flat.h" /* the entry points' declarations, also cffi's cdef */
 
 #define RQ_NF @N_FEATURES@
 #define RQ_NT @N_TREES@
@@ -85,6 +86,20 @@ static void rq_margin_block(const float* x /* [RQ_BLOCK][RQ_NF] */, double* out)
 
 double rq_predict_one(const double* x) { return RQ_LINK(rq_margin_row(x)); }
 double rq_margin_one(const double* x) { return rq_margin_row(x); }
+
+/* The forest itself, for the whole-catalog top-k (reco_fast/compiler/topk_cells.c): node
+ * features, float32 thresholds (rounded down) and leaves of complete trees, as above. */
+void rq_forest(const int32_t** feature, const float** threshold, const double** leaf,
+               double* base, int32_t* shape /* n_trees, depth, n_features, sigmoid link */) {
+  *feature = rq_feature;
+  *threshold = rq_threshold;
+  *leaf = rq_leaf;
+  *base = rq_base;
+  shape[0] = RQ_NT;
+  shape[1] = RQ_D;
+  shape[2] = RQ_NF;
+  shape[3] = RQ_LINK(0.0) == 0.5;
+}
 
 /* Batch entry points check every value as they convert it (finite and within float32's
  * range) and return the flat index of the first bad one, or -1: validation costs no

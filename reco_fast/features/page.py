@@ -61,6 +61,10 @@ SESSION_NUMERIC = (
 VIEWED_FIELDS = ("current_product_id", "prev_product_1", "prev_product_2", "prev_product_3")
 _CODE_FIELD = {"current_category": 0, "device_type": 1, "traffic_source": 2}
 _FAST_MAX = float(INT_EXACT)
+DICT_INDEX_MAX = 65_536
+"""Catalogs up to this size keep a dict from product id to position (and the builder
+keeps Python lists of codes, ids and prices): a lookup costs 50 ns instead of ~1 µs,
+at about 200 bytes per product."""
 
 
 def session_kernel_c(feature_set: str) -> tuple[str, str]:
@@ -174,34 +178,70 @@ class Vocabulary:
         return pos
 
 
-@dataclass(frozen=True)
+def _factorize(labels: list[str]) -> tuple[tuple[str, ...], np.ndarray]:
+    """(sorted distinct labels, int32 index of each label into them)."""
+    first: dict[str, int] = {}
+    seen = np.fromiter(
+        (first.setdefault(v, len(first)) for v in labels), dtype=np.int32, count=len(labels)
+    )
+    names = sorted(first)
+    remap = np.empty(len(names), dtype=np.int32)
+    remap[[first[v] for v in names]] = np.arange(len(names), dtype=np.int32)
+    return tuple(names), remap[seen]
+
+
+def _checked_prices(prices: Any, n: int) -> np.ndarray:
+    """Catalog prices as float64, each finite, >= 0 and small enough for every price feature."""
+    prices = as_float_array("price", prices, n)
+    bad = np.flatnonzero(~np.isfinite(prices) | (prices < 0) | (prices > FLOAT32_MAX))
+    if bad.size:
+        raise_rows("price", bad, "must be a finite, non-negative price")
+    # rec_price_ratio divides a price by as little as 0.01: keep it within float32
+    bad = np.flatnonzero(prices / MIN_PRICE_FOR_RATIO > FLOAT32_MAX)
+    if bad.size:
+        raise_rows("price", bad, f"must be at most {FLOAT32_MAX * MIN_PRICE_FOR_RATIO:.6g}")
+    return prices
+
+
 class Catalog:
     """The products a model can recommend: ids sorted, with category and price.
 
-    Kept as parallel numpy arrays so a whole catalog becomes a candidate matrix
-    by broadcasting, and as a dict for the single-session path.
+    Kept as parallel numpy arrays so a whole catalog becomes a candidate matrix by
+    broadcasting: ``product_ids`` (a numpy unicode array, sorted), ``prices``
+    (float64, dollars) and each product's category as an index into the sorted
+    ``category_names`` (``categories`` gives the names as an object array). A catalog
+    of up to :data:`DICT_INDEX_MAX` products also keeps a dict from id to position
+    for the single-session path; a larger one is searched (``numpy.searchsorted``,
+    about a microsecond per id), which keeps a million products at about 60 bytes each
+    with 8-character ids, cell index included (``reco-fast bench --catalog-sizes``).
+
+    Immutable: a changed catalog is a new one (:meth:`Model.with_catalog`), so requests
+    in flight keep the catalog they started with.
+
+    Raises
+    ------
+    InputError
+        An id that is not a string, empty, duplicated or the reserved ``"NONE"``; a
+        category that is not a string; a price that is not a finite number in
+        [0, 3.4e36]. The message names the field and the first rows.
     """
 
+    __slots__ = ("_index", "category_index", "category_names", "prices", "product_ids")
     product_ids: np.ndarray
-    categories: np.ndarray
     prices: np.ndarray
-    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+    category_names: tuple[str, ...]
+    category_index: np.ndarray
+    _index: dict[str, int] | None
 
-    def __post_init__(self) -> None:
-        ids = as_str_array("product_id", self.product_ids)
-        cats = as_str_array("category", self.categories, len(ids))
-        prices = as_float_array("price", self.prices, len(ids))
+    def __init__(self, product_ids: Any, categories: Any, prices: Any) -> None:
+        ids = as_str_array("product_id", product_ids)
+        cats = as_str_array("category", categories, len(ids))
+        prices = _checked_prices(prices, len(ids))
         if len(ids) == 0:
             raise InputError("the catalog is empty", field="product_id")
-        bad = np.flatnonzero(~np.isfinite(prices) | (prices < 0) | (prices > FLOAT32_MAX))
-        if bad.size:
-            raise_rows("price", bad, "must be a finite, non-negative price")
-        # rec_price_ratio divides a price by as little as 0.01: keep it within float32
-        bad = np.flatnonzero(prices / MIN_PRICE_FOR_RATIO > FLOAT32_MAX)
-        if bad.size:
-            raise_rows("price", bad, f"must be at most {FLOAT32_MAX * MIN_PRICE_FOR_RATIO:.6g}")
         order = np.argsort(ids, kind="stable")
-        ids, cats, prices = ids[order], cats[order], prices[order]
+        ids, prices = ids[order], prices[order]
+        names, cat_index = _factorize(cats[order].tolist())
         dup = np.flatnonzero(ids[1:] == ids[:-1])
         if dup.size:
             raise InputError(
@@ -211,10 +251,35 @@ class Catalog:
             raise InputError(
                 f"{NONE_PRODUCT!r} is reserved and cannot be a product_id", field="product_id"
             )
-        for name, value in (("product_ids", ids), ("categories", cats), ("prices", prices)):
+        for value in (ids, prices, cat_index):
             value.setflags(write=False)
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "_index", {p: i for i, p in enumerate(ids.tolist())})
+        set_ = object.__setattr__
+        set_(self, "product_ids", ids)
+        set_(self, "prices", prices)
+        set_(self, "category_names", names)
+        set_(self, "category_index", cat_index)
+        index = None
+        if len(ids) <= DICT_INDEX_MAX:
+            index = {p: i for i, p in enumerate(ids.tolist())}
+        set_(self, "_index", index)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Catalog is immutable: build a new one and call Model.with_catalog")
+
+    def __repr__(self) -> str:
+        return f"Catalog({len(self)} products, {len(self.category_names)} categories)"
+
+    @property
+    def categories(self) -> np.ndarray:
+        """Each product's category name, an object array of shape (n_products,)."""
+        names = np.empty(len(self.category_names), dtype=object)
+        names[:] = self.category_names
+        return names[self.category_index]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the catalog's arrays (the id dict of a small catalog not counted)."""
+        return int(self.product_ids.nbytes + self.prices.nbytes + self.category_index.nbytes)
 
     def __len__(self) -> int:
         return len(self.product_ids)
@@ -244,14 +309,28 @@ class Catalog:
             np.asarray(cols["price"], dtype=object),
         )
 
+    def position(self, product_id: Any) -> int | None:
+        """The catalog position of ``product_id`` (a str), or None if it is not listed."""
+        index = self._index
+        if index is not None:
+            return index.get(product_id) if type(product_id) is str else None
+        if not isinstance(product_id, str):
+            return None
+        ids = self.product_ids
+        pos = int(ids.searchsorted(product_id))
+        # numpy compares unicode without trailing NULs: "a\x00" must not find "a"
+        if pos < len(ids) and ids[pos] == product_id and not product_id.endswith("\x00"):
+            return pos
+        return None
+
     def index(self, product_id: Any, field_name: str = "recommended_product_id") -> int:
-        try:
-            return self._index[product_id]
-        except (KeyError, TypeError):
+        pos = self.position(product_id)
+        if pos is None:
             raise InputError(
                 f"{field_name!r} {shown(product_id)} is not in the catalog ({len(self)} products)",
                 field=field_name,
-            ) from None
+            )
+        return pos
 
     def indices(
         self,
@@ -273,6 +352,100 @@ class Catalog:
         )
         pos[bad] = 0
         return pos
+
+    @classmethod
+    def _sorted(
+        cls, ids: np.ndarray, prices: np.ndarray, names: tuple[str, ...], cat_index: np.ndarray
+    ) -> Catalog:
+        """A catalog from arrays already checked and sorted by id (:meth:`updated`)."""
+        self = object.__new__(cls)
+        for value in (ids, prices, cat_index):
+            value.setflags(write=False)
+        set_ = object.__setattr__
+        set_(self, "product_ids", ids)
+        set_(self, "prices", prices)
+        set_(self, "category_names", names)
+        set_(self, "category_index", cat_index)
+        index = {p: i for i, p in enumerate(ids.tolist())} if len(ids) <= DICT_INDEX_MAX else None
+        set_(self, "_index", index)
+        return self
+
+    def updated(
+        self,
+        prices: Mapping[str, Any] | None = None,
+        add: Any = None,
+        remove: Iterable[str] | None = None,
+    ) -> Catalog:
+        """A new catalog with some products delisted, repriced or added; this one unchanged.
+
+        Parameters
+        ----------
+        prices
+            ``{product_id: new price}`` for listed products (after ``remove``).
+        add
+            New products, in any form :meth:`from_records` takes.
+        remove
+            Product ids to delist.
+
+        Only the changed rows are validated; the rest are copied (numpy, no per-product
+        Python work), so a one-price change of a million products costs a few
+        milliseconds here (``reco-fast bench --catalog-sizes`` measures it with the cell
+        index rebuilt: :meth:`reco_fast.Model.with_catalog_update`).
+
+        Raises
+        ------
+        InputError
+            An id to reprice or remove that is not listed, one to add that already is, a
+            bad new price, or a catalog left empty.
+        """
+        ids, price, cat_index, names = (
+            self.product_ids,
+            self.prices,
+            self.category_index,
+            self.category_names,
+        )
+        if remove is not None:
+            gone = np.asarray([self.index(p, "remove") for p in remove], dtype=np.int64)
+            keep = np.ones(len(ids), dtype=bool)
+            keep[gone] = False
+            ids, price, cat_index = ids[keep], price[keep], cat_index[keep]
+        if prices:
+            price = price.copy()
+            lookup = Catalog._sorted(ids, price.copy(), names, cat_index) if remove else self
+            where = np.asarray([lookup.index(p, "prices") for p in prices], dtype=np.int64)
+            price[where] = _checked_prices(list(prices.values()), len(where))
+        if add is not None:
+            extra = add if isinstance(add, Catalog) else Catalog.from_records(add)
+            clash = np.intersect1d(ids, extra.product_ids)
+            if clash.size:
+                raise InputError(
+                    f"cannot add product {shown(str(clash[0]))}: it is already listed",
+                    field="product_id",
+                )
+            merged_names = tuple(sorted(set(names) | set(extra.category_names)))
+            remap_old = np.searchsorted(merged_names, names).astype(np.int32)
+            remap_new = np.searchsorted(merged_names, extra.category_names).astype(np.int32)
+            all_ids = np.concatenate([ids, extra.product_ids])
+            order = np.argsort(all_ids, kind="stable")
+            ids = all_ids[order]
+            price = np.concatenate([price, extra.prices])[order]
+            cat_index = np.concatenate([remap_old[cat_index], remap_new[extra.category_index]])[
+                order
+            ]
+            names = merged_names
+        if len(ids) == 0:
+            raise InputError("the catalog is empty", field="product_id")
+        used = np.unique(cat_index)
+        if len(used) < len(names):  # a delisted category's name goes too
+            remap = np.full(len(names), -1, dtype=np.int32)
+            remap[used] = np.arange(len(used), dtype=np.int32)
+            names, cat_index = tuple(names[i] for i in used.tolist()), remap[cat_index]
+        return Catalog._sorted(
+            np.ascontiguousarray(ids),
+            np.ascontiguousarray(price, dtype=np.float64),
+            names,
+            np.ascontiguousarray(cat_index, dtype=np.int32),
+        )
 
     def to_rows(self) -> list[tuple[str, str, float]]:
         return list(
@@ -350,24 +523,53 @@ class FeatureBuilder:
             (*VIEWED_FIELDS, "recommended_product_id") if self.ranks_products else ()
         )
         if catalog is not None:
-            cat_codes = vocabulary.codes("current_category", catalog.categories)
+            names = np.asarray(catalog.category_names, dtype=str)
+            try:
+                cat_codes = vocabulary.codes("current_category", names)[catalog.category_index]
+            except InputError:  # name the products' rows, not the names'
+                cat_codes = vocabulary.codes("current_category", catalog.categories)
             self._cat_codes = cat_codes.astype(np.float64)
             self._cat_codes.setflags(write=False)
             self._buffers: dict[Any, tuple[Any, Any]] = {}
-            self.category_codes: list[float] = self._cat_codes.tolist()
-            self.product_id_list: list[str] = catalog.product_ids.tolist()
-            self.price_list: list[float] = catalog.prices.tolist()
-            self.all_positions = np.arange(len(catalog), dtype=np.int64)
-            self.all_positions.setflags(write=False)
-            self._product = {
-                p: (float(c), float(pr))
-                for p, c, pr in zip(
-                    catalog.product_ids.tolist(),
-                    cat_codes.tolist(),
-                    catalog.prices.tolist(),
-                    strict=True,
-                )
-            }
+            # per-position lookups of the recommend path: lists for a small catalog
+            # (fast scalar indexing), the arrays themselves for a large one (memory)
+            small = len(catalog) <= DICT_INDEX_MAX
+            self.category_codes: list[float] | np.ndarray = (
+                self._cat_codes.tolist() if small else self._cat_codes
+            )
+            self.product_id_list: list[str] | np.ndarray = (
+                catalog.product_ids.tolist() if small else catalog.product_ids
+            )
+            self.price_list: list[float] | np.ndarray = (
+                catalog.prices.tolist() if small else catalog.prices
+            )
+            self._product: dict[str, tuple[float, float]] | None = None
+            if small:
+                self._product = {
+                    p: (float(c), float(pr))
+                    for p, c, pr in zip(
+                        catalog.product_ids.tolist(),
+                        cat_codes.tolist(),
+                        catalog.prices.tolist(),
+                        strict=True,
+                    )
+                }
+
+    @property
+    def all_positions(self) -> np.ndarray:
+        """Every catalog position, int64 (the numpy recommend path's pool)."""
+        return np.arange(len(self.required_catalog), dtype=np.int64)
+
+    def product(
+        self, product_id: Any, field_name: str = "recommended_product_id"
+    ) -> tuple[float, float]:
+        """(category code, price) of a catalog product; InputError if it is not listed."""
+        if self._product is not None and type(product_id) is str:
+            found = self._product.get(product_id)
+            if found is not None:
+                return found
+        pos = self.required_catalog.index(product_id, field_name)
+        return float(self._cat_codes[pos]), float(self.required_catalog.prices[pos])
 
     @property
     def n_features(self) -> int:
@@ -396,6 +598,10 @@ class FeatureBuilder:
             )
             self._buffers[ffi] = cached
         return cached
+
+    def catalog_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The catalog's category codes and prices: float64, shape (n_products,), catalog order."""
+        return self._cat_codes, self.required_catalog.prices
 
     def with_catalog(self, catalog: Catalog) -> FeatureBuilder:
         return FeatureBuilder(self.feature_set, self.vocabulary, catalog)
@@ -477,9 +683,11 @@ class FeatureBuilder:
         if seen is not None:
             try:
                 rec = session["recommended_product_id"]
-                rcat, rprice = self._product[rec]
+                rcat, rprice = (
+                    self._product[rec] if self._product is not None else self.product(rec)
+                )
                 return (*raw, rcat, rprice, 1.0 if rec in seen else 0.0)
-            except (KeyError, TypeError):
+            except (KeyError, TypeError, InputError):
                 pass
         return self.checked_raw(session)
 
@@ -490,9 +698,7 @@ class FeatureBuilder:
             return raw
         viewed = self.viewed_ids(session)
         rec = _label(session, "recommended_product_id")
-        rcat, rprice = (
-            self._product[rec] if rec in self._product else (self.required_catalog.index(rec), 0)
-        )
+        rcat, rprice = self.product(rec)
         return (*raw, rcat, rprice, 1.0 if rec in viewed else 0.0)
 
     def expand(self, raw: Sequence[float]) -> list[float]:

@@ -41,9 +41,11 @@ __all__ = [
     "FEATURE_SETS",
     "SEED",
     "SESSION_INPUTS",
+    "Axis",
     "Feature",
     "FeatureSet",
     "Input",
+    "candidate_axes",
     "spec_hash",
 ]
 
@@ -62,6 +64,10 @@ class Input:
     source: str
     doc: str
     c_catalog: str = ""
+    axis: str = ""
+    """For candidate inputs, how it varies over the catalog (:func:`candidate_axes`):
+    ``"category"`` (one value per category), ``"price"`` (the product's price) or
+    ``"sparse"`` (0 except for a few products per session: those viewed)."""
 
 
 @dataclass(frozen=True)
@@ -86,13 +92,14 @@ SESSION_INPUTS: tuple[Input, ...] = (
     Input("viewed", "products_viewed_count", "products viewed in the session"),
 )
 CANDIDATE_INPUTS: tuple[Input, ...] = (
-    Input("rcat", "catalog category", "the candidate's category code", "cat_codes[p]"),
-    Input("rprice", "catalog price", "the candidate's price, dollars", "prices[p]"),
+    Input("rcat", "catalog category", "the candidate's category code", "cat_codes[p]", "category"),
+    Input("rprice", "catalog price", "the candidate's price, dollars", "prices[p]", "price"),
     Input(
         "already",
         "current_product_id, prev_product_1..3",
         "1 if the session viewed the candidate (current or previous three)",
         "(viewed[p] ? 1.0 : 0.0)",
+        "sparse",
     ),
 )
 
@@ -340,3 +347,113 @@ def spec_hash(fs: FeatureSet) -> str:
         "language": 1,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+# ---- how candidate features vary over a catalog ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Axis:
+    """How one candidate feature varies over the catalog, for the whole-catalog top-k.
+
+    ``axis`` is the one kind of candidate input it reads (see :attr:`Input.axis`), or
+    ``"none"``; ``reads_session``: whether its value also depends on the page view;
+    ``direction``: for ``axis == "price"``, +1 if the feature never decreases as the
+    price grows, -1 if it never increases (proved from the expression, for every
+    session, in IEEE double arithmetic: every operation used is monotone).
+    """
+
+    axis: str
+    reads_session: bool
+    direction: int = 0
+
+
+def _positive(node: ast.expr, varying: set[str]) -> bool:
+    """True if the expression is > 0 whatever its inputs (a positive constant, or
+    ``max(anything, positive)``) and reads no varying input."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (int, float)) and node.value > 0
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "max":
+        return any(_positive(a, varying) for a in node.args) and not any(
+            isinstance(n, ast.Name) and n.id in varying for a in node.args for n in ast.walk(a)
+        )
+    return False
+
+
+def _combine(a: int | None, b: int | None) -> int | None:
+    if a is None or b is None:
+        return None
+    if a == 0 or a == b:
+        return b
+    return a if b == 0 else None
+
+
+def _direction(node: ast.expr, var: str) -> int | None:
+    """+1 / -1 if ``node`` is non-decreasing / non-increasing in input ``var``, 0 if it
+    does not read it, None if monotonicity is not proved."""
+    if isinstance(node, ast.Name):
+        return 1 if node.id == var else 0
+    if isinstance(node, ast.Constant):
+        return 0
+    if isinstance(node, ast.BinOp):
+        left, right = _direction(node.left, var), _direction(node.right, var)
+        if isinstance(node.op, ast.Add):
+            return _combine(left, right)
+        if isinstance(node.op, ast.Sub):
+            return _combine(left, None if right is None else -right)
+        if isinstance(node.op, (ast.Mult, ast.Div)):
+            if right == 0 and _positive(node.right, {var}):
+                return left
+            if isinstance(node.op, ast.Mult) and left == 0 and _positive(node.left, {var}):
+                return right
+            return 0 if left == right == 0 else None
+        return None
+    if isinstance(node, ast.Compare):
+        left, right = _direction(node.left, var), _direction(node.comparators[0], var)
+        op = type(node.ops[0])
+        if left is None or right is None:
+            return None
+        if left == right == 0:
+            return 0
+        if op is ast.Eq or (left != 0 and right != 0):
+            return None
+        # an indicator [a < c] falls as a rises; [c < b] rises with b
+        if left != 0:
+            return -left if op in (ast.Lt, ast.LtE) else left
+        return right if op in (ast.Lt, ast.LtE) else -right
+    if isinstance(node, ast.BoolOp):
+        out: int | None = 0
+        for value in node.values:
+            out = _combine(out, _direction(value, var))
+        return out
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        dirs = [_direction(a, var) for a in node.args]
+        if node.func.id == "max":
+            return _combine(dirs[0], dirs[1])
+        if node.func.id == "clip" and dirs[1] == dirs[2] == 0:
+            return dirs[0]
+    return None
+
+
+def candidate_axes(fs: FeatureSet) -> tuple[Axis, ...] | None:
+    """How each candidate feature varies over a catalog, or None if some feature reads
+    two kinds of candidate input, or a price without proved monotonicity (the
+    whole-catalog top-k then scores every product)."""
+    kinds = {i.name: i.axis for i in fs.candidate_inputs}
+    session = {i.name for i in fs.session_inputs}
+    out = []
+    for tree in _parsed(fs)[len(fs.session) :]:
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        axes = {kinds[n] for n in names if n in kinds}
+        if len(axes) > 1 or "" in axes:
+            return None
+        axis = axes.pop() if axes else "none"
+        direction = 0
+        if axis == "price":
+            var = next(n for n in names if kinds.get(n) == "price")
+            found = _direction(tree, var)
+            if found is None or found == 0:
+                return None
+            direction = found
+        out.append(Axis(axis, bool(names & session), direction))
+    return tuple(out)

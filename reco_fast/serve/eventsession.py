@@ -33,6 +33,7 @@ from reco_fast.serve.session import (
     MemoryStore,
     SessionStore,
     State,
+    new_event_state,
 )
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_PRODUCTS", "EventTracker"]
 
 MAX_PRODUCTS = 100
-EVENT_STATE_KIND = "events"
 
 
 def _id(name: str, value: Any) -> str:
@@ -122,14 +122,7 @@ class EventTracker:
             if state is not None and now - state["last_ts"] > self.ttl:
                 state = None  # idle past the TTL: a new session
             if state is None:
-                state = {
-                    "session_id": sid,
-                    "kind": EVENT_STATE_KIND,
-                    "start_ts": now,
-                    "last_ts": now,
-                    "products": [],
-                    "cart": [],
-                }
+                state = new_event_state(sid, now)
             elif ts is None:
                 now = max(now, state["last_ts"])
             elif now < state["last_ts"]:
@@ -150,25 +143,129 @@ class EventTracker:
         return self.store.update(sid, apply)
 
     def view(self, session_id: Any, product_id: Any, *, ts: float | None = None) -> dict[str, Any]:
-        """A product page view (``ts``: epoch seconds, default now). Returns the context."""
+        """A product page view: touches the product.
+
+        Parameters
+        ----------
+        session_id : str or int
+            The session's id (an integer is its decimal string); 1 to 256 characters.
+        product_id : str or int
+            The product's id, as for ``session_id``; products the model does not know
+            are accepted.
+        ts : float, optional
+            The event's time in epoch seconds (>= 0); default: the clock's time, never
+            before the session's last event. A session idle for more than ``ttl``
+            seconds at ``ts`` starts again.
+
+        Returns
+        -------
+        dict
+            The session after the event: ``{"products": [ids, most recent last],
+            "cart": [ids]}``.
+
+        Raises
+        ------
+        InputError
+            A bad id or ``ts``, or ``ts`` older than the session's last event.
+        StoreUnavailable
+            The session store cannot be reached (a :class:`~reco_fast.RedisStore`).
+        """
         return self._context(self._event("view", session_id, product_id, ts))
 
     def add_to_cart(
         self, session_id: Any, product_id: Any, *, ts: float | None = None
     ) -> dict[str, Any]:
-        """A cart addition: touches the product and puts it in the cart."""
+        """A cart addition: touches the product and puts it in the cart (once).
+
+        Parameters
+        ----------
+        session_id : str or int
+            The session's id (an integer is its decimal string); 1 to 256 characters.
+        product_id : str or int
+            The product's id, as for ``session_id``; products the model does not know
+            are accepted.
+        ts : float, optional
+            The event's time in epoch seconds (>= 0); default: the clock's time, never
+            before the session's last event. A session idle for more than ``ttl``
+            seconds at ``ts`` starts again.
+
+        Returns
+        -------
+        dict
+            The session after the event: ``{"products": [ids, most recent last],
+            "cart": [ids]}``.
+
+        Raises
+        ------
+        InputError
+            A bad id or ``ts``, or ``ts`` older than the session's last event.
+        StoreUnavailable
+            The session store cannot be reached (a :class:`~reco_fast.RedisStore`).
+        """
         return self._context(self._event("cart", session_id, product_id, ts))
 
     def purchase(
         self, session_id: Any, product_id: Any, *, ts: float | None = None
     ) -> dict[str, Any]:
-        """A purchase: touches the product."""
+        """A purchase: touches the product (the cart is unchanged).
+
+        Parameters
+        ----------
+        session_id : str or int
+            The session's id (an integer is its decimal string); 1 to 256 characters.
+        product_id : str or int
+            The product's id, as for ``session_id``; products the model does not know
+            are accepted.
+        ts : float, optional
+            The event's time in epoch seconds (>= 0); default: the clock's time, never
+            before the session's last event. A session idle for more than ``ttl``
+            seconds at ``ts`` starts again.
+
+        Returns
+        -------
+        dict
+            The session after the event: ``{"products": [ids, most recent last],
+            "cart": [ids]}``.
+
+        Raises
+        ------
+        InputError
+            A bad id or ``ts``, or ``ts`` older than the session's last event.
+        StoreUnavailable
+            The session store cannot be reached (a :class:`~reco_fast.RedisStore`).
+        """
         return self._context(self._event("purchase", session_id, product_id, ts))
 
     def remove_from_cart(
         self, session_id: Any, product_id: Any, *, ts: float | None = None
     ) -> dict[str, Any]:
-        """Takes the product out of the cart (a no-op if it is not there)."""
+        """Takes the product out of the cart (a no-op if it is not there).
+
+        Parameters
+        ----------
+        session_id : str or int
+            The session's id (an integer is its decimal string); 1 to 256 characters.
+        product_id : str or int
+            The product's id, as for ``session_id``; products the model does not know
+            are accepted.
+        ts : float, optional
+            The event's time in epoch seconds (>= 0); default: the clock's time, never
+            before the session's last event. A session idle for more than ``ttl``
+            seconds at ``ts`` starts again.
+
+        Returns
+        -------
+        dict
+            The session after the event: ``{"products": [ids, most recent last],
+            "cart": [ids]}``.
+
+        Raises
+        ------
+        InputError
+            A bad id or ``ts``, or ``ts`` older than the session's last event.
+        StoreUnavailable
+            The session store cannot be reached (a :class:`~reco_fast.RedisStore`).
+        """
         return self._context(self._event("remove", session_id, product_id, ts))
 
     @staticmethod
@@ -178,10 +275,23 @@ class EventTracker:
     def context(self, session_id: Any) -> dict[str, Any]:
         """``{"products": [...], "cart": [...]}`` of a live session.
 
+        Parameters
+        ----------
+        session_id : str or int
+            The session's id.
+
+        Returns
+        -------
+        dict
+            ``products``: the ids the session touched, most recent last (at most
+            :data:`MAX_PRODUCTS`); ``cart``: the ids in its cart.
+
         Raises
         ------
         SessionNotFound
             Unknown, expired, or its last event touched no product.
+        InputError
+            A bad ``session_id``.
         """
         sid = _id("session_id", session_id)
         state = self.store.get(sid)
@@ -195,5 +305,24 @@ class EventTracker:
         return self._context(state)
 
     def recommend(self, session_id: Any, k: int = 10, **kwargs: Any) -> list[Recommendation]:
-        """The model's top ``k`` for the session as it is now (see ``Model.recommend``)."""
+        """The model's top ``k`` for the session as it is now: ``Model.recommend`` of
+        :meth:`context` (``kwargs`` are passed on).
+
+        Parameters
+        ----------
+        session_id : str or int
+            The session's id.
+        k : int
+            How many products at most.
+
+        Returns
+        -------
+        list of Recommendation
+            Best first.
+
+        Raises
+        ------
+        SessionNotFound
+            The session is unknown, expired or has touched no product.
+        """
         return self._model.recommend(self.context(session_id), k, **kwargs)

@@ -51,6 +51,21 @@ class ModelHandle:
     so a handle can stand where a Model is expected (e.g. ``SessionTracker(handle)``:
     its recommendations then always come from the current model; its product
     lookups are the catalog of the model it was built with).
+
+    Parameters
+    ----------
+    source : str, path-like or Model
+        An artifact directory to load, or a loaded model.
+    backend : str, optional
+        The evaluator for every load of a path, here and on ``swap``/``reload``
+        (see :meth:`Model.load`); a loaded model is used as it is.
+
+    Raises
+    ------
+    ArtifactError
+        The artifact at ``source`` fails a load check.
+    ValueError
+        ``backend`` is not a known backend (when a path is loaded).
     """
 
     def __init__(self, source: str | os.PathLike[str] | Model, *, backend: str | None = None):
@@ -77,12 +92,18 @@ class ModelHandle:
         return self._path
 
     def predict_proba(self, sessions: Any, **kwargs: Any) -> Any:
+        """:meth:`Model.predict_proba` of ``sessions`` by the model serving now (same
+        parameters, returns and errors)."""
         return self._model.predict_proba(sessions, **kwargs)
 
     def predict_proba_features(self, X: Any, **kwargs: Any) -> Any:
+        """:meth:`Model.predict_proba_features` of ``X`` by the model serving now (same
+        parameters, returns and errors)."""
         return self._model.predict_proba_features(X, **kwargs)
 
     def recommend(self, session: Any, *args: Any, **kwargs: Any) -> list[Recommendation]:
+        """:meth:`Model.recommend` of ``session`` by the model serving now (same
+        parameters, returns and errors)."""
         return self._model.recommend(session, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -30,6 +30,7 @@ import numpy as np
 
 from reco_fast.artifact import platform_tag, read_artifact
 from reco_fast.errors import ArtifactError, InputError, shown
+from reco_fast.features import spec as _spec
 from reco_fast.features.events import EventBuilder
 from reco_fast.features.page import (
     CANDIDATE_FEATURES,
@@ -51,7 +52,9 @@ from reco_fast.features.schema import (
     not_a_number,
     series_values,
 )
+from reco_fast.metadata import ArtifactMetadata
 from reco_fast.serve.calibration import Calibration
+from reco_fast.serve.cells import CELLS_MIN_PRODUCTS, CellIndex, cell_index
 from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
 __all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
@@ -232,6 +235,13 @@ class BatchResult:
     ``errors`` holds one :class:`RowError` (``row``, ``field``, ``message``) per bad
     field of each invalid row, sorted by row; ``field`` is None when the row is not
     a dict at all. A valid row's probability is exactly what scoring it alone gives.
+
+    Attributes
+    ----------
+    probabilities : ndarray of float64, shape (n_rows,)
+        Click probabilities in row order; NaN for each invalid row.
+    errors : list of RowError
+        Every problem of every invalid row, sorted by row.
     """
 
     probabilities: np.ndarray
@@ -320,22 +330,13 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
     )
 
 
-def _check_feature_spec(root: Path, meta: Mapping[str, Any]) -> list[str]:
+def _check_feature_spec(root: Path, meta: ArtifactMetadata) -> list[str]:
     """The artifact's feature names, if its feature specification is this code's."""
-    names = meta["feature_names"]
-    if (
-        not isinstance(names, list)
-        or not names
-        or not all(isinstance(n, str) for n in names)
-        or len(set(names)) != len(names)
-    ):
+    names = list(meta.feature_names)
+    if not names or len(set(names)) != len(names):
         raise ValueError("feature_names must be a non-empty list of unique strings")
-    feature_set, spec = meta["feature_set"], meta["feature_spec"]
-    if (
-        not isinstance(spec, dict)
-        or spec.get("names") != names
-        or spec.get("feature_set") != feature_set
-    ):
+    feature_set, spec = meta.feature_set, meta.feature_spec
+    if spec.get("names") != names or spec.get("feature_set") != feature_set:
         raise ValueError("feature_spec does not match feature_names and feature_set")
     if feature_set is None:
         return names
@@ -386,12 +387,12 @@ class _Golden:
     margin_tolerance: float = GOLDEN_TOLERANCE
 
     @classmethod
-    def parse(cls, meta: Mapping[str, Any], n_features: int, builder: Any) -> _Golden:
-        golden = meta["golden"]
+    def parse(cls, meta: ArtifactMetadata, n_features: int, builder: Any) -> _Golden:
+        golden = meta.golden
         X = np.asarray(golden["X"], dtype=np.float64)  # null (a missing value) -> NaN
         proba = np.asarray(golden["proba"], dtype=np.float64)
         margin = np.asarray(golden.get("margin", proba), dtype=np.float64)
-        routed = meta.get("missing_values", "refused") == "routed"
+        routed = meta.missing_values == "routed"
         if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != n_features:
             raise ValueError(f"golden X must be a non-empty (n, {n_features}) matrix")
         if (
@@ -404,7 +405,9 @@ class _Golden:
         session_proba = np.empty(0)
         recs: list[dict[str, Any]] = []
         if builder is not None:  # a model built from sessions: they are required
-            gs = meta["golden_sessions"]
+            gs = meta.golden_sessions
+            if gs is None:
+                raise ValueError("golden_sessions is missing (a model built from sessions)")
             sessions = gs["sessions"]
             session_proba = np.asarray(gs["proba"], dtype=np.float64)
             if (
@@ -428,7 +431,7 @@ class _Golden:
                     raise ValueError("a golden recommend case is malformed")
         tolerances = []
         for key in ("tolerance", "margin_tolerance"):
-            t = meta.get("verification", {}).get(key, GOLDEN_TOLERANCE)
+            t = meta.verification.get(key, GOLDEN_TOLERANCE)
             # relative to the margins: 1e-12, XGBoost's float32 bound, or for margins in the
             # billions float64's summation-order bound (compiler/driver.py, compiler/frontends)
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < math.inf:
@@ -496,27 +499,39 @@ class _Golden:
                     raise refuse(name, f"recommend, case {i}")
 
 
-OUTPUT_KINDS = {
-    "output": ("probability", "score", "value"),
-    "link": ("sigmoid", "identity"),
-    "missing_values": ("routed", "refused"),
-    "input_precision": ("float32", "float64"),
-}
-
-
-def _check_output_kind(meta: Mapping[str, Any]) -> None:
-    """ValueError unless the artifact's output kind fields (format 3) are known values."""
-    for key, allowed in OUTPUT_KINDS.items():
-        if key in meta and meta[key] not in allowed:
-            raise ValueError(f"{key} must be one of {list(allowed)}, got {str(meta[key])[:40]!r}")
-
-
 class Model:
-    """A compiled tree ensemble, loaded from a verified artifact.
+    """A compiled tree ensemble, loaded from a verified artifact (:func:`load`; not
+    constructed directly).
 
     Immutable after load and safe to share between threads. Pickles as "re-open
     this artifact", so it can be shipped to worker processes without shipping
     a loaded native library.
+
+    Attributes
+    ----------
+    path : Path
+        The artifact directory (absolute).
+    feature_names : tuple of str
+        The model's input columns, in order; ``n_features`` is their number.
+    feature_set : str or None
+        The feature set the model was built on (``"seed"``, ``"ranking"``, an event-log
+        set), or None for a model compiled from a bare feature matrix.
+    output : str
+        ``"probability"`` (a binary classifier), ``"score"`` (a ranker) or ``"value"``
+        (a regressor).
+    threshold : float
+        Probability in [0, 1] at or above which ``recommend`` shows a product by
+        default; ``-inf`` for a model whose output is not a probability.
+    missing_values : str
+        ``"routed"``: NaN is a valid input, sent where the model learned; ``"refused"``.
+    input_precision : str
+        ``"float32"`` (inputs are rounded to float32 first, as scikit-learn's
+        GradientBoosting and XGBoost do) or ``"float64"``.
+    backend : str
+        The evaluator in use (:data:`BACKENDS`; "flat" resolves to one of
+        ``"flat-avx512"``, ``"flat-avx2"``, ``"flat-portable"``).
+    metadata : ArtifactMetadata
+        The artifact's ``metadata.json``, typed.
     """
 
     def __init__(
@@ -524,7 +539,7 @@ class Model:
         path: Path,
         module: Any,
         feature_names: Sequence[str],
-        metadata: Mapping[str, Any] | None = None,
+        metadata: ArtifactMetadata | None = None,
         builder: FeatureBuilder | EventBuilder | None = None,
         backend: str | None = None,
     ):
@@ -544,22 +559,86 @@ class Model:
                 f"features, the library takes {self.n_features} ({self.feature_names[:3]}...); "
                 "rebuild the artifact"
             )
-        self.metadata: Mapping[str, Any] = dict(metadata or {})
-        # what the model gives and takes (format 2 artifacts: a classifier, NaN refused)
-        self.output: str = self.metadata.get("output", "probability")
-        self.missing_values: str = self.metadata.get("missing_values", "refused")
-        self.input_precision: str = self.metadata.get("input_precision", "float32")
-        threshold = self.metadata.get("threshold", 0.7)
+        self._metadata = metadata
+        # what the model gives and takes; a library staged by the build, not yet given its
+        # metadata, is a classifier that refuses NaN, evaluated by tl2cgen's code
+        self.output: str = metadata.output if metadata else "probability"
+        self.missing_values: str = metadata.missing_values if metadata else "refused"
+        self.input_precision: str = metadata.input_precision if metadata else "float32"
+        threshold = metadata.threshold if metadata else 0.7
         self.threshold = -math.inf if threshold is None else float(threshold)
-        self.feature_set: str | None = self.metadata.get("feature_set")
+        self.feature_set: str | None = metadata.feature_set if metadata else None
         # calibrated probabilities: a monotone map of the raw margin (serve/calibration.py)
         self.calibration: Calibration | None = Calibration.from_json(
-            self.metadata.get("calibration")
+            metadata.calibration if metadata else None
         )
         self._builder = builder
         self._loaded_catalog = builder.catalog if builder is not None else None
         self._requested_backend = backend
-        self._use(_kernels(self._lib, backend or self.metadata.get("backend", "tl2cgen")))
+        self._use(_kernels(self._lib, backend or (metadata.backend if metadata else "tl2cgen")))
+        self._cells = self._cell_index(builder)
+
+    @property
+    def metadata(self) -> ArtifactMetadata:
+        """The artifact's ``metadata.json``, typed (:class:`~reco_fast.metadata.ArtifactMetadata`;
+        also a read-only mapping of the JSON, ``model.metadata["n_trees"]``).
+
+        Raises
+        ------
+        ArtifactError
+            The model is a library staged by the build, before its metadata was written.
+        """
+        if self._metadata is None:
+            raise ArtifactError(
+                f"{self.path}: this model was staged by the build and has no metadata yet; "
+                "load the built artifact with reco_fast.load"
+            )
+        return self._metadata
+
+    @property
+    def uses_cells(self) -> bool:
+        """True if whole-catalog :meth:`recommend` ranks by threshold cells
+        (:mod:`reco_fast.serve.cells`): a ``ranking`` model with a flat forest of depth
+        <= 6 and a catalog of at least 2,048 products. Otherwise every product is
+        scored. Either way the answer is the same."""
+        return self._cells is not None
+
+    @property
+    def catalog_nbytes(self) -> int:
+        """Bytes the model holds for its catalog: ids, prices, categories, category codes
+        and the cell index (a catalog of at most 65,536 products also keeps Python dicts
+        and lists for speed, not counted). 0 without a catalog."""
+        builder = self._builder
+        catalog = getattr(builder, "catalog", None)
+        if not isinstance(builder, FeatureBuilder) or catalog is None:
+            return 0
+        cells = self._cells.nbytes if self._cells is not None else 0
+        return catalog.nbytes + builder.catalog_arrays()[0].nbytes + cells
+
+    def _scoring_every_product(self) -> Model:
+        """This model with the cell index off: recommend scores every product (the
+        reference the cells are compared and benchmarked against)."""
+        clone = object.__new__(Model)
+        clone.__dict__.update(self.__dict__)
+        clone._cells = None
+        return clone
+
+    def _cell_index(self, builder: Any) -> CellIndex | None:
+        """The whole-catalog top-k's index (:mod:`reco_fast.serve.cells`) for this builder's
+        catalog, or None (no catalog, a small one, or a model it does not apply to)."""
+        catalog = getattr(builder, "catalog", None)
+        if (
+            not isinstance(builder, FeatureBuilder)
+            or catalog is None
+            or len(catalog) < CELLS_MIN_PRODUCTS
+            or self.feature_set not in _spec.FEATURE_SETS
+            or self.calibration is not None  # its recommend scores every product (numpy)
+        ):
+            return None
+        cat_codes, prices = builder.catalog_arrays()
+        return cell_index(
+            self._ffi, self._lib, _spec.FEATURE_SETS[self.feature_set], cat_codes, prices
+        )
 
     def _use(self, k: _Kernels) -> None:
         self.backend = k.backend
@@ -586,14 +665,39 @@ class Model:
         return cls(root, module, feature_names)
 
     def available_backends(self) -> tuple[str, ...]:
-        """The evaluators this artifact's library provides on this CPU."""
+        """The evaluators this artifact's library provides on this CPU.
+
+        Returns
+        -------
+        tuple of str
+            ``"tl2cgen"`` first, then the flat evaluator's kinds this CPU runs
+            (``"flat-portable"``, ``"flat-avx2"``, ``"flat-avx512"``), when the artifact
+            has the flat evaluator.
+        """
         lib = self._lib
         if not hasattr(lib, "rq_predict_one"):
             return ("tl2cgen",)
         return ("tl2cgen", *("flat-" + k for k in reversed(_flat_kinds(lib))))
 
     def using(self, backend: str) -> Model:
-        """The same model evaluated by another backend (for comparisons and benchmarks)."""
+        """The same model evaluated by another backend (for comparisons and benchmarks).
+
+        Parameters
+        ----------
+        backend : str
+            ``"tl2cgen"``, ``"flat"`` (the best flat kind this CPU runs) or one of
+            :meth:`available_backends`.
+
+        Returns
+        -------
+        Model
+            A copy sharing the loaded library; this model is unchanged.
+
+        Raises
+        ------
+        ArtifactError
+            The artifact or this CPU does not provide ``backend``.
+        """
         clone = object.__new__(Model)
         clone.__dict__.update(self.__dict__)
         clone._requested_backend = backend
@@ -615,9 +719,18 @@ class Model:
         at a time, as a batch and through ``recommend``, on every backend this CPU
         supports.
 
-        ``backend`` overrides the artifact's default evaluator: "flat" (the
-        branch-free evaluator, AVX-512 or AVX2 when the CPU has it), "flat-portable",
-        "flat-avx512", "flat-avx2" or "tl2cgen" (tl2cgen's reference code).
+        Parameters
+        ----------
+        path : str or path-like
+            The artifact directory.
+        backend : str, optional
+            Overrides the artifact's default evaluator: "flat" (the branch-free
+            evaluator, AVX-512 or AVX2 when the CPU has it), "flat-portable",
+            "flat-avx512", "flat-avx2" or "tl2cgen" (tl2cgen's reference code).
+
+        Returns
+        -------
+        Model
 
         Raises
         ------
@@ -632,38 +745,36 @@ class Model:
                 f"backend must be None or one of {list(BACKENDS)}, got {backend!r:.60}"
             )
         checked = read_artifact(path)  # everything that can be checked without running it
-        root, meta = checked.root, checked.metadata
+        root, meta = checked.root, checked.metadata  # every field present and well typed
         try:
             feature_names = _check_feature_spec(root, meta)
-            _check_output_kind(meta)
-            threshold = meta["threshold"]
-            if threshold is None and meta.get("output", "probability") != "probability":
+            threshold = meta.threshold
+            if threshold is None and meta.output != "probability":
                 pass  # a ranker's scores or a regressor's values have no threshold
-            elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-                raise TypeError(f"threshold is a {type(threshold).__name__}")
+            elif threshold is None:
+                raise TypeError("threshold is null, but the model gives probabilities")
             elif not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"threshold {threshold!r} is outside [0, 1]")
-            if meta["backend"] not in BACKENDS:
-                raise ValueError(f"unknown backend {str(meta['backend'])[:40]!r}")
-            if (
-                Calibration.from_json(meta.get("calibration")) is not None
-                and meta.get("output", "probability") != "probability"
-            ):
+            if meta.backend not in BACKENDS:
+                raise ValueError(f"unknown backend {meta.backend[:40]!r}")
+            if Calibration.from_json(meta.calibration) is not None and meta.output != "probability":
                 raise ValueError("calibration is for probabilities, this model gives none")
             builder: FeatureBuilder | EventBuilder | None = None
-            if meta["feature_set"] is not None and meta["feature_set"] not in FEATURE_SETS:
+            if meta.feature_set is not None and meta.feature_set not in FEATURE_SETS:
                 from reco_fast.features.events import ItemTables
 
                 builder = EventBuilder(ItemTables.load(root))  # files checked by read_artifact
-            elif meta["feature_set"] is not None:
+            elif meta.feature_set is not None:
+                if meta.vocabulary is None:
+                    raise ValueError(f"a {meta.feature_set!r} model needs its vocabulary")
                 catalog = read_catalog(checked.catalog) if checked.catalog is not None else None
                 builder = FeatureBuilder(
-                    meta["feature_set"], Vocabulary.from_json(meta["vocabulary"]), catalog
+                    meta.feature_set, Vocabulary.from_json(meta.vocabulary), catalog
                 )
             golden = _Golden.parse(meta, len(feature_names), builder)
         except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{root} has malformed metadata: {str(exc)[:200]}") from None
-        module = _import_library(checked.library, meta["module"], checked.library_sha256)
+        module = _import_library(checked.library, meta.module, checked.library_sha256)
         model = cls(root.resolve(), module, feature_names, meta, builder, backend)
         golden.check(model, root)
         return model
@@ -761,8 +872,8 @@ class Model:
             kind, what = ("ranker", "scores") if self.output == "score" else ("regressor", "values")
             raise TypeError(
                 f"a {kind} has {what}, not probabilities: use decision_function(X) "
-                f"(this model's {self.metadata.get('family', '')} objective "
-                f"{str(self.metadata.get('objective', ''))[:40]!r})"
+                f"(this model's {self.metadata.family} objective "
+                f"{self.metadata.objective[:40]!r})"
             )
 
     def decision_function(self, X: Any) -> np.ndarray:
@@ -822,6 +933,17 @@ class Model:
         k = min(k, n_catalog if cand is None else len(cand))  # a huge k must not size a buffer
         if k <= 0:
             return [], []
+        cells = self._cells
+        if cand is None and cells is not None:
+            # the cells name the few products that can make the top k; the exact kernel
+            # scores them (and the viewed ones, whose features the cells do not cover)
+            found = cells.top(row, viewed_pos + drop_pos, threshold, k, *builder.catalog_arrays())
+            if found is not None:
+                dropped = set(drop_pos)
+                extra = [p for p in viewed_pos if p not in dropped]
+                cand = np.union1d(found, np.asarray(extra, dtype=np.int64)) if extra else found
+                if cand.size == 0:
+                    return [], []
         ffi = self._ffi
         cat_codes, prices = builder.catalog_buffers(ffi)
         top_pos = ffi.new("int64_t[]", k)
@@ -1056,7 +1178,22 @@ class Model:
     def predict_proba_features(
         self, X: Any, *, n_threads: int = 1, on_invalid: str = "raise"
     ) -> np.ndarray:
-        """Click probability for each row of X (-> float64 ndarray of shape (n,)).
+        """Click probability for each row of X, a feature matrix.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), or named columns
+            See below.
+        n_threads : int
+            Threads to split the rows over (1: the calling thread only).
+        on_invalid : {"raise", "nan"}
+            What an invalid row does (see below).
+
+        Returns
+        -------
+        ndarray of float64, shape (n_samples,)
+            The probabilities, equal to scikit-learn's ``predict_proba(X)[:, 1]``
+            (to 1e-12); NaN for rows refused under ``on_invalid="nan"``.
 
         ``X`` is an (n, n_features) array-like in ``feature_names`` order (any
         numeric dtype, lists, object arrays of numbers), or named columns matched to
@@ -1074,7 +1211,16 @@ class Model:
         dtype concerns the whole matrix and raises either way. NaN is a valid value
         for models that route missing values (``missing_values == "routed"``).
 
-        Raises a TypeError for a ranker or a regressor: use :meth:`decision_function`.
+        Raises
+        ------
+        InputError
+            A row with a value the model cannot take (``on_invalid="raise"``), a wrong
+            shape or a non-numeric dtype, or a missing, unknown or duplicated column
+            name; the message names the row and the feature.
+        TypeError
+            The model is a ranker or a regressor: use :meth:`decision_function`.
+        ValueError
+            ``on_invalid`` is not one of :data:`ON_INVALID`.
         """
         self._require_probability()
         _check_on_invalid(on_invalid)
@@ -1143,6 +1289,36 @@ class Model:
 
         Many may be a list of dicts, a dict of columns or a pandas DataFrame.
 
+        Parameters
+        ----------
+        sessions : dict, list of dicts, dict of columns or DataFrame
+            Page views in the seed's schema: ``current_category``, ``current_price``
+            (in the catalog's currency), ``products_in_cart`` (count), ``device_type``,
+            ``traffic_source``, ``time_on_page_sec`` (seconds), ``scroll_depth``
+            (fraction in [0, 1]), ``clicked_product_image`` (0 or 1),
+            ``session_length_mins`` (minutes), ``products_viewed_count``; a ``ranking``
+            model also reads ``current_product_id``, ``prev_product_1``..``3`` and the
+            candidate ``recommended_product_id``. An event-trained model takes
+            ``{"products": [...], "cart": [...]}`` instead. Extra keys are ignored.
+        on_invalid : {"raise", "nan"}
+            What an invalid page view does (see below).
+
+        Returns
+        -------
+        float or ndarray of float64, shape (n_sessions,)
+            Equal to scikit-learn's ``predict_proba`` of the features the build
+            computes (to 1e-12).
+
+        Raises
+        ------
+        InputError
+            A missing field, a value outside its domain or unknown to the model's
+            vocabulary or catalog (``on_invalid="raise"``); names the field and rows.
+        TypeError
+            The model is a ranker or a regressor.
+        ValueError
+            ``on_invalid`` is not one of :data:`ON_INVALID`.
+
         ``on_invalid="raise"`` (the default) raises an InputError naming the field
         and the first bad rows. ``on_invalid="nan"`` is for offline scoring of
         dirty logs: the valid rows are scored and the invalid ones get NaN (a
@@ -1186,6 +1362,26 @@ class Model:
 
     def score_batch(self, sessions: Any, on_invalid: str = "nan") -> BatchResult:
         """Score a batch of page views, keeping going past invalid rows.
+
+        Parameters
+        ----------
+        sessions : list of dicts, dict of columns or DataFrame
+            Page views as for :meth:`predict_proba`.
+        on_invalid : {"nan", "raise"}
+            ``"nan"`` (the default) scores the valid rows and reports the others.
+
+        Returns
+        -------
+        BatchResult
+            See below.
+
+        Raises
+        ------
+        InputError
+            A problem of the batch as a whole (a missing column, columns of different
+            lengths), or any invalid row with ``on_invalid="raise"``.
+        ValueError
+            ``on_invalid`` is not one of :data:`ON_INVALID`.
 
         ``sessions`` is a list of dicts, a dict of columns or a DataFrame (one dict
         is a batch of one). Returns a :class:`BatchResult`: ``probabilities`` (an
@@ -1250,7 +1446,26 @@ class Model:
         return out
 
     def features(self, sessions: Any) -> np.ndarray:
-        """The feature matrix the model scores for these sessions (for inspection)."""
+        """The feature matrix the model scores for these sessions (for inspection).
+
+        Parameters
+        ----------
+        sessions : dict, list of dicts, dict of columns or DataFrame
+            Page views as for :meth:`predict_proba`.
+
+        Returns
+        -------
+        ndarray of float64, shape (n_sessions, n_features)
+            Columns in ``feature_names`` order (one row for a single dict).
+
+        Raises
+        ------
+        InputError
+            As :meth:`predict_proba` with ``on_invalid="raise"``, or the model knows no
+            page-view schema (compiled from a bare feature matrix).
+        TypeError
+            The model was trained on an event log (its sessions are not page views).
+        """
         if isinstance(sessions, Mapping):
             if self._is_single(sessions):
                 return np.asarray([self.builder.row(sessions)], dtype=np.float64)
@@ -1329,6 +1544,7 @@ class Model:
         clone = object.__new__(Model)
         clone.__dict__.update(self.__dict__)
         clone._builder = builder.with_catalog(catalog)
+        clone._cells = clone._cell_index(clone._builder)
         return clone
 
     def _with_calibration(self, calibration: Calibration | None) -> Model:
@@ -1338,7 +1554,31 @@ class Model:
         clone.__dict__.update(self.__dict__)
         clone.calibration = calibration
         clone._use(_kernels(self._lib, self.backend))
+        clone._cells = clone._cell_index(clone._builder)
         return clone
+
+    def with_catalog_update(
+        self,
+        prices: Mapping[str, Any] | None = None,
+        add: Any = None,
+        remove: Iterable[str] | None = None,
+    ) -> Model:
+        """A model whose catalog has some products repriced, added or delisted
+        (:meth:`Catalog.updated`); this model is unchanged.
+
+        The swap is atomic for whoever holds the model: keep the returned model (or
+        ``handle.swap`` it into a :class:`~reco_fast.ModelHandle`) and new requests see the
+        whole update, while requests in flight finish on the catalog they started with;
+        nothing is locked. The cost is the catalog copy plus rebuilding the cell index:
+        ``reco-fast bench --catalog-sizes`` reports it as ``update@N`` (one price).
+
+        Raises
+        ------
+        InputError
+            As :meth:`Catalog.updated`, or a new product's category is not one the model
+            was trained on.
+        """
+        return self.with_catalog(self.builder.required_catalog.updated(prices, add, remove))
 
     def _with_builder(self, builder: Any) -> Model:
         """This model's library with ``builder``: the build pipeline's view of a staged
@@ -1349,6 +1589,7 @@ class Model:
         clone.__dict__.update(self.__dict__)
         clone._builder = builder
         clone._loaded_catalog = getattr(builder, "catalog", None)
+        clone._cells = clone._cell_index(builder)
         return clone
 
     def _columns(self, sessions: Any, errors: RowErrors | None = None) -> Mapping[str, Any]:
@@ -1402,5 +1643,24 @@ def _listed(items: Sequence[Any]) -> str:
 
 
 def load(path: str | os.PathLike[str], backend: str | None = None) -> Model:
-    """Load a model artifact written by ``build_model.py`` or ``compile_model``."""
+    """Load a model artifact written by ``build_model.py`` or ``compile_model``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The artifact directory.
+    backend : str, optional
+        Override the artifact's default evaluator (see :meth:`Model.load`).
+
+    Returns
+    -------
+    Model
+
+    Raises
+    ------
+    ArtifactError
+        The artifact fails a check (see :meth:`Model.load`); says what to do.
+    ValueError
+        ``backend`` is not one of :data:`BACKENDS`.
+    """
     return Model.load(path, backend)

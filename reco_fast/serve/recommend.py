@@ -128,8 +128,8 @@ def recommend(
         raise TypeError(f"a session must be a mapping, got {type(session).__name__}")
     row = builder.session_row(session)
     catalog = builder.required_catalog
-    index = catalog._index
-    viewed_pos = [index[p] for p in builder.viewed_ids(session) if p in index]
+    position = catalog.position
+    viewed_pos = [p for p in map(position, builder.viewed_ids(session)) if p is not None]
     cart_ids = session.get(CART_FIELD) or ()
     if isinstance(cart_ids, str) or not isinstance(cart_ids, Sequence):
         raise InputError(f"{CART_FIELD!r} must be a list of product ids", field=CART_FIELD)
@@ -141,7 +141,7 @@ def recommend(
                 f"type {type(p).__name__}",
                 field=CART_FIELD,
             )
-        pos = index.get(p)
+        pos = position(p)
         if pos is not None:
             cart_pos.append(pos)
 
@@ -185,5 +185,5 @@ def recommend(
     out = []
     for pos, p in zip(*picked, strict=True):
         reason = _reason(codes[pos], row[0], cart_cats, browsed, prices[pos] / denominator)
-        out.append(Recommendation(ids[pos], p, reason))
+        out.append(Recommendation(str(ids[pos]), float(p), reason))
     return out

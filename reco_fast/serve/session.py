@@ -60,7 +60,28 @@ DEFAULT_STORE_TIMEOUT_SECONDS = 1.0
 MAX_SECONDS = 1e9
 """Longest duration a store accepts (about 31 years): a TTL beyond it is a mistake."""
 State = dict[str, Any]
-_EVENT_STATE_KEYS = frozenset(("session_id", "kind", "start_ts", "last_ts", "products", "cart"))
+EVENT_STATE_KIND = "events"
+"""The ``kind`` of a stored :class:`~reco_fast.serve.eventsession.EventTracker` session."""
+
+
+def new_event_state(session_id: str, now: float) -> State:
+    """A new event-log session's stored state: the one definition of its keys.
+
+    ``now`` is the first event's time in epoch seconds. ``products`` (touched product
+    ids, most recent last) and ``cart`` start empty. :class:`EventTracker` starts its
+    sessions with it; every store refuses a stored event session without these keys.
+    """
+    return {
+        "session_id": session_id,
+        "kind": EVENT_STATE_KIND,
+        "start_ts": now,
+        "last_ts": now,
+        "products": [],
+        "cart": [],
+    }
+
+
+_EVENT_STATE_KEYS = frozenset(new_event_state("", 0.0))
 _STATE_KEYS = frozenset(
     (
         "session_id",
@@ -114,13 +135,68 @@ def _count(name: str, value: Any, low: int = 1) -> int:
 
 
 class SessionStore(Protocol):
-    """Where session state lives; ``update`` must apply ``fn`` atomically."""
+    """Where session state lives: the contract a new store implements.
+
+    A state is a JSON-serialisable dict (the trackers define its keys); a store keeps
+    it per session id, forgets a session idle for more than ``ttl`` seconds, and
+    applies every update atomically. :class:`MemoryStore` and :class:`RedisStore`
+    implement it; ``tests/test_session.py`` checks the contract.
+
+    Attributes
+    ----------
+    ttl : float
+        Seconds a session is kept after its last update (finite, > 0).
+    """
 
     ttl: float
 
-    def get(self, session_id: str) -> State | None: ...
+    def get(self, session_id: str) -> State | None:
+        """The stored state of a session, or None if it is unknown or expired.
 
-    def update(self, session_id: str, fn: Callable[[State | None], State]) -> State: ...
+        Parameters
+        ----------
+        session_id : str
+            A non-empty id (the trackers check it).
+
+        Returns
+        -------
+        dict or None
+            The state as last stored (callers must not modify it).
+
+        Raises
+        ------
+        StoreUnavailable
+            The store cannot be reached in time.
+        SessionNotFound
+            The stored value is corrupt (not a session's JSON).
+        """
+        ...
+
+    def update(self, session_id: str, fn: Callable[[State | None], State]) -> State:
+        """Atomically replace a session's state by ``fn(state)``; return the new state.
+
+        Parameters
+        ----------
+        session_id : str
+            A non-empty id.
+        fn : callable
+            ``fn(state or None) -> new state``: None for an unknown or expired session.
+            It must be pure (a store may call it more than once, e.g. after a conflicting
+            concurrent update) and must not modify its argument. An exception it raises
+            propagates and leaves the stored state unchanged.
+
+        Returns
+        -------
+        dict
+            The state stored, which restarts the session's TTL.
+
+        Raises
+        ------
+        StoreUnavailable
+            The store cannot be reached or is full; the message says whether the
+            update may have been applied.
+        """
+        ...
 
 
 # ---- stores -------------------------------------------------------------------------------
@@ -129,6 +205,21 @@ class MemoryStore:
 
     Sessions are kept in least-recently-updated order, so expired sessions are
     always at the front and the bound evicts the idlest session first.
+
+    Parameters
+    ----------
+    ttl : float
+        Seconds a session lives after its last update (default 1,800), finite and > 0.
+    max_sessions : int
+        Most sessions kept (default 100,000), >= 1; beyond it the idlest is evicted
+        (counted in ``evicted``; sessions dropped for their TTL in ``expired``).
+    clock : callable
+        The time in seconds (``time.time``); tests pass a fake one.
+
+    Raises
+    ------
+    ValueError
+        A bad ``ttl`` or ``max_sessions`` (named).
     """
 
     def __init__(
@@ -158,6 +249,8 @@ class MemoryStore:
             self.expired += 1
 
     def get(self, session_id: str) -> State | None:
+        """The state of ``session_id``, or None if unknown or idle for more than ``ttl``
+        seconds (:meth:`SessionStore.get`)."""
         with self._lock:
             item = self._data.get(session_id)
             if item is None or self._clock() - item[0] > self.ttl:
@@ -165,6 +258,9 @@ class MemoryStore:
             return item[1]
 
     def update(self, session_id: str, fn: Callable[[State | None], State]) -> State:
+        """Store ``fn(state)`` as the state of ``session_id``, under the store's lock
+        (:meth:`SessionStore.update`); expired sessions are dropped first, and past
+        ``max_sessions`` the idlest is evicted. Returns the new state."""
         with self._lock:
             now = self._clock()
             self._sweep(now)
@@ -202,7 +298,7 @@ def _loads(raw: bytes) -> State | None:
         return None
     if not isinstance(state, dict):
         return None
-    if state.get("kind") == "events":  # reco_fast.serve.eventsession.EventTracker's sessions
+    if state.get("kind") == EVENT_STATE_KIND:  # serve.eventsession.EventTracker's sessions
         return state if _EVENT_STATE_KEYS <= state.keys() else None
     if not _STATE_KEYS <= state.keys():
         return None
@@ -264,6 +360,29 @@ class RedisStore:
 
     The script touches two keys, so on Redis Cluster give ``prefix`` a hash tag
     (e.g. ``"{reco}:session:"``) to keep them in one slot.
+
+    Parameters
+    ----------
+    client : redis.Redis
+        The client to use (give it socket timeouts; see above), or use :meth:`from_url`.
+    ttl : float
+        Seconds a session lives after its last update (default 1,800), finite and > 0.
+    prefix : str
+        Prepended to the session id to make its key.
+    max_retries : int
+        Conflicting concurrent updates of one session tolerated in a row (default 50).
+    reconnect_retries : int
+        Retries on a new connection after a dropped one (default 1, >= 0).
+    idempotency_window : float
+        Seconds an applied update's marker is kept (default 120).
+    timeout : float
+        Seconds a call may take, retries included (default 1).
+
+    Raises
+    ------
+    ValueError
+        A bad ``ttl``, ``max_retries``, ``reconnect_retries``, ``idempotency_window``
+        or ``timeout`` (named).
     """
 
     def __init__(
@@ -295,6 +414,21 @@ class RedisStore:
         The client's socket timeouts are ``timeout / 4`` (connect and read) and redis-py
         does not retry by itself: the store's own retries (``reconnect_retries``) are the
         only ones, within the deadline. Other keyword arguments go to :class:`RedisStore`.
+
+        Parameters
+        ----------
+        url : str
+            A Redis URL (``redis://host:6379/0``, ``rediss://`` for TLS,
+            ``unix:///path``), as redis-py's ``Redis.from_url`` reads it.
+        timeout : float
+            Seconds a call may take, retries included (default 1).
+
+        Raises
+        ------
+        ValueError
+            A bad ``timeout`` or other argument (named), or a URL redis-py refuses.
+        ImportError
+            redis-py is not installed (the ``redis`` extra).
         """
         import redis
         from redis.backoff import NoBackoff
@@ -326,6 +460,16 @@ class RedisStore:
         return StoreUnavailable(f"session store error ({outcome}): {shown(str(exc), 200)}")
 
     def get(self, session_id: str) -> State | None:
+        """The state of ``session_id``, or None if Redis has no (unexpired) value for it
+        (:meth:`SessionStore.get`). Retried on a new connection within ``timeout``.
+
+        Raises
+        ------
+        StoreUnavailable
+            Redis cannot be reached within ``timeout`` seconds, or answered an error.
+        SessionNotFound
+            The stored value is not a session's JSON (corrupt).
+        """
         import redis
 
         deadline = time.monotonic() + self.timeout
@@ -348,6 +492,23 @@ class RedisStore:
         return state
 
     def update(self, session_id: str, fn: Callable[[State | None], State]) -> State:
+        """Store ``fn(state)`` as the state of ``session_id`` with optimistic
+        check-and-set (:meth:`SessionStore.update`); return the new state.
+
+        The new value is written only if the stored one is still the one ``fn`` read;
+        otherwise the state is re-read and ``fn`` applied again (up to ``max_retries``
+        conflicts). Each update carries an id, so a retry after a lost reply never
+        applies it twice. The value's TTL is reset to ``ttl``.
+
+        Raises
+        ------
+        StoreUnavailable
+            Redis cannot be reached within ``timeout`` seconds, is full, answered an
+            error, or the session is too contended; the message says whether the
+            update may have been applied.
+        SessionNotFound
+            The stored value is not a session's JSON (corrupt).
+        """
         import redis
 
         key = self.prefix + session_id
@@ -568,7 +729,38 @@ class SessionTracker:
 
         The product's category and price as shown are kept with the session, so a
         catalog update that delists it (``Model.with_catalog``) does not break the
-        session: its context keeps them until the next page view.
+        session: its context keeps them until the next page view. A page view for an
+        unknown or expired session starts a new one.
+
+        Parameters
+        ----------
+        session_id : str
+            Non-empty id of the session.
+        product_id : str
+            The viewed product; must be in the model's catalog.
+        customer_id : str, optional
+            Fixed by the first page view that gives one; a different one later is refused.
+        device_type, traffic_source : str, optional
+            Required on a session's first page view (values the model's vocabulary
+            knows); later ones must equal the session's or be omitted.
+        ts : float, optional
+            The event's time in epoch seconds (>= 0); default: the clock's time as the
+            event applies, never before the session's last event.
+
+        Returns
+        -------
+        dict
+            The session's context after the event (:meth:`context`).
+
+        Raises
+        ------
+        InputError
+            An empty or non-string id, a product not in the catalog, an unknown device or
+            traffic source, one that differs from the session's, a first page view
+            without them, or ``ts`` older than the session's last event (named field).
+        StoreUnavailable
+            The session store cannot be reached; the message says whether the event
+            may have been applied.
         """
         _check_id("session_id", session_id)
         shown_category, shown_price = self._product("product_id", product_id)
@@ -652,7 +844,37 @@ class SessionTracker:
         clicked_product_image: bool | int | None = None,
         ts: float | None = None,
     ) -> dict[str, Any]:
-        """Update the current page's engagement signals (time and scroll only grow)."""
+        """Update the current page's engagement signals; each only grows within a page.
+
+        Parameters
+        ----------
+        session_id : str
+            A live session (started by :meth:`page_view`).
+        time_on_page_sec : float, optional
+            Seconds on the current page so far (>= 0); a lower value than the stored
+            one is ignored.
+        scroll_depth : float, optional
+            Fraction of the page scrolled, in [0, 1]; a lower value is ignored.
+        clicked_product_image : bool or int, optional
+            1 (True) once the product image was clicked; 0 does not undo it.
+        ts : float, optional
+            The event's time in epoch seconds; default now (see :meth:`page_view`).
+
+        Returns
+        -------
+        dict
+            The session's context after the event (:meth:`context`).
+
+        Raises
+        ------
+        SessionNotFound
+            The session is unknown or expired.
+        InputError
+            A value outside its domain, or ``ts`` older than the session's last event.
+        StoreUnavailable
+            The session store cannot be reached; the message says whether the event
+            may have been applied.
+        """
         _check_id("session_id", session_id)
         ts = self._ts(ts)
         t = None if time_on_page_sec is None else check_number("time_on_page_sec", time_on_page_sec)
@@ -680,6 +902,33 @@ class SessionTracker:
     def add_to_cart(
         self, session_id: str, product_id: str, ts: float | None = None
     ) -> dict[str, Any]:
+        """Put a product in the session's cart (a product may be added more than once).
+
+        Parameters
+        ----------
+        session_id : str
+            A live session.
+        product_id : str
+            A product in the model's catalog.
+        ts : float, optional
+            The event's time in epoch seconds; default now (see :meth:`page_view`).
+
+        Returns
+        -------
+        dict
+            The session's context after the event (:meth:`context`).
+
+        Raises
+        ------
+        SessionNotFound
+            The session is unknown or expired.
+        InputError
+            The product is not in the catalog, or ``ts`` is older than the session's
+            last event.
+        StoreUnavailable
+            The session store cannot be reached; the message says whether the event
+            may have been applied.
+        """
         _check_id("session_id", session_id)
         self._product("product_id", product_id)
         ts = self._ts(ts)
@@ -694,6 +943,33 @@ class SessionTracker:
     def remove_from_cart(
         self, session_id: str, product_id: str, ts: float | None = None
     ) -> dict[str, Any]:
+        """Take one occurrence of a product out of the session's cart.
+
+        Parameters
+        ----------
+        session_id : str
+            A live session.
+        product_id : str
+            A product in the cart (it may have been delisted since).
+        ts : float, optional
+            The event's time in epoch seconds; default now (see :meth:`page_view`).
+
+        Returns
+        -------
+        dict
+            The session's context after the event (:meth:`context`).
+
+        Raises
+        ------
+        SessionNotFound
+            The session is unknown or expired.
+        InputError
+            The product is not in the cart, or ``ts`` is older than the session's last
+            event.
+        StoreUnavailable
+            The session store cannot be reached; the message says whether the event
+            may have been applied.
+        """
         _check_id("session_id", session_id)
         _check_id("product_id", product_id)
         ts = self._ts(ts)
@@ -719,6 +995,30 @@ class SessionTracker:
 
         To score one particular product with ``predict_proba``, add its
         ``recommended_product_id`` to the dict.
+
+        Parameters
+        ----------
+        session_id : str
+            The session's id.
+
+        Returns
+        -------
+        dict
+            ``session_id``, ``customer_id``, ``current_product_id``, ``current_category``,
+            ``current_price`` (the catalog's price, or the price shown if delisted since),
+            ``prev_product_1``..``3`` (``"NONE"`` when absent), ``products_in_cart``
+            (count), ``device_type``, ``traffic_source``, ``time_on_page_sec`` (seconds),
+            ``scroll_depth`` (fraction in [0, 1]), ``clicked_product_image`` (0 or 1),
+            ``session_length_mins`` (minutes from the first event to the last),
+            ``products_viewed_count`` and ``cart_product_ids`` (the cart's product ids).
+
+        Raises
+        ------
+        SessionNotFound
+            The session is unknown or expired.
+        StoreUnavailable
+            The session store cannot be reached; the message says whether the event
+            may have been applied.
         """
         _check_id("session_id", session_id)
         state = self.store.get(session_id)
@@ -765,5 +1065,16 @@ class SessionTracker:
     def recommend(
         self, session_id: str, k: int = 3, threshold: float | None = None, **kwargs: Any
     ) -> list[Recommendation]:
-        """Recommendations for the session as it is now."""
+        """Recommendations for the session ``session_id`` as it is now:
+        ``Model.recommend`` of :meth:`context` (``k``, ``threshold`` and ``kwargs`` are
+        passed on; ``threshold`` None is the model's).
+
+        Raises
+        ------
+        SessionNotFound
+            The session is unknown or expired.
+        StoreUnavailable
+            The session store cannot be reached; the message says whether the event
+            may have been applied.
+        """
         return self._model.recommend(self.context(session_id), k, threshold, **kwargs)

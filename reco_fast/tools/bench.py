@@ -13,7 +13,14 @@ Cases (one thread unless stated):
 - ``batch-N-tT``: the largest batch split over T threads (``n_threads=T``);
 - ``recommend``: ``model.recommend(session, k=3)`` over the whole catalog;
 - ``event+recommend``: one ``SessionTracker`` event (page views and engagement,
-  alternating, in-memory store) followed by ``tracker.recommend(sid, k=3)``.
+  alternating, in-memory store) followed by ``tracker.recommend(sid, k=3)``;
+- with ``catalog_sizes`` (``--catalog-sizes``), for a synthetic catalog of each size
+  (:func:`synthetic_catalog`): ``with_catalog@N`` (seconds to attach it, and the bytes
+  per product the model then holds), ``recommend@N`` (top-10 at threshold 0, the
+  whole-catalog path: threshold cells above 2,048 products), ``recommend@N-all``
+  (the same answer from today's per-product kernel: every product scored),
+  ``update@N`` (``with_catalog_update`` of one price, index rebuilt) and
+  ``event+recommend@N``.
 
 The session is synthetic but valid: products, categories and prices come from
 the artifact's own catalog, labels from its vocabulary. Batch rows are the
@@ -47,6 +54,7 @@ __all__ = [
     "Case",
     "Gate",
     "GateResult",
+    "catalog_cases",
     "check",
     "feature_rows",
     "format_table",
@@ -54,6 +62,7 @@ __all__ = [
     "percentiles",
     "run",
     "sample_session",
+    "synthetic_catalog",
     "time_calls",
     "to_json",
     "tracker_workload",
@@ -61,6 +70,12 @@ __all__ = [
 ]
 
 DEFAULT_BATCH_SIZES = (1, 10, 100, 1000, 100_000)
+DEFAULT_CATALOG_SIZES = (250, 10_000, 100_000, 1_000_000)
+CATALOG_K = 10
+"""Top-k of the catalog-size cases (the issue's figure: top-10)."""
+PER_PRODUCT_BUDGET = 2_000_000
+"""Products scored per case by the per-product kernel: its rounds are this over N
+(at least MIN_BATCH_ROUNDS), so a million-product case takes seconds, not minutes."""
 DEFAULT_ROUNDS = 2000
 ROWS_PER_ROUND = 1000
 """A batch of N rows gets ``rounds * ROWS_PER_ROUND // N`` rounds (at least MIN_BATCH_ROUNDS)."""
@@ -239,6 +254,109 @@ def tracker_workload(
     return event_and_recommend
 
 
+def synthetic_catalog(model: Model, n: int, seed: int = 0) -> dict[str, Any]:
+    """``n`` products for ``model``: ids ``P0000000``..., categories drawn uniformly from its
+    vocabulary, prices log-normal around $55 (sd 1 in log), rounded to cents: the shape
+    of a real price list (many shared price points), as columns for ``with_catalog``."""
+    rng = np.random.default_rng(seed)
+    names = np.asarray(model.builder.vocabulary.categories, dtype=object)
+    return {
+        "product_id": np.array([f"P{i:07d}" for i in range(n)], dtype=object),
+        "category": names[rng.integers(0, len(names), n)],
+        "price": np.round(np.exp(rng.normal(4.0, 1.0, n)), 2),
+    }
+
+
+def catalog_cases(
+    model: Model,
+    sizes: Iterable[int],
+    *,
+    rounds: int,
+    progress: Callable[[str], None] | None = None,
+) -> list[Case]:
+    """The catalog-size cases (see the module docstring) for each size, smallest first."""
+    from reco_fast.serve.session import SessionTracker
+
+    say = progress or (lambda _msg: None)
+    cases: list[Case] = []
+    for n in sorted({int(v) for v in sizes}):
+        say(f"catalog of {n:,} products")
+        columns = synthetic_catalog(model, n)
+        start = time.perf_counter()
+        sized = model.with_catalog(columns)
+        seconds = time.perf_counter() - start
+        per_product = sized.catalog_nbytes / n
+        cases.append(
+            Case(
+                f"with_catalog@{n}",
+                f"with_catalog, {n:,} products",
+                "s",
+                seconds,
+                seconds,
+                1,
+                note=f"{per_product:.1f} bytes/product held",
+            )
+        )
+        one = str(sized.builder.required_catalog.product_ids[n // 2])
+        start = time.perf_counter()
+        sized.with_catalog_update(prices={one: 12.34})
+        seconds = time.perf_counter() - start
+        cases.append(
+            Case(
+                f"update@{n}",
+                f"with_catalog_update, one price, {n:,} products",
+                "s",
+                seconds,
+                seconds,
+                1,
+            )
+        )
+        session = sample_session(sized)
+        warmup = max(5, rounds // 10)
+        got = sized.recommend(session, k=CATALOG_K, threshold=0.0)
+        fast_call = functools.partial(sized.recommend, session, k=CATALOG_K, threshold=0.0)
+        samples = time_calls(fast_call, rounds, warmup)
+        path = "threshold cells" if sized.uses_cells else "every product scored"
+        cases.append(
+            _case(
+                f"recommend@{n}", f"recommend top-{CATALOG_K}, {n:,} products", samples, note=path
+            )
+        )
+        every = sized._scoring_every_product()
+        assert [(r.product_id, r.probability) for r in got] == [
+            (r.product_id, r.probability)
+            for r in every.recommend(session, k=CATALOG_K, threshold=0.0)
+        ], "the whole-catalog path and the per-product kernel disagree"
+        n_rounds = max(MIN_BATCH_ROUNDS, min(rounds, PER_PRODUCT_BUDGET // n))
+        every_call = functools.partial(every.recommend, session, k=CATALOG_K, threshold=0.0)
+        samples = time_calls(every_call, n_rounds, 2)
+        p50 = float(np.percentile(samples, 50))
+        cases.append(
+            _case(
+                f"recommend@{n}-all",
+                f"recommend top-{CATALOG_K}, {n:,} products, per-product kernel",
+                samples,
+                note=f"{p50 / n:.0f} ns/product",
+            )
+        )
+        step = tracker_workload(
+            SessionTracker(sized),
+            session,
+            sized.builder.required_catalog.product_ids[:1000].tolist(),
+            CATALOG_K,
+        )
+        samples = time_calls(step, rounds, warmup)
+        cases.append(
+            _case(
+                f"event+recommend@{n}",
+                f"tracker event + recommend(k={CATALOG_K}), {n:,} products",
+                samples,
+                note="in memory",
+            )
+        )
+    return cases
+
+
 # ---- the cases -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -299,12 +417,15 @@ def run(
     batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES,
     threads: int | None = None,
     k: int = 3,
+    catalog_sizes: Iterable[int] = (),
     progress: Callable[[str], None] | None = None,
 ) -> BenchReport:
     """Measure every case the model supports; ``rounds`` calls per latency case.
 
     ``threads``: also score the largest batch with ``n_threads=threads``
     (default: the usable cores, when there are more than one; 0 or 1: skip).
+    ``catalog_sizes``: also the catalog-size cases (:func:`catalog_cases`) of a
+    ``ranking`` model.
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -390,6 +511,10 @@ def run(
             )
         )
 
+        sizes_wanted = list(catalog_sizes)
+        if sizes_wanted:
+            cases.extend(catalog_cases(model, sizes_wanted, rounds=rounds, progress=say))
+
     return BenchReport(
         str(model.path), model.backend, machine_info(), tuple(cases), time.perf_counter() - start
     )
@@ -457,6 +582,29 @@ def check(report: BenchReport, limits: Mapping[str, float | None]) -> list[GateR
 
 
 # ---- output --------------------------------------------------------------------------------
+def catalog_table(report: BenchReport) -> str:
+    """The catalog-size cases as a Markdown table (the README's), from one run."""
+    sizes = sorted(
+        {int(c.key.split("@")[1]) for c in report.cases if c.key.startswith("with_catalog@")}
+    )
+    lines = [
+        "| products | recommend p50 (p99), µs | per-product kernel p50, µs | per product, ns "
+        "| event + recommend p50, µs | with_catalog, s | bytes/product | one-price update, s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in sizes:
+        fast, every = report.case(f"recommend@{n}"), report.case(f"recommend@{n}-all")
+        event, attach = report.case(f"event+recommend@{n}"), report.case(f"with_catalog@{n}")
+        update = report.case(f"update@{n}")
+        assert fast and every and event and attach and update
+        lines.append(
+            f"| {n:,} | {_fmt(fast.p50)} ({_fmt(fast.p99)}) | {_fmt(every.p50)} "
+            f"| {every.p50 * 1000 / n:.0f} | {_fmt(event.p50)} | {attach.p50:.2f} "
+            f"| {attach.note.split()[0]} | {update.p50:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def _fmt(value: float) -> str:
     return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}" if value < 10 else f"{value:.1f}"
 

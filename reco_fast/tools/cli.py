@@ -20,6 +20,7 @@ from typing import Any
 
 from reco_fast import __version__
 from reco_fast.errors import ArtifactError, InputError, RecoFastError
+from reco_fast.metadata import ArtifactMetadata
 
 __all__ = ["build_main", "main"]
 
@@ -119,9 +120,9 @@ def _info(args: argparse.Namespace) -> int:
         raise ArtifactError(f"{root} has no {METADATA_FILE}: not a reco_fast artifact")
     meta = load_metadata_file(root / METADATA_FILE)
     if args.json:
-        meta = dict(meta)
-        meta.pop("golden", None)
-        print(json.dumps(meta, indent=2))
+        shown = meta.to_json()
+        shown.pop("golden", None)
+        print(json.dumps(shown, indent=2))
     else:
         print(info_summary(root, meta, _read_report(root)))
     return 0
@@ -152,12 +153,12 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str) -> str:
+def info_summary(root: Path, meta: ArtifactMetadata, report: dict[str, Any] | str) -> str:
     """The human summary ``reco-fast info`` prints: what the model is, its features,
     its test-split quality, its backend and how it was built (metadata and report only)."""
     from reco_fast.artifact import platform_tag
 
-    lines = [f"{root}: reco_fast model artifact (format {meta.get('format_version')})"]
+    lines = [f"{root}: reco_fast model artifact (format {meta.format_version})"]
 
     def row(label: str, text: str) -> None:
         lines.append(
@@ -170,24 +171,20 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
             )
         )
 
-    estimator = meta.get("estimator")
-    params: dict[str, Any] = estimator if isinstance(estimator, dict) else {}
+    params = meta.estimator
     model = "binary GradientBoostingClassifier"
-    trees, depth = meta.get("n_trees"), params.get("max_depth")
-    if trees is not None:
-        model += f", {trees} trees" + (f" of depth {depth}" if depth is not None else "")
+    trees, depth = meta.n_trees, params.get("max_depth")
+    model += f", {trees} trees" + (f" of depth {depth}" if depth is not None else "")
     if params.get("learning_rate") is not None:
         model += f", learning rate {params['learning_rate']}"
     row("model", model + ": click probability of a recommendation")
 
-    names = meta.get("feature_names")
-    if isinstance(names, list):
-        fs = meta.get("feature_set")
-        row(
-            "features",
-            f"{len(names)}" + (f" ({fs} set)" if fs else "") + ": " + ", ".join(map(str, names)),
-        )
-    threshold = _num(meta.get("threshold"))
+    names, fs = meta.feature_names, meta.feature_set
+    row(
+        "features",
+        f"{len(names)}" + (f" ({fs} set)" if fs else "") + ": " + ", ".join(names),
+    )
+    threshold = _num(meta.threshold)
     auc = _num(_get(report, "metrics", "auc"))
     hc = _get(report, "high_confidence")
     if isinstance(report, str):
@@ -216,7 +213,7 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
             row("quality", where + ", ".join(quality))
     if threshold is not None:
         row("threshold", f"{threshold:g} (recommend shows products at or above it)")
-    cal, choice = meta.get("calibration"), meta.get("threshold_choice")
+    cal, choice = meta.calibration, meta.threshold_choice
     if isinstance(cal, dict):
         row(
             "calibrated",
@@ -234,25 +231,24 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
             + ("n/a" if prec is None else f"{prec:.1%}")
             + ("" if cov is None else f", coverage {cov:.1%}"),
         )
-    if "family" in meta:  # format 3: what the model is and gives
+    if "family" not in meta.absent_keys:  # format 3: what the model is and gives
         row(
             "model",
-            f"{str(meta.get('family'))[:40]} {str(meta.get('objective'))[:40]}: "
-            f"{str(meta.get('output'))[:20]} (decision_function: the raw margin); "
-            f"NaN {'routed as learned' if meta.get('missing_values') == 'routed' else 'refused'}",
+            f"{meta.family[:40]} {meta.objective[:40]}: "
+            f"{meta.output[:20]} (decision_function: the raw margin); "
+            f"NaN {'routed as learned' if meta.missing_values == 'routed' else 'refused'}",
         )
-    backend = meta.get("backend")
+    backend = meta.backend
     if backend:
-        backends = meta.get("backends")
-        speeds: dict[str, Any] = backends if isinstance(backends, dict) else {}
+        speeds = meta.backends
         timed = ", ".join(
             f"{name} {ns:,.0f}"
             for name, ns in ((n, _num(_get(speeds, n, "ns_per_row"))) for n in speeds)
             if ns is not None
         )
         row("backend", str(backend) + (f" (ns/row at build: {timed})" if timed else ""))
-    v = meta.get("verification")
-    if isinstance(v, dict) and _num(v.get("max_abs_diff")) is not None:
+    v = meta.verification
+    if _num(v.get("max_abs_diff")) is not None:
         reference = str(v.get("reference", "scikit-learn's predict_proba"))[:60]
         row(
             "verified",
@@ -260,9 +256,8 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
             f"{v.get('adversarial_rows')} adversarial rows (max |diff| {v['max_abs_diff']:.3g}, "
             f"tolerance {v.get('tolerance')})",
         )
-    versions = meta.get("versions") if isinstance(meta.get("versions"), dict) else {}
-    plat = meta.get("platform") if isinstance(meta.get("platform"), dict) else {}
-    built = str(meta.get("created", "unknown time"))
+    versions, plat = meta.versions, meta.platform
+    built = meta.created
     if plat:
         built += f" on {plat.get('system')} {plat.get('machine')}, Python {plat.get('python')}"
     if versions:
@@ -275,13 +270,13 @@ def info_summary(root: Path, meta: dict[str, Any], report: dict[str, Any] | str)
             f"built for another platform: cannot be loaded here ({here['system']} "
             f"{here['machine']}, {here['ext_suffix']})",
         )
-    data = meta.get("data")
-    if isinstance(data, dict) and data.get("source"):
+    data = meta.data
+    if data is not None and data.get("source"):
         rows = data.get("rows")
         row("data", f"{data['source']}" + (f" ({rows:,} rows)" if isinstance(rows, int) else ""))
     row(
         "library",
-        f"{meta.get('library')} (not loaded by info; `reco-fast verify` checks every file's "
+        f"{meta.library} (not loaded by info; `reco-fast verify` checks every file's "
         "checksum and the golden outputs)",
     )
     lines.append("Full metadata: reco-fast info --json " + str(root))
@@ -297,10 +292,10 @@ def _verify(args: argparse.Namespace) -> int:
     read_artifact(args.artifact)
     model = load(args.artifact)  # checks again, imports the checked bytes, golden outputs
     meta = model.metadata
-    v = meta.get("verification", {})
-    sessions = meta.get("golden_sessions") or {}
+    v = meta.verification
+    sessions = meta.golden_sessions or {}
     print(
-        f"ok: {model.path} passes its checksums and {len(meta['golden']['proba'])} golden "
+        f"ok: {model.path} passes its checksums and {len(meta.golden['proba'])} golden "
         f"outputs, {len(sessions.get('sessions', []))} golden sessions and "
         f"{len(sessions.get('recommend', []))} golden recommendations on "
         f"{', '.join(model.available_backends())} (built verified on {v.get('rows')} + "
@@ -320,10 +315,13 @@ def _bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         batch_sizes=args.batch_sizes,
         threads=args.threads,
+        catalog_sizes=args.catalog_sizes,
         progress=progress,
     )
     results = bench.check(report, {g.option: getattr(args, g.option) for g in bench.GATES})
     print(bench.to_json(report, results) if args.json else bench.format_table(report, results))
+    if args.catalog_sizes and not args.json:
+        print("\n" + bench.catalog_table(report))
     return 0 if all(r.passed for r in results) else BENCH_GATE_FAILED
 
 
@@ -624,6 +622,15 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="also score the largest batch (if >= 8192 rows) with n_threads=this "
         "(default: the usable cores; 1: skip)",
+    )
+    be.add_argument(
+        "--catalog-sizes",
+        type=_sizes,
+        default=[],
+        metavar="N,N,...",
+        help="also attach a synthetic catalog of each size and time top-10 recommend (the "
+        "whole-catalog path and the per-product kernel side by side), tracker event + "
+        "recommend, with_catalog and its bytes per product; e.g. 250,10000,100000,1000000",
     )
     be.add_argument("--json", action="store_true", help="print the results as JSON")
     for gate in GATES:

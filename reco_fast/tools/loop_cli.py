@@ -120,7 +120,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
         base_log = load(args.base_data, args.base_catalog).log
     model = retrain(args.impressions, base, args.out, base_log=base_log)
-    training = dict(model.metadata.get("training", {}))
+    training = dict(model.metadata.training or {})
     print(
         f"wrote {args.out}: {training.get('rows', 0):,} shown products "
         f"({training.get('positives', 0):,} clicked) and {training.get('base_rows', 0):,} base "

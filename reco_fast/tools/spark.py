@@ -44,7 +44,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -52,6 +52,7 @@ from reco_fast.artifact import METADATA_FILE, load_metadata_file
 from reco_fast.errors import ArtifactError, shown
 from reco_fast.features.page import FEATURE_SETS, SESSION_NUMERIC, VIEWED_FIELDS
 from reco_fast.features.schema import CATEGORICAL_FIELDS
+from reco_fast.metadata import ArtifactMetadata
 from reco_fast.serve.model import Model, load
 
 try:  # pyspark is an optional dependency; the error says how to get it
@@ -136,15 +137,15 @@ class ArtifactRef:
             f"{type(artifact).__name__}"
         )
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> ArtifactMetadata:
         """metadata.json as the driver sees it (no native code is loaded)."""
         return load_metadata_file(_local_path(self.path) / METADATA_FILE)
 
 
-def _required_columns(meta: dict[str, Any], features: bool) -> tuple[str, ...]:
+def _required_columns(meta: ArtifactMetadata, features: bool) -> tuple[str, ...]:
     if features:
-        return tuple(meta["feature_names"])
-    feature_set = meta.get("feature_set")
+        return meta.feature_names
+    feature_set = meta.feature_set
     if feature_set not in FEATURE_SETS:
         raise ValueError(
             "this artifact was compiled from a bare feature matrix and knows no session "

@@ -1,0 +1,151 @@
+"""The C reco_fast owns is kept as C files in reco_fast/compiler (harness.c, flat_template.c
+and their headers harness.h and flat.h), shipped as package data; each header is both
+cffi's cdef and included by the C that defines its entry points, so the C compiler checks
+declaration against definition. No model build: a stub stands in for tl2cgen's code."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from fnmatch import fnmatch
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+
+from reco_fast.compiler import codegen
+from reco_fast.compiler.ir import Forest
+from tests.helpers import REPO
+
+COMPILER_DIR = REPO / "reco_fast" / "compiler"
+C_FILES = ("harness.c", "harness.h", "flat.h", "flat_template.c")
+
+# tl2cgen's header.h and model.c, reduced to what the harness uses
+STUB_HEADER = """union Entry { int missing; double fvalue; int qvalue; };
+void predict(union Entry* data, int pred_margin, double* result);
+"""
+STUB_MODEL = '#include "header.h"\nvoid predict(union Entry* d, int m, double* r) { *r = 0; }\n'
+
+
+def _declared(cdef: str) -> set[str]:
+    """The function names a cdef declares."""
+    text = re.sub(r"/\*.*?\*/", "", cdef, flags=re.S)
+    return set(re.findall(r"\b(\w+)\s*\([^;{]*\)\s*;", text))
+
+
+def _sources(tmp: Path, harness_h: str = codegen.CDEF) -> list[Path]:
+    forest = Forest(
+        n_features=2,
+        depth=1,
+        feature=np.array([[1]], dtype=np.int32),
+        threshold=np.array([[0.5]], dtype=np.float32),
+        leaf=np.array([[-1.0, 1.0]]),
+        base_score=0.25,
+    )
+    files = {
+        "header.h": STUB_HEADER,
+        "model.c": STUB_MODEL,
+        "harness.h": harness_h,
+        "flat.h": codegen.CDEF_FLAT,
+        "harness.c": codegen.harness_source(2) + '\n#include "flat.h"\n',
+        "flat.c": codegen.flat_source(forest),
+    }
+    for name, text in files.items():
+        (tmp / name).write_text(text)
+    return [tmp / n for n in files if n.endswith(".c")]
+
+
+def _cc() -> list[str]:
+    cc = codegen._compiler()
+    if shutil.which(cc[0]) is None:
+        pytest.skip(f"no C compiler ({cc[0]})")
+    return cc
+
+
+def test_the_c_is_read_from_the_package_files() -> None:
+    for name, text in (
+        ("harness.h", codegen.CDEF),
+        ("flat.h", codegen.CDEF_FLAT),
+        ("harness.c", codegen.HARNESS),
+    ):
+        assert (COMPILER_DIR / name).read_text(encoding="utf-8") == text, name
+    assert '#include "harness.h"' in codegen.HARNESS
+    assert '#include "flat.h"' in (COMPILER_DIR / "flat_template.c").read_text()
+
+
+def test_every_declared_entry_point_is_defined_as_declared(tmp_path: Path) -> None:
+    cc = _cc()
+    objects = []
+    for unit in _sources(tmp_path):
+        obj = unit.with_suffix(".o")
+        cmd = [*cc, *codegen.COMPILE_ARGS, "-Werror", f"-I{tmp_path}", "-c", str(unit)]
+        proc = subprocess.run([*cmd, "-o", str(obj)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        objects.append(str(obj))
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("no nm to list the defined symbols")
+    listing = subprocess.run([nm, "--defined-only", *objects], capture_output=True, text=True)
+    defined = {line.split()[-1] for line in listing.stdout.splitlines() if " T " in line}
+    headers = (codegen.CDEF, codegen.CDEF_FLAT)
+    declared = _declared(codegen.CDEF) | _declared(codegen.CDEF_FLAT)
+    statements = sum(re.sub(r"/\*.*?\*/", "", h, flags=re.S).count(";") for h in headers)
+    assert len(declared) == statements and {"rf_predict_one", "rq_has_avx2"} <= declared
+    assert declared <= defined, sorted(declared - defined)
+
+
+def test_a_declaration_that_drifts_from_its_definition_does_not_compile(tmp_path: Path) -> None:
+    cc = _cc()
+    drifted = codegen.CDEF.replace("double rf_predict_one(", "float rf_predict_one(")
+    assert drifted != codegen.CDEF
+    harness = next(u for u in _sources(tmp_path, drifted) if u.name == "harness.c")
+    proc = subprocess.run(
+        [*cc, f"-I{tmp_path}", "-fsyntax-only", str(harness)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "rf_predict_one" in proc.stderr
+
+
+def test_cffi_takes_the_headers_as_its_cdef() -> None:
+    import cffi
+
+    ffi = cffi.FFI()
+    ffi.cdef(codegen.CDEF + codegen.CDEF_FLAT)  # no preprocessor lines in either
+    assert ffi.typeof("double(*)(const double *)") is ffi.typeof("double(*)(const double*)")
+
+
+def test_package_data_ships_every_c_file() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["reco_fast.compiler"]
+    present = sorted(p.name for p in COMPILER_DIR.iterdir() if p.suffix in (".c", ".h"))
+    assert set(C_FILES) <= set(present)
+    for name in present:
+        assert any(fnmatch(name, pattern) for pattern in patterns), name
+
+
+def test_a_built_wheel_holds_the_c_files(tmp_path: Path) -> None:
+    """The wheel setuptools builds from this tree (no network: no build isolation)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (REPO / name).is_file():
+            shutil.copy2(REPO / name, src / name)
+    shutil.copytree(
+        REPO / "reco_fast", src / "reco_fast", ignore=shutil.ignore_patterns("__pycache__", "*.so")
+    )
+    wheels = tmp_path / "wheels"
+    cmd = [sys.executable, "-m", "pip", "wheel", str(src), "-w", str(wheels), "--no-deps"]
+    proc = subprocess.run(
+        [*cmd, "--no-build-isolation", "--quiet"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = wheels.glob("reco_fast-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"reco_fast/compiler/{n}" for n in C_FILES} <= names

@@ -1,0 +1,138 @@
+"""The typed artifact metadata (reco_fast.metadata.ArtifactMetadata): one definition of
+metadata.json, read back to exactly its own JSON, and a missing or ill-typed field refused
+by name, whether the file is read by load, info or the compiler's writer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import reco_fast
+from reco_fast import ArtifactError
+from reco_fast.artifact import METADATA_FILE, metadata_digest, read_artifact, write_metadata
+from reco_fast.metadata import ArtifactMetadata
+from tests.helpers import Built
+
+
+def _meta(root: Path) -> dict[str, Any]:
+    return json.loads((root / METADATA_FILE).read_text())
+
+
+def _reseal(root: Path, meta: dict[str, Any]) -> None:
+    """Write metadata.json with its digest recomputed, as a deliberate writer would, so the
+    check exercised is the field check and not the checksum."""
+    meta["metadata_sha256"] = metadata_digest(meta)
+    (root / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+
+
+@pytest.fixture
+def copy(built: Built, tmp_path: Path) -> Path:
+    target = tmp_path / "artifact"
+    shutil.copytree(built.path, target)
+    return target
+
+
+def test_every_field_has_a_json_type_and_a_doc() -> None:
+    names = [f.name for f in dataclasses.fields(ArtifactMetadata)]
+    keys = [n for n in names if n not in ("absent_keys", "extra")]
+    assert list(ArtifactMetadata._TYPES) == keys
+    doc = ArtifactMetadata.__doc__ or ""
+    for name in names:
+        assert f"\n    {name} : " in doc, name
+
+
+def test_a_built_artifact_reads_back_to_its_own_json(built: Built) -> None:
+    on_disk = _meta(built.path)
+    meta = ArtifactMetadata.from_json(on_disk)
+    assert meta.to_json() == on_disk
+    assert list(meta.to_json()) == list(on_disk)  # same keys, same order
+    assert metadata_digest(meta) == on_disk["metadata_sha256"]
+    # the typed fields are the file's values
+    assert meta.feature_names == tuple(on_disk["feature_names"])
+    assert meta.n_trees == on_disk["n_trees"] and meta.catalog == on_disk["catalog"]
+    loaded = reco_fast.load(built.path).metadata
+    assert isinstance(loaded, ArtifactMetadata)
+    assert loaded == meta and dict(loaded) == on_disk and loaded["n_trees"] == meta.n_trees
+
+
+def test_a_format_2_file_keeps_its_keys(built: Built) -> None:
+    old = _meta(built.path)
+    v3_only = ("family", "objective", "output", "link", "input_precision", "missing_values")
+    for key in (*v3_only, "flat_evaluator"):
+        del old[key]
+    old["format_version"] = 2
+    meta = ArtifactMetadata.from_json(old)
+    assert meta.output == "probability" and meta.missing_values == "refused"
+    assert meta.to_json() == old  # the defaults are not written into it
+
+
+def test_unknown_keys_are_kept(built: Built) -> None:
+    data = {**_meta(built.path), "shop": {"name": "x"}}
+    meta = ArtifactMetadata.from_json(data)
+    assert meta.extra == {"shop": {"name": "x"}} and meta.to_json() == data
+
+
+def test_to_json_is_a_copy(built: Built) -> None:
+    meta = ArtifactMetadata.from_json(_meta(built.path))
+    meta.to_json()["estimator"]["max_depth"] = 99
+    assert meta.to_json()["estimator"]["max_depth"] == meta.estimator["max_depth"] != 99
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("n_trees", "100", r"'n_trees' must be an integer, got a string"),
+        ("n_trees", True, r"'n_trees' must be an integer, got a boolean"),
+        ("threshold", "0.7", r"'threshold' must be a number or null, got a string"),
+        ("feature_names", ["a", 1], r"'feature_names' must be an array of strings"),
+        ("platform", None, r"'platform' must be an object of strings, got null"),
+        ("files", [], r"'files' must be an object of strings, got an array"),
+        ("catalog", 3, r"'catalog' must be a string or null, got a number"),
+        ("output", "logit", r"'output' must be one of \['probability', 'score', 'value'\]"),
+        ("golden", [1, 2], r"'golden' must be an object, got an array"),
+    ],
+)
+def test_an_ill_typed_field_is_named(copy: Path, field: str, value: Any, message: str) -> None:
+    meta = _meta(copy)
+    meta[field] = value
+    with pytest.raises(ArtifactError, match=message):
+        ArtifactMetadata.from_json(meta)
+    _reseal(copy, meta)
+    with pytest.raises(ArtifactError, match=r"metadata.json: the field " + message):
+        reco_fast.load(copy)
+
+
+@pytest.mark.parametrize("field", ["n_trees", "module", "golden", "platform", "files"])
+def test_a_missing_field_is_named(copy: Path, field: str) -> None:
+    meta = _meta(copy)
+    del meta[field]
+    _reseal(copy, meta)
+    with pytest.raises(ArtifactError, match=rf"metadata.json has no '{field}' field.*rebuild"):
+        read_artifact(copy)
+
+
+def test_info_reports_a_bad_field_by_name(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reco_fast.tools.cli import main
+
+    meta = _meta(copy)
+    meta["backends"] = "fast"
+    _reseal(copy, meta)
+    assert main(["info", str(copy)]) != 0
+    assert "the field 'backends' must be an object, got a string" in capsys.readouterr().err
+
+
+def test_the_writer_checks_the_fields_and_returns_what_it_wrote(copy: Path) -> None:
+    meta = _meta(copy)
+    del meta["files"], meta["metadata_sha256"]
+    (copy / METADATA_FILE).unlink()
+    with pytest.raises(ArtifactError, match=r"'vocabulary' must be an object or null"):
+        write_metadata(copy, {**meta, "vocabulary": ["x"]})
+    assert not (copy / METADATA_FILE).exists()
+    written = write_metadata(copy, meta)
+    assert written.to_json() == _meta(copy) and written.files and written.metadata_sha256
+    assert read_artifact(copy).metadata == written
