@@ -515,3 +515,30 @@ def test_info_names_the_calibration_and_the_threshold_rule(cal: dict[str, Any]) 
         f"threshold rule default; evaluation half: precision {ev['precision']:.1%}, "
         f"coverage {ev['coverage']:.1%}" in flat
     )
+
+
+def test_a_large_catalog_is_ranked_by_the_calibrated_probability(cal: dict[str, Any]) -> None:
+    """The threshold cells bound raw probabilities: a calibrated model builds none, and its
+    recommend over a catalog large enough for cells still equals brute force."""
+    from reco_fast.serve.cells import CELLS_MIN_PRODUCTS
+
+    model = cal["model"]
+    base = model.builder.catalog
+    rows = list(base.to_rows())
+    n = CELLS_MIN_PRODUCTS + 52
+    rng = np.random.default_rng(0)
+    big = [
+        {"product_id": f"X{i:05d}", "category": rows[i % len(rows)][1], "price": p}
+        for i, p in enumerate(rng.uniform(5, 400, size=n).round(2).tolist())
+    ]
+    large = model.with_catalog(
+        [{"product_id": p, "category": c, "price": pr} for p, c, pr in rows] + big
+    )
+    assert not large.uses_cells
+    assert model._with_calibration(None).with_catalog(large.builder.catalog).uses_cells
+    _, log_rows = _eval_rows(cal)
+    big_cal = {**cal, "model": large}
+    for _, r in log_rows.iloc[:3].iterrows():
+        session = session_from_row(r)
+        got = [(g.product_id, g.probability) for g in large.recommend(session, k=10, threshold=0.0)]
+        assert got and _same(got, _brute_force(big_cal, session, 10, 0.0))
