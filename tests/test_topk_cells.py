@@ -215,3 +215,21 @@ def test_bench_reports_the_catalog_sizes(built: Built) -> None:
     assert report.case("recommend@3000").note == "threshold cells"
     assert report.case("recommend@300").note == "every product scored"
     assert report.case("with_catalog@3000").p50 > 0
+
+
+def test_cells_that_disagree_at_attach_time_are_not_used(
+    built: Built, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Attaching a catalog replays a golden session both ways; a disagreement (here a
+    broken pruning that keeps only three products) turns the cells off, with a warning."""
+    from reco_fast.serve import cells as cells_module
+
+    columns = _catalog(built.model, CELLS_MIN_PRODUCTS, np.random.default_rng(3))
+    assert built.model.with_catalog(columns).uses_cells
+    monkeypatch.setattr(
+        cells_module.CellIndex, "top", lambda self, *a, **kw: np.arange(3, dtype=np.int64)
+    )
+    with caplog.at_level("WARNING", logger="reco_fast.serve.model"):
+        model = built.model.with_catalog(columns)
+    assert not model.uses_cells
+    assert "disagreed" in caplog.text

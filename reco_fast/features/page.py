@@ -218,6 +218,15 @@ class Catalog:
     Immutable: a changed catalog is a new one (:meth:`Model.with_catalog`), so requests
     in flight keep the catalog they started with.
 
+    Parameters
+    ----------
+    product_ids
+        One id per product (str; unique; not ``"NONE"``), any order.
+    categories
+        Each product's category name (str), one of the model's vocabulary.
+    prices
+        Each product's price in dollars (finite, >= 0).
+
     Raises
     ------
     InputError
@@ -286,7 +295,16 @@ class Catalog:
 
     @classmethod
     def from_records(cls, records: Any) -> Catalog:
-        """From a list of dicts, a dict of columns or a DataFrame (product_id, category, price)."""
+        """A catalog from ``records``: a list of dicts, a dict of columns or a DataFrame with
+        ``product_id``, ``category`` and ``price``.
+
+        Raises
+        ------
+        InputError
+            A missing column or row field, or a value :class:`Catalog` refuses.
+        TypeError
+            ``records`` is none of those.
+        """
         if hasattr(records, "columns") and hasattr(records, "iloc"):
             records = {c: records[c].to_numpy() for c in records.columns}
         if isinstance(records, Mapping):
@@ -324,6 +342,13 @@ class Catalog:
         return None
 
     def index(self, product_id: Any, field_name: str = "recommended_product_id") -> int:
+        """The catalog position of ``product_id``.
+
+        Raises
+        ------
+        InputError
+            It is not listed; the message names ``field_name``.
+        """
         pos = self.position(product_id)
         if pos is None:
             raise InputError(
@@ -339,8 +364,9 @@ class Catalog:
         offset: int = 0,
         errors: RowErrors | None = None,
     ) -> np.ndarray:
-        """Catalog positions of ``ids``; unknown ids raise, or (with ``errors``) are
-        recorded and get position 0."""
+        """Catalog positions (int64) of ``ids`` (a str array, one per row); unknown ids
+        raise an InputError naming ``field_name`` and the rows (numbered from ``offset``),
+        or (with ``errors``) are recorded there and get position 0."""
         pos = np.searchsorted(self.product_ids, ids).clip(0, len(self) - 1)
         bad = np.flatnonzero(self.product_ids[pos] != ids)
         reject(
@@ -448,6 +474,7 @@ class Catalog:
         )
 
     def to_rows(self) -> list[tuple[str, str, float]]:
+        """Every product as ``(product_id, category, price)``, in catalog (id) order."""
         return list(
             zip(
                 self.product_ids.tolist(),

@@ -14,6 +14,7 @@ import hashlib
 import importlib.machinery
 import importlib.util
 import io
+import logging
 import math
 import os
 import shutil
@@ -58,6 +59,8 @@ from reco_fast.serve.cells import CELLS_MIN_PRODUCTS, CellIndex, cell_index
 from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
 __all__ = ["ON_INVALID", "BatchResult", "Model", "RowError", "load"]
+
+_log = logging.getLogger(__name__)
 
 ON_INVALID = ("raise", "nan")
 """What a batch does with a row it cannot score: raise an InputError, or score NaN."""
@@ -598,9 +601,10 @@ class Model:
     @property
     def uses_cells(self) -> bool:
         """True if whole-catalog :meth:`recommend` ranks by threshold cells
-        (:mod:`reco_fast.serve.cells`): a ``ranking`` model with a flat forest of depth
-        <= 6 and a catalog of at least 2,048 products. Otherwise every product is
-        scored. Either way the answer is the same."""
+        (:mod:`reco_fast.serve.cells`): a ``ranking`` model that refuses NaN, with a flat
+        forest of depth <= 6, a catalog of at least 2,048 products, and the attach-time
+        check passed (one golden session answered alike both ways). Otherwise every
+        product is scored. Either way the answer is the same."""
         return self._cells is not None
 
     @property
@@ -632,13 +636,42 @@ class Model:
             or catalog is None
             or len(catalog) < CELLS_MIN_PRODUCTS
             or self.feature_set not in _spec.FEATURE_SETS
+            or self.missing_values != "refused"  # the cells do not follow NaN's routes
             or self.calibration is not None  # its recommend scores every product (numpy)
         ):
             return None
         cat_codes, prices = builder.catalog_arrays()
-        return cell_index(
+        index = cell_index(
             self._ffi, self._lib, _spec.FEATURE_SETS[self.feature_set], cat_codes, prices
         )
+        if index is not None and not self._cells_agree(builder, index):
+            _log.warning(
+                "%s: the whole-catalog top-k disagreed with scoring every product on a golden "
+                "session; recommend scores every product for this catalog (exact, slower)",
+                self.path,
+            )
+            return None
+        return index
+
+    def _cells_agree(self, builder: FeatureBuilder, index: CellIndex) -> bool:
+        """Checked when a catalog is attached: one golden session's top-10 by the cells
+        equals the per-product kernel's (products, order and probabilities)."""
+        golden = self._metadata.golden_sessions if self._metadata is not None else None
+        sessions = [c["session"] for c in (golden or {}).get("recommend") or []][:1]
+        fast, every = object.__new__(Model), object.__new__(Model)
+        fast.__dict__.update(self.__dict__, _builder=builder, _cells=index)
+        every.__dict__.update(self.__dict__, _builder=builder, _cells=None)
+        for session in sessions:
+            try:
+                want = every.recommend(session, k=10, threshold=0.0)
+            except InputError:  # a golden session this catalog cannot serve
+                continue
+            got = fast.recommend(session, k=10, threshold=0.0)
+            if [(r.product_id, r.probability) for r in got] != [
+                (r.product_id, r.probability) for r in want
+            ]:
+                return False
+        return True
 
     def _use(self, k: _Kernels) -> None:
         self.backend = k.backend
@@ -1248,6 +1281,16 @@ class Model:
     # ---- raw sessions ----------------------------------------------------------------------
     @property
     def builder(self) -> FeatureBuilder:
+        """The model's feature builder: vocabularies, catalog and the feature code of a
+        page-view model (read-only; the recommend path and the tools use it).
+
+        Raises
+        ------
+        InputError
+            A model compiled from a bare feature matrix has no session schema.
+        TypeError
+            An event-trained model's sessions are product lists (see :class:`EventTracker`).
+        """
         if self._builder is None:
             raise InputError(
                 "this model was compiled from a bare feature matrix and knows no session "
@@ -1481,8 +1524,39 @@ class Model:
         candidates: Sequence[str] | None = None,
         exclude: Iterable[str] = EXCLUDABLE,
     ) -> list[Recommendation]:
-        """The top k products for this session at or above ``threshold`` (default: the
-        artifact's, 0.7). See :func:`reco_fast.serve.recommend.recommend`."""
+        """The top ``k`` products for this session at or above ``threshold``, most likely first.
+
+        Parameters
+        ----------
+        session
+            One page view in the model's schema (a dict; ``cart_product_ids`` optional),
+            or for an event-trained model ``{"products": [...], "cart": [...]}``.
+        k
+            How many products at most (int >= 0).
+        threshold
+            Minimum probability in [0, 1]; default the artifact's (0.7 for the quick start,
+            0 for rankers). Fewer than ``k`` (or none) is a valid answer.
+        candidates
+            Product ids to rank instead of the whole catalog (deduplicated; each must be
+            listed); an event model's default is its first stage's candidates.
+        exclude
+            Drawn from ``("viewed", "in_cart")`` (the default: both are left out).
+
+        Returns
+        -------
+        list of Recommendation
+            Best first; ties by catalog order. Exactly the answer of scoring every
+            candidate with :meth:`predict_proba` and sorting, whichever path computes it
+            (threshold cells for large catalogs, :attr:`uses_cells`).
+
+        Raises
+        ------
+        InputError
+            A bad session field, ``k``, ``threshold``, ``candidates`` or ``exclude``,
+            naming it.
+        ValueError
+            The model has no candidate-product features (it scores page views only).
+        """
         if getattr(self._builder, "tables", None) is not None:  # an event-trained model
             return self._recommend_events(session, k, threshold, candidates, exclude)
         return recommend(self, session, k, threshold, candidates, exclude)
@@ -1534,9 +1608,19 @@ class Model:
     def with_catalog(self, catalog: Any) -> Model:
         """A model that recommends from a new catalog (prices or products changed).
 
-        ``catalog`` is a :class:`Catalog`, a list of dicts, a dict of columns or a
+        The ``catalog`` is a :class:`Catalog`, a list of dicts, a dict of columns or a
         DataFrame with product_id, category and price; categories must be ones
         the model was trained on. The compiled library is shared, not reloaded.
+
+        For 2,048 products or more the whole-catalog top-k's cell index is built here
+        (about 0.5 s per million products) and checked against the per-product kernel on
+        one golden session (:attr:`uses_cells`). This model is unchanged: requests in
+        flight keep their catalog.
+
+        Raises
+        ------
+        InputError
+            A bad catalog (see :class:`Catalog`) or a category the model does not know.
         """
         builder = self.builder
         if not isinstance(catalog, Catalog):
@@ -1564,7 +1648,8 @@ class Model:
         remove: Iterable[str] | None = None,
     ) -> Model:
         """A model whose catalog has some products repriced, added or delisted
-        (:meth:`Catalog.updated`); this model is unchanged.
+        (:meth:`Catalog.updated`, which documents ``prices``, ``add`` and ``remove``);
+        this model is unchanged.
 
         The swap is atomic for whoever holds the model: keep the returned model (or
         ``handle.swap`` it into a :class:`~reco_fast.ModelHandle`) and new requests see the

@@ -30,7 +30,18 @@ AFFORDABLE_RATIO = 0.5
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
-    """One product to show, how likely it is to be clicked, and why in a few words."""
+    """One product to show, how likely it is to be clicked, and why in a few words.
+
+    Attributes
+    ----------
+    product_id : str
+        The catalog's id.
+    probability : float
+        The model's output for this session and product: the click probability of a
+        classifier (calibrated if the artifact is), the score of a ranker.
+    reason : str
+        A short, human explanation from the product's relation to the session.
+    """
 
     product_id: str
     probability: float
