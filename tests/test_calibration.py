@@ -517,9 +517,13 @@ def test_info_names_the_calibration_and_the_threshold_rule(cal: dict[str, Any]) 
     )
 
 
-def test_a_large_catalog_is_ranked_by_the_calibrated_probability(cal: dict[str, Any]) -> None:
-    """The threshold cells bound raw probabilities: a calibrated model builds none, and its
-    recommend over a catalog large enough for cells still equals brute force."""
+@pytest.mark.parametrize("prices", ["random", "five"])
+def test_a_large_catalog_is_ranked_by_the_calibrated_probability(
+    cal: dict[str, Any], prices: str
+) -> None:
+    """Over a catalog large enough for the threshold cells (which bound uncalibrated
+    probabilities), a calibrated model's recommend still equals brute force by scikit-learn's
+    calibrator, and the numpy path that scores every product."""
     from reco_fast.serve.cells import CELLS_MIN_PRODUCTS
 
     model = cal["model"]
@@ -527,18 +531,102 @@ def test_a_large_catalog_is_ranked_by_the_calibrated_probability(cal: dict[str, 
     rows = list(base.to_rows())
     n = CELLS_MIN_PRODUCTS + 52
     rng = np.random.default_rng(0)
+    if prices == "random":
+        values = rng.uniform(5, 400, size=n).round(2).tolist()
+    else:  # five prices: hundreds of products tie on every score
+        values = rng.choice([9.99, 24.5, 60.0, 150.0, 320.0], size=n).tolist()
     big = [
         {"product_id": f"X{i:05d}", "category": rows[i % len(rows)][1], "price": p}
-        for i, p in enumerate(rng.uniform(5, 400, size=n).round(2).tolist())
+        for i, p in enumerate(values)
     ]
     large = model.with_catalog(
         [{"product_id": p, "category": c, "price": pr} for p, c, pr in rows] + big
     )
-    assert not large.uses_cells
-    assert model._with_calibration(None).with_catalog(large.builder.catalog).uses_cells
+    assert large.uses_cells
     _, log_rows = _eval_rows(cal)
     big_cal = {**cal, "model": large}
     for _, r in log_rows.iloc[:3].iterrows():
         session = session_from_row(r)
-        got = [(g.product_id, g.probability) for g in large.recommend(session, k=10, threshold=0.0)]
-        assert got and _same(got, _brute_force(big_cal, session, 10, 0.0))
+        for k, t in ((10, 0.0), (3, 0.7), (25, 0.5)):
+            got = [
+                (g.product_id, g.probability) for g in large.recommend(session, k=k, threshold=t)
+            ]
+            assert _same(got, _brute_force(big_cal, session, k, t))
+            ref = _numpy_path(large).recommend(session, k=k, threshold=t)
+            assert got == [(r.product_id, r.probability) for r in ref]
+
+
+def _numpy_path(model: Any) -> Any:
+    """The same calibrated model with no compiled top-k: recommend scores every candidate
+    in numpy (the reference the compiled path must equal)."""
+    ref = object.__new__(type(model))
+    ref.__dict__.update(model.__dict__)
+    ref._raw_recommend_kernel = None
+    return ref
+
+
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_the_compiled_top_k_path_equals_scoring_every_product(
+    cal: dict[str, Any], duplicates: bool
+) -> None:
+    """recommend on a calibrated sigmoid model goes through the compiled top-k
+    (calibration.top_k) and gives exactly the numpy path's answer: products, order,
+    probabilities' bits, ties by catalog (or candidate) order. With ``duplicates``, every
+    product appears three times in the catalog, so every score is tied three ways."""
+    from reco_fast.serve import calibration as calibration_module
+
+    model = cal["model"]
+    if duplicates:
+        rows = list(model.builder.catalog.to_rows())
+        dup = [
+            {"product_id": f"{p}-{j}", "category": c, "price": pr}
+            for j in range(3)
+            for p, c, pr in rows
+        ]
+        model = model.with_catalog(dup)
+    reference = _numpy_path(model)
+    ids = model.builder.catalog.product_ids.tolist()
+    _, log_rows = _eval_rows(cal)
+    rng = np.random.default_rng(1)
+    taken = calls = 0
+    real = calibration_module.top_k
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        nonlocal taken, calls
+        out = real(*a, **kw)
+        if a[0] is model:  # not the reference's calls (it has no compiled top-k)
+            calls += 1
+            taken += out is not None
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("reco_fast.serve.model.calibrated_top_k", counting)
+        for i, (_, r) in enumerate(log_rows.iloc[:60].iterrows()):
+            session = session_from_row(r)
+            if i % 3 == 0:
+                session["cart_product_ids"] = [ids[int(rng.integers(len(ids)))]]
+            k = [1, 3, 10, 50][i % 4]
+            t = [0.0, 0.3, 0.7, 0.9][(i // 4) % 4]
+            cands = None
+            if i % 5 == 0:
+                cands = [ids[j] for j in rng.permutation(len(ids))[:40]]
+            got = model.recommend(session, k=k, threshold=t, candidates=cands)
+            want = reference.recommend(session, k=k, threshold=t, candidates=cands)
+            assert [(g.product_id, g.probability, g.reason) for g in got] == [
+                (w.product_id, w.probability, w.reason) for w in want
+            ], (i, k, t)
+    assert calls == 60 and taken >= 50  # the compiled path answers almost every call
+
+
+def test_the_raw_threshold_lets_every_calibrated_product_through(cal: dict[str, Any]) -> None:
+    """_raw_threshold(t) is a lower bound: a margin whose calibrated probability is t or
+    more has an uncalibrated probability at or above it (hypothesis-free sweep)."""
+    from reco_fast.serve.calibration import _raw_threshold
+
+    c = cal["model"].calibration
+    margins = np.linspace(-40, 40, 200_001)
+    probs = c(margins)
+    raw = 1.0 / (1.0 + np.exp(-margins))
+    for t in [0.0, 1e-13, 1e-6, 0.01, 0.3, 0.5, 0.7, 0.9, 0.99, 1 - 1e-9, 1.0, *probs[::997]]:
+        bound = _raw_threshold(c, float(t))
+        assert np.all(raw[probs >= t] >= bound), t

@@ -55,8 +55,11 @@ class Calibration:
     def __call__(self, margin: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of an ndarray of float64 margins (same shape, float64)."""
         if self.method == "sigmoid":
+            z = self.a * margin + self.b
+            if not (z.size and np.max(z) >= 700.0):  # exp(z) is finite: nothing to silence
+                return 1.0 / (1.0 + np.exp(z))
             with np.errstate(over="ignore"):  # exp overflow -> inf -> probability 0.0
-                return 1.0 / (1.0 + np.exp(self.a * margin + self.b))
+                return 1.0 / (1.0 + np.exp(z))
         return np.interp(margin, self.x, self.y)
 
     def one(self, margin: float) -> float:
@@ -127,3 +130,106 @@ class Calibration:
                 "in [0, 1]"
             )
         return cls("isotonic", x=xs, y=ys)
+
+
+FAST_EXTRA = 16
+"""Products beyond ``k`` the compiled top-k returns for :func:`top_k` to check its answer."""
+_P_SLACK = 1e-12  # probability units: far above the few ulps of any exp, log or division here
+_M_SLACK = 1e-9  # margin units: far above the 1e-12 margins are verified to (compiler/driver.py)
+
+
+def _raw_threshold(cal: Calibration, t: float) -> float:
+    """An uncalibrated-probability threshold that every product whose calibrated
+    probability is at least ``t`` clears (sigmoid maps; a lower bound, never exact)."""
+    u, q = t - _P_SLACK, (1.0 - t) + _P_SLACK  # G(m) >= u, with 1 - u computed without loss
+    if u <= 0.0:
+        return 0.0
+    m_t = (math.log(q) - math.log(u) - cal.b) / cal.a - _M_SLACK  # G(m_t) = u, minus slack
+    if m_t < -700.0:
+        return 0.0
+    return max(0.0, 1.0 / (1.0 + math.exp(-m_t)) - _P_SLACK) if m_t < 700.0 else 1.0 - _P_SLACK
+
+
+def top_k(
+    model: Any,
+    row: Any,
+    viewed_pos: list[int],
+    drop_pos: list[int],
+    cand: np.ndarray | None,
+    threshold: float,
+    k: int,
+) -> tuple[list[int], list[float]] | None:
+    """Whole-catalog top k by calibrated probability, through the compiled top-k.
+
+    ``Model._top_candidates`` for a calibrated model: the same arguments and answer
+    (catalog positions and calibrated probabilities, best first, ties by position in
+    the candidate order), or None for the caller's numpy path, which scores every
+    candidate (an isotonic map, or no compiled top-k in the artifact).
+
+    For a sigmoid map, in at most two compiled calls (through the threshold cells of a
+    large catalog, which bound uncalibrated probabilities):
+
+    1. the ``k + FAST_EXTRA`` best by uncalibrated probability at a threshold every
+       product that can pass ``threshold`` clears (:func:`_raw_threshold`); their
+       calibrated probabilities come from their margins, exactly as ``predict_proba``
+       computes them. The answer stands if the kernel returned every product above its
+       threshold, or if the last kept strictly beats the highest calibrated probability
+       a product the kernel ranked lower can have (its margin bounded from the
+       kernel's last probability);
+    2. otherwise (ties or near ties at the cut), every product whose uncalibrated
+       probability can reach the k-th calibrated one found (or ``threshold`` when fewer
+       than k passed): a superset of the answer, sorted exactly.
+    """
+    cal = model.calibration
+    kernel = model._raw_recommend_kernel
+    builder = model._builder
+    if cal.method != "sigmoid" or kernel is None or builder is None or builder.catalog is None:
+        return None
+    n_pool = len(builder.catalog) if cand is None else len(cand)
+    raw = object.__new__(type(model))  # this model, uncalibrated (its cells bound those)
+    raw.__dict__.update(model.__dict__)
+    raw.calibration, raw._recommend_kernel = None, kernel
+    viewed = np.zeros(len(builder.catalog), dtype=bool)
+    viewed[viewed_pos] = True
+    where = None if cand is None else {int(v): i for i, v in enumerate(cand.tolist())}
+
+    def best(
+        t_raw: float, fetch: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]] | None:
+        """The kernel's ``fetch`` best at ``t_raw``: positions, calibrated probabilities,
+        their top k by (calibrated, candidate order) at ``threshold``, and the kernel's
+        uncalibrated probabilities."""
+        picked = raw._top_candidates(row, viewed_pos, drop_pos, cand, t_raw, fetch)
+        if picked is None:
+            return None
+        positions, p = picked
+        pos = np.asarray(positions, dtype=np.int64)
+        rest = builder.candidate_rest(row, pos, viewed)
+        X = np.empty((len(pos), model.n_features), dtype=np.float64)
+        X[:, : len(row)] = row
+        X[:, len(row) :] = rest.T
+        c = cal(model._margin_f64(X)) if len(pos) else np.empty(0)
+        order = pos if where is None else np.asarray([where[v] for v in positions], np.int64)
+        keep = np.flatnonzero(c >= threshold)
+        return pos, c, keep[np.lexsort((order[keep], -c[keep]))][:k], p
+
+    t_raw = _raw_threshold(cal, threshold)
+    fetch = min(k + FAST_EXTRA, n_pool)
+    first = best(t_raw, fetch)
+    if first is None:
+        return None
+    pos, c, top, p = first
+    if len(pos) < fetch or fetch == n_pool:  # every product above t_raw: complete
+        return pos[top].tolist(), c[top].tolist()
+    p_last = p[-1]
+    if p_last < 1.0 - 1e-6:  # else saturated: no bound on the margins from p
+        m_hi = (-math.inf if p_last <= 0.0 else math.log(p_last) - math.log1p(-p_last)) + 1e-6
+        ceiling = cal.one(m_hi) + _P_SLACK  # of every product the kernel ranked lower
+        if (len(top) == k and c[top[-1]] > ceiling) or (len(top) < k and ceiling < threshold):
+            return pos[top].tolist(), c[top].tolist()
+    cut = float(c[top[-1]]) if len(top) == k else threshold
+    second = best(_raw_threshold(cal, cut), n_pool)
+    if second is None:
+        return None
+    pos, c, top, _ = second
+    return pos[top].tolist(), c[top].tolist()

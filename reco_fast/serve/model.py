@@ -55,6 +55,7 @@ from reco_fast.features.schema import (
 )
 from reco_fast.metadata import ArtifactMetadata
 from reco_fast.serve.calibration import Calibration
+from reco_fast.serve.calibration import top_k as calibrated_top_k
 from reco_fast.serve.cells import CELLS_MIN_PRODUCTS, CellIndex, cell_index
 from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
@@ -637,7 +638,6 @@ class Model:
             or len(catalog) < CELLS_MIN_PRODUCTS
             or self.feature_set not in _spec.FEATURE_SETS
             or self.missing_values != "refused"  # the cells do not follow NaN's routes
-            or self.calibration is not None  # its recommend scores every product (numpy)
         ):
             return None
         cat_codes, prices = builder.catalog_arrays()
@@ -677,14 +677,14 @@ class Model:
         self.backend = k.backend
         self._one, self._batch64, self._batch32 = k.one, k.f64, k.f32
         self._prefix, self._session_one = k.prefix, k.session
-        self._recommend_kernel = k.recommend
+        self._recommend_kernel = self._raw_recommend_kernel = k.recommend
         self._margin_kernels = (k.margin_one, k.margin64, k.margin32)
         cal = self.calibration
         if cal is not None:  # every probability comes from the margin: no probability kernel
             margin_one, session = self._margin_kernel(0), k.session_margin
             self._one = lambda row: cal.one(margin_one(row))
             self._session_one = None if session is None else lambda *raw: cal.one(session(*raw))
-            self._recommend_kernel = None  # recommend ranks by the calibrated map in numpy
+            self._recommend_kernel = None  # _top_candidates: calibration.top_k
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -953,6 +953,8 @@ class Model:
         the whole catalog. Returns (catalog positions, probabilities), best first,
         or None when the artifact has no recommend kernel (the caller uses numpy).
         """
+        if self.calibration is not None:  # the calibrated map (serve/calibration.py)
+            return calibrated_top_k(self, row, viewed_pos, drop_pos, cand, threshold, k)
         kernel = self._recommend_kernel
         builder = self._builder
         if kernel is None or builder is None or builder.catalog is None:
