@@ -64,13 +64,18 @@ class PageView(BaseModel):
 
 
 class Engagement(BaseModel):
-    """Signals for the page on screen; time and scroll only grow within a page."""
+    """Signals for the page on screen; time and scroll only grow within a page.
+
+    For a model that routes missing values (HistGradientBoosting, XGBoost, LightGBM),
+    a signal the client could not measure is sent as ``NaN`` (the JSON token, or the
+    string ``"NaN"``) and shown as ``null`` in the session; other models answer 422.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     time_on_page_sec: float | None = None
     scroll_depth: float | None = None
-    clicked_product_image: bool | int | None = None
+    clicked_product_image: bool | int | float | None = None  # float: NaN (missing)
 
 
 class CartItem(BaseModel):
@@ -139,6 +144,12 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
+def _no_nan(context: dict[str, Any]) -> dict[str, Any]:
+    """A session context for a JSON response: a missing value (NaN) becomes null
+    (JSON has no NaN; FastAPI would fail to encode it)."""
+    return {k: None if isinstance(v, float) and v != v else v for k, v in context.items()}
+
+
 def _error(status: int) -> Any:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         body: dict[str, Any] = {"detail": str(exc)}
@@ -205,23 +216,23 @@ def create_app(
 
     @app.post("/sessions/{session_id}/page_view")
     def page_view(session_id: str, event: PageView) -> dict[str, Any]:
-        return tracker.page_view(session_id, **event.model_dump())
+        return _no_nan(tracker.page_view(session_id, **event.model_dump()))
 
     @app.post("/sessions/{session_id}/engagement")
     def engagement(session_id: str, event: Engagement) -> dict[str, Any]:
-        return tracker.engagement(session_id, **event.model_dump())
+        return _no_nan(tracker.engagement(session_id, **event.model_dump()))
 
     @app.post("/sessions/{session_id}/cart")
     def add_to_cart(session_id: str, item: CartItem) -> dict[str, Any]:
-        return tracker.add_to_cart(session_id, item.product_id)
+        return _no_nan(tracker.add_to_cart(session_id, item.product_id))
 
     @app.delete("/sessions/{session_id}/cart/{product_id}")
     def remove_from_cart(session_id: str, product_id: str) -> dict[str, Any]:
-        return tracker.remove_from_cart(session_id, product_id)
+        return _no_nan(tracker.remove_from_cart(session_id, product_id))
 
     @app.get("/sessions/{session_id}")
     def context(session_id: str) -> dict[str, Any]:
-        return tracker.context(session_id)
+        return _no_nan(tracker.context(session_id))
 
     @app.get("/sessions/{session_id}/recommendations")
     def recommendations(

@@ -24,6 +24,29 @@ def test_python_and_numpy_paths_are_bit_identical(values):
     assert out[0].tobytes() == np.asarray(row, dtype=np.float64).tobytes()
 
 
+@given(
+    st.lists(
+        st.one_of(finite, edges, st.just(float("nan"))),
+        min_size=len(FS.inputs),
+        max_size=len(FS.inputs),
+    )
+)
+def test_missing_values_propagate_identically_in_python_and_numpy(values):
+    """NaN (a missing value, valid for models that route them) propagates through
+    arithmetic, clip and max, and makes comparisons 0, on both paths alike."""
+    cols = {name: np.array([v, v]) for name, v in zip(FS.input_names, values, strict=True)}
+    out = _spec.numpy_columns(FS, cols, np.empty((2, len(FS.features))))[0]
+    row = np.asarray(EXPAND(*values), dtype=np.float64)
+    assert np.array_equal(np.isnan(out), np.isnan(row))
+    assert np.array_equal(out[~np.isnan(out)], row[~np.isnan(row)])
+
+
+def test_max_of_a_missing_value_is_missing():
+    values = dict.fromkeys(FS.input_names, 1.0) | {"price": float("nan")}
+    row = EXPAND(*values.values())
+    assert np.isnan(row[FS.names.index("rec_price_ratio")])
+
+
 def test_comparisons_are_exactly_zero_or_one():
     row = EXPAND(*([1.0] * len(FS.inputs)))
     flags = [row[FS.names.index(n)] for n in ("has_items_in_cart", "rec_same_category")]

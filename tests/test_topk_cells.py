@@ -233,3 +233,14 @@ def test_cells_that_disagree_at_attach_time_are_not_used(
         model = built.model.with_catalog(columns)
     assert not model.uses_cells
     assert "disagreed" in caplog.text
+
+
+@pytest.mark.parametrize("n", [100, 70_000])  # a dict index, a binary-searched one
+def test_catalog_lookups_take_str_subclasses_and_refuse_near_misses(n: int) -> None:
+    from reco_fast.features.page import Catalog
+
+    catalog = Catalog([f"P{i:07d}" for i in range(n)], ["Books"] * n, np.ones(n))
+    assert catalog.position(np.str_("P0000007")) == 7
+    assert catalog.position("P0000007") == 7
+    for miss in ("P0000007\x00", "P000000", "", 7, None, b"P0000007"):
+        assert catalog.position(miss) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,12 +19,12 @@ import numpy as np
 
 from reco_fast.artifact import CATALOG_FILE
 from reco_fast.build.data import DEFAULT_SEED, generate_default, load
-from reco_fast.features.page import FEATURE_SETS, FeatureBuilder, Vocabulary
 from reco_fast.build.report import build_report, predictions_frame, render_markdown
 from reco_fast.build.report_html import curves, render_html
-from reco_fast.serve.model import Model, write_catalog
-from reco_fast.features.schema import LABEL
 from reco_fast.build.train import fit, split
+from reco_fast.features.page import FEATURE_SETS, FeatureBuilder, Vocabulary
+from reco_fast.features.schema import LABEL
+from reco_fast.serve.model import Model, write_catalog
 
 __all__ = ["BuildResult", "build"]
 
@@ -59,6 +60,11 @@ class BuildResult:
     seconds: float
 
 
+ENGINES = ("local", "spark")
+"""Where the page-view build trains: ``local`` (scikit-learn) or ``spark`` (XGBoost's
+PySpark estimator)."""
+
+
 def build(
     data: str | Path | None = None,
     catalog: str | Path | None = None,
@@ -68,28 +74,40 @@ def build(
     data_dir: str | Path = "data",
     seed: int = DEFAULT_SEED,
     threshold: float | None = None,
-    calibration: str | None = "sigmoid",
+    engine: str = "local",
+    spark_master: str = "local[2]",
+    spark_workers: int = 1,
+    calibration: str | None = "default",
     target_precision: float | None = None,
     target_coverage: float | None = None,
 ) -> BuildResult:
     """Run the whole pipeline; raise (and write nothing) if any stage fails.
 
+    ``engine="local"`` trains the seed's GradientBoostingClassifier with scikit-learn;
+    ``engine="spark"`` trains XGBoost's classifier with its PySpark estimator on a
+    Spark DataFrame of the same training rows (``spark_master``, ``spark_workers``
+    XGBoost workers; :mod:`reco_fast.build.spark_train`), then compiles the collected
+    booster the same way.
+
     The model trains on the seed's stratified 80% split. The 20% test split is cut by
     session into a calibration half and an evaluation half
-    (:mod:`reco_fast.build.calibrate`): ``calibration`` ("sigmoid", Platt's, the
-    default; "isotonic"; or None) is fitted on the calibration half with
-    scikit-learn's ``CalibratedClassifierCV`` and served as a monotone map of the
-    compiled margin; the threshold is ``threshold`` (default 0.7), or chosen on the
-    calibration half for ``target_precision`` (precision of clicks among
-    recommendations at the threshold) or ``target_coverage`` (share of page views with
-    at least one recommendation). The report measures both on the evaluation half.
+    (:mod:`reco_fast.build.calibrate`): ``calibration`` ("sigmoid", Platt's;
+    "isotonic"; None; or "default": sigmoid for ``engine="local"``, None for
+    ``engine="spark"``, whose XGBoost model has no ``decision_function`` for
+    scikit-learn's calibrator) is fitted on the calibration half with scikit-learn's
+    ``CalibratedClassifierCV`` and served as a monotone map of the compiled margin;
+    the threshold is ``threshold`` (default 0.7), or chosen on the calibration half for
+    ``target_precision`` (precision of clicks among recommendations at the threshold)
+    or ``target_coverage`` (share of page views with at least one recommendation). The
+    report measures both on the evaluation half.
 
     Raises
     ------
     ValueError
-        An unknown feature set or calibration method, more than one of ``threshold``,
-        ``target_precision`` and ``target_coverage``, a value out of range, or a
-        precision target no threshold meets on the calibration half.
+        An unknown feature set, engine or calibration method, calibration with
+        ``engine="spark"``, more than one of ``threshold``, ``target_precision`` and
+        ``target_coverage``, a value out of range, or a precision target no threshold
+        meets on the calibration half.
     """
     from reco_fast.build.calibrate import (
         calibration_section,
@@ -102,9 +120,18 @@ def build(
 
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; choose from {list(FEATURE_SETS)}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r:.40}")
+    if calibration == "default":
+        calibration = "sigmoid" if engine == "local" else None
     if calibration is not None and calibration not in ("sigmoid", "isotonic"):
         raise ValueError(
             f"calibration must be 'sigmoid', 'isotonic' or None, got {str(calibration)[:40]!r}"
+        )
+    if calibration is not None and engine != "local":
+        raise ValueError(
+            f"calibration={calibration!r} needs scikit-learn's GradientBoostingClassifier "
+            "(its decision_function); --engine spark trains XGBoost: use --calibration none"
         )
     check_targets(threshold, target_precision, target_coverage)
     start = time.perf_counter()
@@ -130,19 +157,29 @@ def build(
 
     parts = split(X, y)
     log.info(
-        "[3/%d] training GradientBoostingClassifier on %d rows, %.1f s elapsed",
+        "[3/%d] training %s on %d rows, %.1f s elapsed",
         steps,
+        "XGBoost on Spark" if engine == "spark" else "GradientBoostingClassifier",
         len(parts.y_train),
         elapsed(),
     )
-    estimator, train_seconds = fit(parts.X_train, parts.y_train)
+    if engine == "spark":
+        from reco_fast.build import spark_train
+
+        estimator, train_seconds = spark_train.fit_on_spark(
+            parts.X_train,
+            parts.y_train,
+            builder.feature_names,
+            master=spark_master,
+            num_workers=spark_workers,
+        )
+    else:
+        estimator, train_seconds = fit(parts.X_train, parts.y_train)
     log.info("trained in %.1f s", train_seconds)
     holdout = holdout_halves(frame["session_id"].to_numpy()[parts.idx_test])
     calibrator, cal_map = None, None
     if calibration is not None:
-        log.info(
-            "calibrating (%s) on %d held-out rows", calibration, len(holdout.calibration)
-        )
+        log.info("calibrating (%s) on %d held-out rows", calibration, len(holdout.calibration))
         calibrator, cal_map = fit_calibrator(
             estimator,
             parts.X_test[holdout.calibration],
@@ -151,8 +188,9 @@ def build(
         )
 
     log.info(
-        "[4/%d] compiling to C and verifying against scikit-learn, %.1f s elapsed",
+        "[4/%d] compiling to C and verifying against %s, %.1f s elapsed",
         steps,
+        "XGBoost" if engine == "spark" else "scikit-learn",
         elapsed(),
     )
     result: dict[str, Any] = {}
@@ -267,6 +305,7 @@ def build_events(
     n_random: int = 5,
     seed: int = DEFAULT_SEED,
     k: int = 10,
+    objective: str = "binary",
 ) -> EventBuildResult:
     """Train, evaluate, compile and verify a model from a raw event log (issue "Real shops' logs").
 
@@ -282,6 +321,12 @@ def build_events(
     The model ranks; its probabilities are those of the sampled training
     problem, not click rates, so its threshold is 0 (every ranked product is shown).
 
+    ``objective="lambdarank"`` trains LightGBM's LambdaMART ranker on the same rows
+    instead, one group per page view (:func:`reco_fast.build.sessiontrain.fit_lambdarank`);
+    it is compiled, verified (against LightGBM's own scores) and evaluated the same
+    way. A ranker's ``recommend`` orders by score and has no threshold; its
+    ``predict_proba`` raises TypeError (``decision_function`` gives the scores).
+
     Raises
     ------
     InputError
@@ -290,12 +335,29 @@ def build_events(
     CompileError
         The compiled model is not equal to scikit-learn's.
     """
-    from reco_fast.compiler.driver import compile_model
-    from reco_fast.build.evaluate import baselines, evaluate, format_table, retrieval_table, split_by_time
+    from reco_fast.build.evaluate import (
+        baselines,
+        evaluate,
+        format_table,
+        retrieval_table,
+        split_by_time,
+    )
     from reco_fast.build.events import parse_columns, parse_event_types, read_events
+    from reco_fast.build.sessiontrain import (
+        OBJECTIVES,
+        fit_lambdarank,
+        fit_tables,
+        next_targets,
+        session_sequences,
+        training_rows,
+    )
+    from reco_fast.compiler.driver import compile_model
     from reco_fast.features.events import RETRIEVE_PER_SOURCE, EventBuilder, retrieve
-    from reco_fast.build.sessiontrain import fit_tables, next_targets, session_sequences, training_rows
 
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {objective!r:.40}")
+    ranker = objective == "lambdarank"
+    learner = "LightGBM LambdaMART (lambdarank)" if ranker else "GradientBoostingClassifier"
     start = time.perf_counter()
     steps = 6
     log.info("[1/%d] reading events from %s", steps, events)
@@ -315,13 +377,17 @@ def build_events(
     builder = EventBuilder(tables)
     rows = training_rows(train_events, tables, n_random=n_random, seed=seed)
     log.info(
-        "[3/%d] training GradientBoostingClassifier on %d rows (%d page views, features: %s)",
+        "[3/%d] training %s on %d rows (%d page views, features: %s)",
         steps,
+        learner,
         len(rows.y),
         int(rows.groups.max()) + 1,
         ", ".join(builder.feature_names),
     )
-    estimator, train_seconds = fit(rows.X, rows.y, EVENT_MODEL_PARAMS)
+    if ranker:
+        estimator, train_seconds = fit_lambdarank(rows, seed=seed)
+    else:
+        estimator, train_seconds = fit(rows.X, rows.y, EVENT_MODEL_PARAMS)
 
     pool: list[dict[str, Any]] = []
     for seq in session_sequences(test_events, tables):
@@ -353,7 +419,10 @@ def build_events(
             s = _event_session(session)
             if s is None:
                 return []
-            ranked = builder.rank(staged._predict_f64, s, kk, 0.0, None, ())
+            # a classifier shows every product at its threshold of 0; a ranker every product
+            ranked = builder.rank(
+                staged._predict_f64, s, kk, -math.inf if ranker else 0.0, None, ()
+            )
             return [str(ids[r.position]) for r in ranked]
 
         rankers: dict[str, Any] = {"model": model_ranker}
@@ -385,6 +454,8 @@ def build_events(
             "by_size": curve,
         }
         evaluation["training"] = {
+            "objective": objective,
+            "model": learner,
             "rows": len(rows.y),
             "positives": int(rows.y.sum()),
             "page_views": int(rows.groups.max()) + 1,
@@ -396,6 +467,9 @@ def build_events(
         (staging / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
         markdown = (
             "# Event-log model: held-out replay\n\n"
+            f"Model: {learner}"
+            + (" (orders by score; no probability, no threshold)" if ranker else "")
+            + ".\n\n"
             f"Log: `{events}`; {len(frame):,} events, {frame['session_id'].nunique():,} sessions, "
             f"{len(tables):,} products in the training catalog.\n\n"
             f"Split: the last {test_fraction:.0%} of sessions by start time held out "
@@ -408,9 +482,7 @@ def build_events(
             + format_table(evaluation)
             + "\n\nFirst stage (retrieval) recall@N: the share of held-out next products "
             "among its candidates, by candidates per source (the model ranks "
-            f"{RETRIEVE_PER_SOURCE} per source).\n\n"
-            + retrieval_table(evaluation)
-            + "\n"
+            f"{RETRIEVE_PER_SOURCE} per source).\n\n" + retrieval_table(evaluation) + "\n"
         )
         (staging / "report.md").write_text(markdown)
         (staging / "report.json").write_text(
@@ -418,7 +490,11 @@ def build_events(
         )
         result.update(evaluation=evaluation, markdown=markdown)
 
-    log.info("[4/%d] compiling to C and verifying against scikit-learn", steps)
+    log.info(
+        "[4/%d] compiling to C and verifying against %s",
+        steps,
+        "LightGBM" if ranker else "scikit-learn",
+    )
     model = compile_model(
         estimator,
         out,

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from reco_fast.build.calibrate import render_markdown as calibration_markdown
-from reco_fast.features.schema import LABEL
 from reco_fast.build.train import SEED_PARAMS, Split
+from reco_fast.features.schema import LABEL
 
 __all__ = ["THRESHOLDS", "build_report", "predictions_frame", "render_markdown"]
 
@@ -132,6 +132,29 @@ def _coverage(
         "coverage": float((counts > 0).mean()) if len(rows) else 0.0,
         "shown_per_page_view": float(counts.mean()) if len(rows) else 0.0,
     }
+
+
+XGB_REPORTED = ("n_estimators", "max_depth", "learning_rate", "tree_method", "random_state")
+
+
+def _model_summary(estimator: Any) -> dict[str, Any]:
+    """The trained model's class and settings for the report: the seed's
+    GradientBoostingClassifier, or XGBoost's classifier (``--engine spark``)."""
+    name = type(estimator).__name__
+    params = estimator.get_params()
+    if name == "GradientBoostingClassifier":
+        return {
+            "class": name,
+            "params": SEED_PARAMS | {k: v for k, v in params.items() if k in SEED_PARAMS},
+        }
+    return {
+        "class": name,
+        "params": {k: params[k] for k in XGB_REPORTED if params.get(k) is not None},
+    }
+
+
+def _library(model_class: str) -> str:
+    return "XGBoost" if model_class.startswith("XGB") else "scikit-learn"
 
 
 def build_report(
@@ -265,11 +288,7 @@ def build_report(
             "test": len(y_test),
             "test_clicks": int(y_test.sum()),
         },
-        "model": {
-            "class": "GradientBoostingClassifier",
-            "params": SEED_PARAMS
-            | {k: v for k, v in estimator.get_params().items() if k in SEED_PARAMS},
-        },
+        "model": _model_summary(estimator),
         "training_seconds": train_seconds,
         "metrics": {
             "accuracy": float(accuracy_score(y_test, sk_pred)),
@@ -338,7 +357,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"- Training: {r['split']['train']:,} samples, {r['split']['train_clicks']:,} clicks\n"
         f"- Test: {r['split']['test']:,} samples, {r['split']['test_clicks']:,} clicks\n",
         "## Training\n",
-        f"GradientBoostingClassifier({', '.join(f'{k}={v}' for k, v in r['model']['params'].items())})"
+        f"{r['model']['class']}({', '.join(f'{k}={v}' for k, v in r['model']['params'].items())})"
         f"\n\nTraining time: {r['training_seconds']:.2f} s\n",
         "## Model performance\n",
         f"- Accuracy: {m['accuracy']:.4f}\n- AUC-ROC: {m['auc']:.4f}\n"
@@ -373,7 +392,7 @@ def render_markdown(r: dict[str, Any]) -> str:
                 "speedup": ".0f",
             },
         ),
-        f"Compiled vs scikit-learn on the test split: max |difference| = "
+        f"Compiled vs {_library(r['model']['class'])} on the test split: max |difference| = "
         f"{r['compiled_vs_sklearn_max_abs_diff']:.3g}\n",
         "## Confidence thresholds\n",
         (
@@ -385,9 +404,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         _md_table(r["thresholds"], {"ctr": ".1%"}),
         f"At >= {hc['threshold']}: {hc['shown']:,} recommendations shown, {hc['clicks']:,} clicked, "
         f"CTR {hc['ctr']:.1%}\n",
-        calibration_markdown(r["calibration"], r["threshold_choice"])
-        if "calibration" in r
-        else "",
+        calibration_markdown(r["calibration"], r["threshold_choice"]) if "calibration" in r else "",
         "## Business impact (100K daily sessions x 3 recommendations x $5 per click)\n",
         f"Coverage at >= {hc['threshold']}: {hc['coverage']:.1%} of page views get at least one "
         f"recommendation, {hc['shown_per_page_view']:.2f} per page view on average "

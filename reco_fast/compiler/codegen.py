@@ -399,6 +399,11 @@ def _f32(v: float) -> str:
     return float(v).hex() + "f"
 
 
+def _nan_right(forest: Forest, tree: int, node: int) -> bool:
+    """Whether this node sends NaN right (only models that route missing values)."""
+    return forest.nan_right is not None and bool(forest.nan_right[tree, node])
+
+
 def _qs_trees(forest: Forest, width: int) -> str:
     """QuickScorer code per tree: false nodes clear their left subtree's leaf bits."""
     depth = forest.depth
@@ -413,11 +418,12 @@ def _qs_trees(forest: Forest, width: int) -> str:
             span = 1 << (depth - level)
             for p in range(1 << level):
                 node = (1 << level) - 1 + p
-                if math.isinf(forest.threshold[t, node]):
+                if math.isinf(forest.threshold[t, node]) and not _nan_right(forest, t, node):
                     continue  # padding: always goes left
                 left = ((1 << (span // 2)) - 1) << (p * span)
+                cut = "CUTN" if _nan_right(forest, t, node) else "CUT"
                 body.append(
-                    f"RQ{width}_CUT({forest.feature[t, node]}, "
+                    f"RQ{width}_{cut}({forest.feature[t, node]}, "
                     f"{_f32(forest.threshold[t, node])}, {left:#x}u);"
                 )
         body.append(f"const __m{32 * width}i i = RQ{width}_LOWEST(v);")
@@ -441,8 +447,9 @@ def _blend_trees(forest: Forest) -> str:
             base = (1 << level) - 1
             arms = [
                 "RQ8_Z"
-                if math.isinf(thr[base + n])
-                else f"RQ8_GT({feat[base + n]}, {_f32(thr[base + n])})"
+                if math.isinf(thr[base + n]) and not _nan_right(forest, t, base + n)
+                else f"RQ8_GT{'N' if _nan_right(forest, t, base + n) else ''}"
+                f"({feat[base + n]}, {_f32(thr[base + n])})"
                 for n in range(1 << level)
             ]
             for k in range(level - 1, -1, -1):
@@ -483,6 +490,10 @@ def flat_source(forest: Forest) -> str:
         "LEAVES": ",".join(float(v).hex() for v in forest.leaf.ravel().tolist()),
         "BASE": float(forest.base_score).hex(),
         "LINK": "rq_sigmoid(M)" if forest.link == "sigmoid" else "(M)",
+        "NAN_ROUTED": "0" if forest.nan_right is None else "1",
+        "NAN_RIGHT": "0"
+        if forest.nan_right is None
+        else ",".join("1" if v else "0" for v in forest.nan_right.ravel().tolist()),
         "AVX2_TREES": _qs_trees(forest, 8)
         if forest.depth <= QS_MAX_DEPTH
         else _blend_trees(forest),

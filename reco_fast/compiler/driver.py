@@ -445,7 +445,10 @@ def compile_model(
         )
     if probability and not 0.0 <= threshold <= 1.0:
         raise CompileError(f"threshold must be in [0, 1], got {threshold!r}")
-    if feature_set is not None and not probability:
+    # a page-view feature set's compiled recommend shows products by probability; an
+    # event-log feature set ranks with a classifier's probability or a ranker's score
+    ranker_ok = imported.output == "score" and feature_set not in FEATURE_SETS
+    if feature_set is not None and not probability and not ranker_ok:
         raise CompileError(
             f"feature_set={feature_set!r} needs a binary classifier (recommend shows "
             f"products by probability); this {imported.family} model gives a "
@@ -499,9 +502,7 @@ def compile_model(
                         raise UnsupportedForest(
                             "it compares float32 inputs, this model float64 ones"
                         )
-                    if routed:
-                        raise UnsupportedForest("it does not route missing values (NaN)")
-                    forest = from_treelite(tl_model, tl_json)
+                    forest = from_treelite(tl_model, tl_json, nan_routed=routed)
                 except UnsupportedForest as exc:
                     flat_note = f"not generated: {exc}"
                     log.info("flat evaluator not generated (%s); serving with tl2cgen's code", exc)
@@ -580,6 +581,7 @@ def compile_model(
                         N_GOLDEN_SESSIONS,
                         N_GOLDEN_RECOMMEND,
                         GOLDEN_K,
+                        threshold=0.0 if probability else None,  # a ranker's: none
                     )
 
                 meta: dict[str, Any] = {

@@ -41,6 +41,17 @@ static const float rq_threshold[RQ_NT * RQ_NN] = {@THRESHOLDS@};
 static const double rq_leaf[RQ_NT * RQ_NL] = {@LEAVES@};
 static const double rq_base = @BASE@;
 
+/* 1: NaN is a valid input and each node sends it where the model learned: left (NaN > t
+ * is false) or, where rq_nan_right is set, right (!(NaN <= t) is true). */
+#define RQ_NAN_ROUTED @NAN_ROUTED@
+#if RQ_NAN_ROUTED
+static const uint8_t rq_nan_right[RQ_NT * RQ_NN] = {@NAN_RIGHT@};
+#define RQ_RIGHT(V, T, NODE) \
+  ((unsigned)((V) > (T)) | ((unsigned)((V) != (V)) & (unsigned)rq_nan_right[NODE]))
+#else
+#define RQ_RIGHT(V, T, NODE) ((unsigned)((V) > (T)))
+#endif
+
 static inline double rq_sigmoid(double margin) { return 1.0 / (1.0 + exp(-margin)); }
 /* the model's output from its margin: sigmoid (a probability) or identity (a score) */
 #define RQ_LINK(M) @LINK@
@@ -58,7 +69,7 @@ static double rq_margin_row(const double* x) {
     for (int l = 0; l < RQ_D; ++l) {
       const unsigned node = (1u << l) - 1u + idx;
       const float v = (float)x[f[node]]; /* scikit-learn's float32 rounding */
-      idx = 2u * idx + (unsigned)(v > th[node]);
+      idx = 2u * idx + RQ_RIGHT(v, th[node], t * RQ_NN + node);
     }
     acc[t % 4] += rq_leaf[t * RQ_NL + idx];
   }
@@ -75,7 +86,7 @@ static void rq_margin_block(const float* x /* [RQ_BLOCK][RQ_NF] */, double* out)
     for (int l = 0; l < RQ_D; ++l) {
       for (int r = 0; r < RQ_BLOCK; ++r) {
         const unsigned node = (1u << l) - 1u + idx[r];
-        idx[r] = 2u * idx[r] + (unsigned)(x[r * RQ_NF + f[node]] > th[node]);
+        idx[r] = 2u * idx[r] + RQ_RIGHT(x[r * RQ_NF + f[node]], th[node], t * RQ_NN + node);
       }
     }
     for (int r = 0; r < RQ_BLOCK; ++r) acc[t % 4][r] += rq_leaf[t * RQ_NL + idx[r]];
@@ -104,7 +115,7 @@ void rq_forest(const int32_t** feature, const float** threshold, const double** 
 /* Batch entry points check every value as they convert it (finite and within float32's
  * range) and return the flat index of the first bad one, or -1: validation costs no
  * extra pass over the input. RQ_NO_MEMORY: nothing scored. */
-#define RQ_BAD(v) (!(fabs((double)(v)) <= (double)FLT_MAX))
+#define RQ_BAD(v) (!(fabs((double)(v)) <= (double)FLT_MAX) && !(RQ_NAN_ROUTED && (v) != (v)))
 
 #define RQ_PORTABLE(NAME, T, LINK)                                                     \
   ptrdiff_t NAME(const T* X, size_t n_rows, double* out) {                            \
@@ -171,11 +182,16 @@ void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const dou
  * Tree t adds into accumulator group t % 4; the groups are summed as
  * (g0 + g1) + (g2 + g3), as in every other flat path. */
 #define RQ8_GT(F, T) _mm256_cmp_ps(_mm256_load_ps(xT + 8 * (F)), _mm256_set1_ps(T), _CMP_GT_OQ)
+/* a node that sends NaN right: !(x <= t), true for NaN */
+#define RQ8_GTN(F, T) _mm256_cmp_ps(_mm256_load_ps(xT + 8 * (F)), _mm256_set1_ps(T), _CMP_NLE_UQ)
 #define RQ8_SEL(A, B, M) _mm256_blendv_ps((A), (B), (M))
 #define RQ8_Z _mm256_setzero_ps()
 #define RQ8_BIT(M, W) _mm256_and_si256(_mm256_castps_si256(M), _mm256_set1_epi32(W))
 #define RQ8_CUT(F, T, L) \
   v = _mm256_andnot_si256(_mm256_and_si256(_mm256_castps_si256(RQ8_GT(F, T)), \
+                                           _mm256_set1_epi32((int)(L))), v)
+#define RQ8_CUTN(F, T, L) \
+  v = _mm256_andnot_si256(_mm256_and_si256(_mm256_castps_si256(RQ8_GTN(F, T)), \
                                            _mm256_set1_epi32((int)(L))), v)
 #define RQ8_LOWEST(V) \
   _mm256_sub_epi32( \
@@ -203,6 +219,10 @@ __attribute__((target("avx2"))) static void rq_block_avx2(const float* xT /* [RQ
 #define RQ16_CUT(F, T, L) \
   v = _mm512_mask_andnot_epi32( \
       v, _mm512_cmp_ps_mask(_mm512_load_ps(xT + 16 * (F)), _mm512_set1_ps(T), _CMP_GT_OQ), \
+      _mm512_set1_epi32((int)(L)), v)
+#define RQ16_CUTN(F, T, L) \
+  v = _mm512_mask_andnot_epi32( \
+      v, _mm512_cmp_ps_mask(_mm512_load_ps(xT + 16 * (F)), _mm512_set1_ps(T), _CMP_NLE_UQ), \
       _mm512_set1_epi32((int)(L)), v)
 #define RQ16_LOWEST(V) \
   _mm512_sub_epi32( \

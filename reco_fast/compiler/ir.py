@@ -47,6 +47,8 @@ class Forest:
     leaf: np.ndarray  # float64 (n_trees, 2**depth)
     base_score: float
     link: str = "sigmoid"  # "sigmoid" (a probability) or "identity" (a score or value)
+    # bool (n_trees, 2**depth - 1): the node sends NaN right; None: NaN is never an input
+    nan_right: np.ndarray | None = None
 
     @property
     def n_trees(self) -> int:
@@ -61,7 +63,10 @@ class Forest:
             idx = np.zeros(len(x32), dtype=np.int64)
             for level in range(self.depth):
                 node = (1 << level) - 1 + idx
-                right = x32[rows, self.feature[t, node]] > self.threshold[t, node]
+                v = x32[rows, self.feature[t, node]]
+                right = v > self.threshold[t, node]
+                if self.nan_right is not None:
+                    right |= np.isnan(v) & self.nan_right[t, node]
                 idx = 2 * idx + right
             total += self.leaf[t, idx]
         return total + self.base_score
@@ -117,10 +122,15 @@ def thresholds_by_feature(d: dict[str, Any]) -> list[np.ndarray]:
     return [np.unique(np.asarray(v, dtype=np.float64)) for v in found]
 
 
-def from_treelite(model: Any, d: dict[str, Any] | None = None) -> Forest:
+def from_treelite(
+    model: Any, d: dict[str, Any] | None = None, *, nan_routed: bool = False
+) -> Forest:
     """Read treelite's JSON dump into a Forest; refuse what the evaluator cannot do exactly.
 
-    ``d`` is :func:`model_json` of the model, when the caller already has it.
+    ``d`` is :func:`model_json` of the model, when the caller already has it. Inputs are
+    float32 (the evaluator compares float32 values), so ``x < t`` (XGBoost's splits) is
+    ``x <= t'`` with t' the largest float32 below t. With ``nan_routed``, each node's
+    learned direction for NaN (treelite's ``default_left``) is kept in ``nan_right``.
     """
     d = model_json(model) if d is None else d
     if d.get("num_target") != 1:
@@ -151,7 +161,10 @@ def from_treelite(model: Any, d: dict[str, Any] | None = None) -> Forest:
                 if isinstance(n["leaf_value"], list):
                     raise UnsupportedForest("vector leaves are not supported")
                 continue
-            if n.get("node_type") != "numerical_test_node" or n.get("comparison_op") != "<=":
+            if n.get("node_type") != "numerical_test_node" or n.get("comparison_op") not in (
+                "<=",
+                "<",
+            ):
                 raise UnsupportedForest(
                     f"split {n.get('node_type')!r} {n.get('comparison_op')!r} is not 'x <= t'"
                 )
@@ -162,6 +175,8 @@ def from_treelite(model: Any, d: dict[str, Any] | None = None) -> Forest:
     n_nodes, n_leaves = (1 << depth) - 1, 1 << depth
     feature = np.zeros((len(trees), n_nodes), dtype=np.int32)
     threshold64 = np.full((len(trees), n_nodes), np.inf)
+    strict = np.zeros((len(trees), n_nodes), dtype=bool)  # x < t
+    nan_right = np.zeros((len(trees), n_nodes), dtype=bool)
     leaf = np.zeros((len(trees), n_leaves), dtype=np.float64)
     for t, nodes in enumerate(trees):
         # (treelite node id, flat position); a leaf met above the last level fills its subtree
@@ -176,14 +191,21 @@ def from_treelite(model: Any, d: dict[str, Any] | None = None) -> Forest:
                 continue
             feature[t, pos] = int(node["split_feature_id"])
             threshold64[t, pos] = float(node["threshold"])
+            strict[t, pos] = node["comparison_op"] == "<"
+            nan_right[t, pos] = not node.get("default_left", True)
             stack.append((node["left_child"], 2 * pos + 1, level + 1))
             stack.append((node["right_child"], 2 * pos + 2, level + 1))
+    threshold = round_down_f32(threshold64)
+    # x < t for float32 x: x <= the largest float32 below t (t itself when t is a float32)
+    exact = strict & (threshold.astype(np.float64) == threshold64)
+    threshold[exact] = np.nextafter(threshold[exact], np.float32(-np.inf))
     return Forest(
         int(d["num_feature"]),
         depth,
         feature,
-        round_down_f32(threshold64),
+        threshold,
         leaf,
         float(base[0]),
         link,
+        nan_right if nan_routed else None,
     )

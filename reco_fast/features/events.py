@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -558,18 +559,27 @@ class EventBuilder:
         ]
 
     def golden_sessions(
-        self, predict: Any, pool: Sequence[Mapping[str, Any]], n: int, n_recommend: int, k: int
+        self,
+        predict: Any,
+        pool: Sequence[Mapping[str, Any]],
+        n: int,
+        n_recommend: int,
+        k: int,
+        threshold: float | None = 0.0,
     ) -> dict[str, Any]:
         """Golden raw sessions and recommend cases from ``pool`` (JSON-native).
 
-        ``predict(X)`` is the reference library's probability.
+        ``predict(X)`` is the reference library's output: a classifier's probability,
+        or a ranker's score (then ``threshold`` is None: every candidate is ranked, and
+        the cases record no threshold).
         """
         sessions = [dict(s) for s in pool[:n]]
         out: dict[str, Any] = {"sessions": sessions, "proba": predict(self.rows(sessions)).tolist()}
         cases = []
+        cut = -math.inf if threshold is None else threshold
         for s in pool:
             session = {"products": list(s["products"]), "cart": list(s.get("cart", ()))}
-            ranked = self.rank(predict, session, k, 0.0, None, ("viewed", "in_cart"))
+            ranked = self.rank(predict, session, k, cut, None, ("viewed", "in_cart"))
             ps = [r.probability for r in ranked]
             if len(ranked) < k or any(0.0 < a - b <= 1e-9 for a, b in itertools.pairwise(ps)):
                 continue
@@ -577,7 +587,7 @@ class EventBuilder:
                 {
                     "session": session,
                     "k": k,
-                    "threshold": 0.0,
+                    "threshold": threshold,
                     "product_ids": [str(self.tables.product_ids[r.position]) for r in ranked],
                     "proba": ps,
                 }

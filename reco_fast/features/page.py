@@ -331,7 +331,7 @@ class Catalog:
         """The catalog position of ``product_id`` (a str), or None if it is not listed."""
         index = self._index
         if index is not None:
-            return index.get(product_id) if type(product_id) is str else None
+            return index.get(product_id) if isinstance(product_id, str) else None
         if not isinstance(product_id, str):
             return None
         ids = self.product_ids
@@ -492,8 +492,8 @@ def _scalar(session: Mapping[str, Any], name: str) -> Any:
         raise InputError(f"missing field {name!r}", field=name) from None
 
 
-def _number(session: Mapping[str, Any], name: str) -> float:
-    return check_number(name, _scalar(session, name))
+def _number(session: Mapping[str, Any], name: str, nan_ok: bool) -> float:
+    return check_number(name, _scalar(session, name), nan_ok=nan_ok)
 
 
 def _label(session: Mapping[str, Any], name: str) -> str:
@@ -527,7 +527,18 @@ class FeatureBuilder:
     no other state, so one builder serves any number of threads.
     """
 
-    def __init__(self, feature_set: str, vocabulary: Vocabulary, catalog: Catalog | None = None):
+    def __init__(
+        self,
+        feature_set: str,
+        vocabulary: Vocabulary,
+        catalog: Catalog | None = None,
+        *,
+        nan_ok: bool = False,
+    ):
+        """``nan_ok``: NaN (a missing value) is a valid number in every numeric field, for
+        a model that routes missing values (:func:`~reco_fast.features.schema.nan_ok_for`
+        of the artifact's ``missing_values``); otherwise it is an InputError naming the
+        field."""
         if feature_set not in FEATURE_SETS:
             raise ValueError(
                 f"unknown feature set {feature_set!r}; choose from {list(FEATURE_SETS)}"
@@ -535,6 +546,7 @@ class FeatureBuilder:
         if feature_set == "ranking" and catalog is None:
             raise ValueError("the 'ranking' feature set needs a product catalog")
         self.feature_set = feature_set
+        self.nan_ok = bool(nan_ok)
         self.spec = _spec.FEATURE_SETS[feature_set]
         self.feature_names: tuple[str, ...] = self.spec.names
         self._expand = _spec.python_expander(self.spec)
@@ -591,7 +603,7 @@ class FeatureBuilder:
         self, product_id: Any, field_name: str = "recommended_product_id"
     ) -> tuple[float, float]:
         """(category code, price) of a catalog product; InputError if it is not listed."""
-        if self._product is not None and type(product_id) is str:
+        if self._product is not None and isinstance(product_id, str):
             found = self._product.get(product_id)
             if found is not None:
                 return found
@@ -631,7 +643,7 @@ class FeatureBuilder:
         return self._cat_codes, self.required_catalog.prices
 
     def with_catalog(self, catalog: Catalog) -> FeatureBuilder:
-        return FeatureBuilder(self.feature_set, self.vocabulary, catalog)
+        return FeatureBuilder(self.feature_set, self.vocabulary, catalog, nan_ok=self.nan_ok)
 
     # ---- one page view -------------------------------------------------------------------
     def session_raw(self, session: Mapping[str, Any]) -> tuple[float, ...]:
@@ -686,17 +698,18 @@ class FeatureBuilder:
         if not isinstance(session, Mapping):
             raise TypeError(f"a session must be a mapping, got {type(session).__name__}")
         voc = self.vocabulary
+        nan_ok = self.nan_ok
         return (
             voc.code("current_category", _label(session, "current_category")),
-            _number(session, "current_price"),
-            _number(session, "products_in_cart"),
+            _number(session, "current_price", nan_ok),
+            _number(session, "products_in_cart", nan_ok),
             voc.code("device_type", _label(session, "device_type")),
             voc.code("traffic_source", _label(session, "traffic_source")),
-            _number(session, "time_on_page_sec"),
-            _number(session, "scroll_depth"),
-            _number(session, "clicked_product_image"),
-            _number(session, "session_length_mins"),
-            _number(session, "products_viewed_count"),
+            _number(session, "time_on_page_sec", nan_ok),
+            _number(session, "scroll_depth", nan_ok),
+            _number(session, "clicked_product_image", nan_ok),
+            _number(session, "session_length_mins", nan_ok),
+            _number(session, "products_viewed_count", nan_ok),
         )
 
     def raw(self, session: Mapping[str, Any]) -> tuple[float, ...]:
@@ -786,7 +799,7 @@ class FeatureBuilder:
         num = {}
         for name in SESSION_NUMERIC:
             x = as_float_array(name, columns[name], n, errors, offset)
-            num[name] = validate_numeric(name, x, offset, errors)
+            num[name] = validate_numeric(name, x, offset, errors, self.nan_ok)
         codes = {
             name: voc.codes(
                 name,

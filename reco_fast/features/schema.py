@@ -305,15 +305,54 @@ def not_a_string(v: object) -> str:
     return f"must be a string, got {type(v).__name__} {v!r:.40}"
 
 
-def check_number(name: str, value: Any, field: NumericField | None = None) -> float:
+# ---- missing values: one rule ----------------------------------------------------------
+#
+# NaN stands for a missing value. It is a valid raw number exactly when the model routes
+# missing values as it learned them (HistGradientBoosting, XGBoost, LightGBM: the
+# artifact's ``metadata.missing_values == "routed"``), and an InputError naming the
+# field otherwise (scikit-learn's GradientBoosting). Every check below takes the rule
+# as ``nan_ok``; :func:`nan_ok_for` derives it from the artifact's policy, and every
+# entry point (session dicts, batches, the tracker, the service, CSV scoring) gets it
+# from the model it scores with.
+
+MISSING_POLICIES = ("routed", "refused")
+
+
+def nan_ok_for(missing_values: Any) -> bool:
+    """Whether NaN is a valid input for a model with this recorded missing-value policy.
+
+    Parameters
+    ----------
+    missing_values : str
+        The artifact's ``metadata.missing_values``: "routed" (the trees send NaN where
+        training learned) or "refused" (the model never saw a missing value).
+
+    Raises
+    ------
+    ValueError
+        Any other value.
+    """
+    if missing_values not in MISSING_POLICIES:
+        raise ValueError(
+            f"missing_values must be one of {MISSING_POLICIES}, got {str(missing_values)[:40]!r}"
+        )
+    return missing_values == "routed"
+
+
+def check_number(
+    name: str, value: Any, field: NumericField | None = None, *, nan_ok: bool = False
+) -> float:
     """One raw number of a session field (or of a tracker event, or an argument),
     converted by :func:`as_number` and checked against ``field``'s domain (default: the
-    session field ``name``); an InputError naming ``name`` otherwise."""
+    session field ``name``); an InputError naming ``name`` otherwise. With ``nan_ok``
+    (:func:`nan_ok_for`), NaN (a missing value) is returned as it is."""
     v = as_number(value)
     if v is None:
         raise InputError(f"{name!r} {not_a_number(value)}", field=name)
     f = NUMERIC_FIELDS[name] if field is None else field
     if not (f.low <= v <= f.high) or (f.integer and v != math.floor(v)):
+        if nan_ok and v != v:
+            return v
         raise InputError(f"{name!r} {describe_numeric_problem(f, v)}", field=name)
     return v
 
@@ -426,18 +465,28 @@ def as_float_array(
     return out
 
 
-def check_numeric(field: NumericField, x: np.ndarray) -> np.ndarray:
-    """Indices of rows whose value is outside the field's domain (NaN included)."""
+def check_numeric(field: NumericField, x: np.ndarray, nan_ok: bool = False) -> np.ndarray:
+    """Indices of rows whose value is outside the field's domain (NaN included unless
+    ``nan_ok``: see :func:`nan_ok_for`)."""
     bad = ~np.isfinite(x) | (x < field.low) | (x > field.high)
+    if nan_ok:
+        bad &= ~np.isnan(x)
     if field.integer:
         bad |= np.isfinite(x) & (x != np.floor(x))
     return np.flatnonzero(bad)
 
 
+NAN_REFUSED = (
+    "is NaN (a missing value); this model was trained without missing values and cannot "
+    "route them: fill it in, or use a model that routes them (HistGradientBoosting, "
+    "XGBoost, LightGBM)"
+)
+
+
 def describe_numeric_problem(field: NumericField, value: float) -> str:
     """Say what is wrong with one value, in the words a user can act on."""
-    if value != value:
-        return "is NaN"
+    if value != value:  # a session field: say why; another number (ts, ttl): just NaN
+        return NAN_REFUSED if NUMERIC_FIELDS.get(field.name) is field else "is NaN"
     if value in (float("inf"), float("-inf")):
         return "is infinite"
     if abs(value) > FLOAT32_MAX:
@@ -450,12 +499,17 @@ def describe_numeric_problem(field: NumericField, value: float) -> str:
 
 
 def validate_numeric(
-    field_name: str, x: np.ndarray, offset: int = 0, errors: RowErrors | None = None
+    field_name: str,
+    x: np.ndarray,
+    offset: int = 0,
+    errors: RowErrors | None = None,
+    nan_ok: bool = False,
 ) -> np.ndarray:
     """Check a numeric column's domain: raise for the first out-of-domain rows, or
-    (with ``errors``) record every one and return a copy with 0.0 in their place."""
+    (with ``errors``) record every one and return a copy with 0.0 in their place.
+    With ``nan_ok`` (:func:`nan_ok_for`), NaN (a missing value) is in the domain."""
     field = NUMERIC_FIELDS[field_name]
-    bad = check_numeric(field, x)
+    bad = check_numeric(field, x, nan_ok)
     if bad.size:
         reject(
             field_name,

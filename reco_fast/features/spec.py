@@ -12,7 +12,9 @@ three implementations that must agree bit for bit:
 
 Every operation is an IEEE double operation evaluated in the same order in all
 three (the C is compiled with ``-ffp-contract=off``; comparisons give exactly 0.0
-or 1.0), so agreement holds by construction and the tests check it.
+or 1.0), so agreement holds by construction and the tests check it. NaN (a
+missing value, valid for models that route them) propagates through arithmetic,
+``clip`` and ``max`` and makes a comparison 0.0, on every path.
 
 Inputs are the raw numbers a feature reads. *Session* inputs come from the page
 view (its fields, categories as vocabulary codes); *candidate* inputs describe
@@ -240,7 +242,11 @@ def _render(node: ast.expr, target: str) -> str:
         a, b = args
         if target == "numpy":
             return f"_np.maximum({a}, {b})"
-        return f"({a} > {b} ? {a} : {b})" if target == "c" else f"({a} if {a} > {b} else {b})"
+        # NaN (a missing value, for models that route them) propagates, as numpy's
+        # maximum does: max(NaN, b) and max(a, NaN) are NaN on every path
+        if target == "c":
+            return f"(({a} != {a} || {a} > {b}) ? {a} : {b})"
+        return f"({a} if ({a} != {a} or {a} > {b}) else {b})"
     x, lo, hi = args
     if target == "numpy":
         return f"_np.clip({x}, {lo}, {hi})"

@@ -50,6 +50,7 @@ from reco_fast.features.schema import (
     as_float_array,
     as_number,
     is_scalar,
+    nan_ok_for,
     not_a_number,
     series_values,
 )
@@ -480,9 +481,13 @@ class _Golden:
                 raise refuse(name, "raw margins of feature rows")
             if not self.sessions:
                 continue
+            # a classifier's probabilities; a ranker's scores (event-trained rankers)
+            score = (
+                other.predict_proba if model.output == "probability" else other.decision_function
+            )
             try:
-                one = [other.predict_proba(s) for s in self.sessions]
-                batch = other.predict_proba(self.sessions)
+                one = [score(s) for s in self.sessions]
+                batch = score(self.sessions)
                 recs = [
                     other.recommend(c["session"], k=c["k"], threshold=c["threshold"])
                     for c in self.recommend
@@ -802,7 +807,10 @@ class Model:
                     raise ValueError(f"a {meta.feature_set!r} model needs its vocabulary")
                 catalog = read_catalog(checked.catalog) if checked.catalog is not None else None
                 builder = FeatureBuilder(
-                    meta.feature_set, Vocabulary.from_json(meta.vocabulary), catalog
+                    meta.feature_set,
+                    Vocabulary.from_json(meta.vocabulary),
+                    catalog,
+                    nan_ok=nan_ok_for(meta.missing_values),
                 )
             golden = _Golden.parse(meta, len(feature_names), builder)
         except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
@@ -914,10 +922,12 @@ class Model:
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_features)
+        X : array-like of shape (n_samples, n_features), or session dicts
             Feature rows in ``feature_names`` order, float64 or float32 (float32 rows
             are taken as they are). NaN is a valid value when the model routes missing
-            values (``model.missing_values == "routed"``).
+            values (``model.missing_values == "routed"``). An event-trained model also
+            takes a session dict with its ``recommended_product_id`` (-> float) or a
+            list of them, as ``predict_proba`` does: a ranker's scores.
 
         Returns
         -------
@@ -932,6 +942,14 @@ class Model:
             Wrong shape or dtype, or a value the model cannot take (NaN where missing
             values are not routed, an infinity, or beyond float32 for float32 models).
         """
+        builder = self._builder
+        if isinstance(builder, EventBuilder) and (
+            isinstance(X, Mapping)
+            or (isinstance(X, Sequence) and len(X) > 0 and isinstance(X[0], Mapping))
+        ):
+            if isinstance(X, Mapping):
+                return float(self._margin_f64(builder.rows([X]))[0])  # type: ignore[return-value]
+            return self._margin_f64(builder.rows(X))
         arr = self._check_features(X)
         if arr.dtype == np.float32:
             return self._margin_f32(arr)
@@ -1470,7 +1488,7 @@ class Model:
         # --- model families (issue 15): float64 inputs, NaN routed as the model learned
         if self.input_precision == "float64":
             ok = np.isfinite(X)
-        if self.missing_values == "routed":
+        if nan_ok_for(self.missing_values):
             ok |= np.isnan(X)
         # ---
         bad_rows = np.flatnonzero(~ok.all(axis=1))
@@ -1600,7 +1618,19 @@ class Model:
     ) -> list[Recommendation]:
         from reco_fast.serve.recommend import _check_args
 
-        k, t, excluded = _check_args(k, self.threshold if threshold is None else threshold, exclude)
+        if self.output == "probability":
+            k, t, excluded = _check_args(
+                k, self.threshold if threshold is None else threshold, exclude
+            )
+        else:  # a ranker: every candidate by score, no threshold
+            if threshold is not None:
+                raise InputError(
+                    "a ranker's scores have no threshold: recommend(session, k) ranks every "
+                    "candidate by score",
+                    field="threshold",
+                )
+            k, _, excluded = _check_args(k, 0.0, exclude)
+            t = -math.inf
         builder = self._builder
         assert isinstance(builder, EventBuilder)
         ranked = builder.rank(self._predict_f64, session, k, t, candidates, tuple(excluded))

@@ -600,6 +600,20 @@ class _Catalogue:
     traffic_sources: frozenset[str]
 
 
+def _grown(old: float, new: float) -> float:
+    """A signal that only grows within a page: NaN (not measured) replaces the page's
+    value, and a number replaces NaN."""
+    if new != new or old != old:
+        return new
+    return max(old, new)
+
+
+def _int_or_nan(v: Any) -> Any:
+    """A count or flag as an int; NaN (a missing value) stays NaN."""
+    v = float(v)
+    return v if v != v else int(v)
+
+
 class SessionTracker:
     """Turns a stream of events into the session context ``Model.recommend`` scores.
 
@@ -655,6 +669,8 @@ class SessionTracker:
             raise ValueError("tracking sessions needs a model with a product catalog")
         catalog = builder.catalog
         self._model = model
+        # NaN (a missing value) in an event: the model's policy, the one rule of schema.py
+        self._nan_ok: bool = builder.nan_ok
         self._cat = _Catalogue(
             {p: (c, float(pr)) for p, c, pr in catalog.to_rows()},
             frozenset(builder.vocabulary.devices),
@@ -846,6 +862,11 @@ class SessionTracker:
     ) -> dict[str, Any]:
         """Update the current page's engagement signals; each only grows within a page.
 
+        ``None`` leaves a signal as it is. For a model that routes missing values
+        (``model.missing_values == "routed"``), NaN says the signal could not be
+        measured: the page's value becomes missing (NaN) until a number arrives, which
+        then replaces it. For other models NaN is an InputError naming the field.
+
         Parameters
         ----------
         session_id : str
@@ -877,24 +898,36 @@ class SessionTracker:
         """
         _check_id("session_id", session_id)
         ts = self._ts(ts)
-        t = None if time_on_page_sec is None else check_number("time_on_page_sec", time_on_page_sec)
-        s = None if scroll_depth is None else check_number("scroll_depth", scroll_depth)
+        nan_ok = self._nan_ok
+        t = (
+            None
+            if time_on_page_sec is None
+            else check_number("time_on_page_sec", time_on_page_sec, nan_ok=nan_ok)
+        )
+        s = (
+            None
+            if scroll_depth is None
+            else check_number("scroll_depth", scroll_depth, nan_ok=nan_ok)
+        )
         c = (
             None
             if clicked_product_image is None
-            else int(check_number("clicked_product_image", clicked_product_image))
+            else check_number("clicked_product_image", clicked_product_image, nan_ok=nan_ok)
         )
 
         def apply(state: State | None) -> State:
             at = self._at(ts, state)
             state = self._live(state, session_id, at)
             new = dict(state, last_ts=at)
-            if t is not None:
-                new["time_on_page_sec"] = max(state["time_on_page_sec"], t)
-            if s is not None:
-                new["scroll_depth"] = max(state["scroll_depth"], s)
-            if c is not None:
-                new["clicked_product_image"] = max(state["clicked_product_image"], c)
+            for name, value in (
+                ("time_on_page_sec", t),
+                ("scroll_depth", s),
+                ("clicked_product_image", c),
+            ):
+                if value is not None:
+                    new[name] = _grown(state[name], value)
+            if c is not None and c == c:
+                new["clicked_product_image"] = int(new["clicked_product_image"])
             return new
 
         return self._context(self.store.update(session_id, apply))
@@ -1056,7 +1089,7 @@ class SessionTracker:
             "traffic_source": state["traffic_source"],
             "time_on_page_sec": float(state["time_on_page_sec"]),
             "scroll_depth": float(state["scroll_depth"]),
-            "clicked_product_image": int(state["clicked_product_image"]),
+            "clicked_product_image": _int_or_nan(state["clicked_product_image"]),
             "session_length_mins": (state["last_ts"] - state["start_ts"]) / 60.0,
             "products_viewed_count": int(state["products_viewed_count"]),
             CART_FIELD: list(state["cart"]),

@@ -43,6 +43,12 @@ def _build(args: argparse.Namespace) -> int:
         return _build_events(args)
     if args.columns is not None or args.event_types is not None:
         raise InputError("--columns and --event-types go with --events FILE", field="--columns")
+    if args.objective != "binary":
+        raise InputError(
+            f"--objective {args.objective} trains on an event log's page views (one group "
+            "each): give --events FILE --columns ...",
+            field="--objective",
+        )
     from reco_fast.build.pipeline import build
 
     result = build(
@@ -53,7 +59,10 @@ def _build(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         seed=args.seed,
         threshold=args.threshold,
-        calibration=None if args.calibration == "none" else args.calibration,
+        engine=args.engine,
+        spark_master=args.spark_master,
+        spark_workers=args.spark_workers,
+        calibration={"none": None, None: "default"}.get(args.calibration, args.calibration),
         target_precision=args.target_precision,
         target_coverage=args.target_coverage,
     )
@@ -73,6 +82,12 @@ def _build(args: argparse.Namespace) -> int:
 def _build_events(args: argparse.Namespace) -> int:
     from reco_fast.build.pipeline import build_events
 
+    if args.engine != "local":
+        raise InputError(
+            "--engine spark trains the page-view model (--data, or the generated data); "
+            "event-log builds (--events) train on this machine",
+            field="--engine",
+        )
     if args.columns is None:
         raise InputError(
             "--events needs --columns, e.g. --columns time=event_time,session=user_session,"
@@ -96,6 +111,7 @@ def _build_events(args: argparse.Namespace) -> int:
         args.out,
         event_types=args.event_types,
         seed=args.seed,
+        objective=args.objective,
     )
     if not args.quiet:
         print(result.markdown)
@@ -177,7 +193,10 @@ def info_summary(root: Path, meta: ArtifactMetadata, report: dict[str, Any] | st
     model += f", {trees} trees" + (f" of depth {depth}" if depth is not None else "")
     if params.get("learning_rate") is not None:
         model += f", learning rate {params['learning_rate']}"
-    row("model", model + ": click probability of a recommendation")
+    if (
+        meta.family == "sklearn-gb" or "family" in meta.absent_keys
+    ):  # other families: the line below
+        row("model", model + ": click probability of a recommendation")
 
     names, fs = meta.feature_names, meta.feature_set
     row(
@@ -234,7 +253,9 @@ def info_summary(root: Path, meta: ArtifactMetadata, report: dict[str, Any] | st
     if "family" not in meta.absent_keys:  # format 3: what the model is and gives
         row(
             "model",
-            f"{meta.family[:40]} {meta.objective[:40]}: "
+            f"{meta.family[:40]} {meta.objective[:40]}"
+            + (f", {trees} trees" if isinstance(trees, int) else "")
+            + ": "
             f"{meta.output[:20]} (decision_function: the raw margin); "
             f"NaN {'routed as learned' if meta.missing_values == 'routed' else 'refused'}",
         )
@@ -478,6 +499,34 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
         help="with --events: the log's names of view, cart, purchase and remove "
         "(default view,cart,purchase,remove_from_cart)",
     )
+    b.add_argument(
+        "--objective",
+        default="binary",
+        choices=["binary", "lambdarank"],
+        help="with --events: binary (scikit-learn's GradientBoostingClassifier, the default) "
+        "or lambdarank (LightGBM's LambdaMART ranker, one group per page view; needs lightgbm)",
+    )
+    b.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "spark"],
+        help="local (scikit-learn's GradientBoostingClassifier, the default) or spark "
+        "(XGBoost's PySpark estimator on a Spark DataFrame of the training rows; needs "
+        "pyspark, xgboost and Java)",
+    )
+    b.add_argument(
+        "--spark-master",
+        default="local[2]",
+        metavar="URL",
+        help="with --engine spark: the Spark master (default local[2])",
+    )
+    b.add_argument(
+        "--spark-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --engine spark: XGBoost workers, at most the cluster's task slots (default 1)",
+    )
     b.add_argument("--out", default="artifacts/reco_model", help="artifact directory")
     b.add_argument(
         "--features",
@@ -512,10 +561,11 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
     )
     b.add_argument(
         "--calibration",
-        default="sigmoid",
+        default=None,
         choices=["sigmoid", "isotonic", "none"],
         help="calibrate probabilities on held-out rows (scikit-learn's CalibratedClassifierCV): "
-        "sigmoid (Platt, keeps the ranking), isotonic, or none (the estimator's own)",
+        "sigmoid (Platt, keeps the ranking; the default with --engine local), isotonic, or "
+        "none (the estimator's own; the default with --engine spark)",
     )
     b.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
     b.set_defaults(func=_build, command="build")

@@ -252,14 +252,16 @@ def _beyond_exact(col: Any) -> bool:
 
 def _text_numbers(col: Any) -> np.ndarray:
     """A CSV column of text cells as numbers: float64, or objects where a cell is not a
-    number (kept as it is, so the error or the NaN lands on its row) or is an integer
+    number (kept as it is, so the error lands on its row; an empty cell is NaN, a
+    missing value, as is the text "nan") or is an integer
     beyond 2**53 (kept as a Python int, which the model rounds to float32 once)."""
     pd = _require_pandas()
     values = col.to_numpy()
     num = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
     stripped = col.astype(str).str.strip()
     text = stripped.to_numpy()
-    bad = np.isnan(num) & (stripped.str.lower().to_numpy() != "nan")
+    # an empty cell is a missing value (NaN), which the model's policy accepts or refuses
+    bad = np.isnan(num) & (stripped.str.lower().to_numpy() != "nan") & (text != "")
     huge = np.flatnonzero(np.abs(num) > INT_EXACT)
     if not bad.any() and not huge.size:
         return num

@@ -1,0 +1,1 @@
+"""The build pipeline: data, event logs, training, evaluation, report. Build side (pandas, scikit-learn)."""
