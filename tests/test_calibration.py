@@ -630,3 +630,15 @@ def test_the_raw_threshold_lets_every_calibrated_product_through(cal: dict[str, 
     for t in [0.0, 1e-13, 1e-6, 0.01, 0.3, 0.5, 0.7, 0.9, 0.99, 1 - 1e-9, 1.0, *probs[::997]]:
         bound = _raw_threshold(c, float(t))
         assert np.all(raw[probs >= t] >= bound), t
+
+
+def test_calibration_is_refused_for_the_spark_engine(tmp_path: Path) -> None:
+    """XGBoost (--engine spark) has no decision_function for scikit-learn's calibrator: asked
+    for, calibration is refused before any work; by default that engine is uncalibrated."""
+    with pytest.raises(ValueError, match="use --calibration none"):
+        pipeline.build(
+            out=tmp_path / "m", data_dir=tmp_path / "d", engine="spark", calibration="sigmoid"
+        )
+    assert not (tmp_path / "m").exists() and not (tmp_path / "d").exists()
+    with pytest.raises(ValueError, match="calibration must be"):
+        pipeline.build(out=tmp_path / "m", data_dir=tmp_path / "d", calibration="platt")
