@@ -12,6 +12,14 @@ Configuration (environment):
     RECO_REDIS_URL   keep sessions in Redis (e.g. redis://localhost:6379/0), so
                      several replicas behind a load balancer share them;
                      unset: in this process's memory
+    RECO_IMPRESSIONS impression log directory: every recommendation is logged there
+                     (reco_fast.serve.impressions, rotating JSONL) and POST /click and
+                     POST /purchase are joined to the impression that showed the
+                     product; unset: nothing is logged and /click answers 409
+    RECO_VARIANTS    an A/B test instead of RECO_MODEL: name=ARTIFACT,name=ARTIFACT,...
+                     served to a stable hash split of session ids (a session keeps its
+                     variant); needs RECO_IMPRESSIONS; the variants share one catalog
+    RECO_SPLIT       the variants' shares, name=0.5,name=0.5 (default: equal)
 
 Run from the repository's root (``pip install -e '.[service]'`` installs FastAPI
 and uvicorn; build the model first with ``python build_model.py``):
@@ -27,26 +35,36 @@ and uvicorn; build the model first with ``python build_model.py``):
         -d '{"product_id": "PROD0054"}'
     curl 'localhost:8000/sessions/s1/recommendations?k=3&threshold=0.7'
 
-Event times are the server's clock when the event arrives.
+With RECO_IMPRESSIONS set, a recommendations response carries the impression's
+``X-Request-Id``, ``X-Variant`` and ``X-Model-Id`` headers, and the shop reports what
+the shopper clicked or bought among the products shown:
+
+    curl -X POST localhost:8000/click -H 'content-type: application/json' \
+        -d '{"session_id": "s1", "product_id": "PROD0107"}'     # 202: joined by the log
+    curl localhost:8000/variants    # {"default": {"model_id": ..., "share": 1.0}}
+
+``reco-fast ab-report DIR`` then gives each variant's CTR. Event times are the
+server's clock when the event arrives.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 import reco_fast
 from reco_fast import InputError, RedisStore, SessionNotFound, SessionTracker, StoreUnavailable
-from reco_fast.artifact import METADATA_FILE
 from reco_fast.errors import shown
+from reco_fast.serve.ab import ABRouter
+from reco_fast.serve.impressions import ImpressionLog, artifact_id
 
 DEFAULT_MODEL = Path("artifacts") / "reco_model"
 MAX_BODY_BYTES = 64 * 1024
@@ -82,6 +100,18 @@ class CartItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     product_id: str
+
+
+Id = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class Outcome(BaseModel):
+    """A click on (or purchase of) a product the session was shown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: Id
+    product_id: Id
 
 
 class RecommendationOut(BaseModel):
@@ -161,45 +191,133 @@ def _error(status: int) -> Any:
     return handler
 
 
-def model_id(model: reco_fast.Model) -> str:
+def model_id(model: Any) -> str:
     """The serving artifact's id: the sha256 of its ``metadata.json``.
 
     metadata.json lists the sha256 of every other file of the artifact (library,
     catalog, report...) and its build time, so this one digest names the whole
-    artifact; ``sha256sum artifacts/reco_model/metadata.json`` gives the same value.
-    The file is re-read here, so it is checked to be the metadata the model was
-    loaded with (a rebuild may have replaced the directory since).
+    artifact; ``sha256sum artifacts/reco_model/metadata.json`` gives the same value,
+    and so do ``ModelHandle.model_id`` and the ``model_id`` of every impression record
+    (:func:`reco_fast.serve.impressions.artifact_id`). The file is re-read, so it is
+    checked to be the metadata the model was loaded with (a rebuild may have replaced
+    the directory since: ArtifactError).
     """
-    data = (Path(model.path) / METADATA_FILE).read_bytes()
-    if json.loads(data) != dict(model.metadata):
-        raise RuntimeError(
-            f"{model.path} changed while the model was loading; start the service again"
-        )
-    return hashlib.sha256(data).hexdigest()
+    return artifact_id(model)
+
+
+def parse_pairs(text: str, name: str) -> dict[str, str]:
+    """``a=x,b=y`` -> {"a": "x", "b": "y"} (RECO_VARIANTS, RECO_SPLIT); ValueError naming ``name``."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.strip().partition("=")
+        if not sep or not key.strip() or not value.strip() or key.strip() in out:
+            raise ValueError(
+                f"{name} must be name=value pairs separated by commas, each name once; "
+                f"got {shown(text)}"
+            )
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _shares(split: Mapping[str, Any] | None) -> dict[str, float] | None:
+    if split is None:
+        return None
+    try:
+        return {k: float(v) for k, v in split.items()}
+    except (TypeError, ValueError):
+        raise ValueError(f"RECO_SPLIT shares must be numbers, got {shown(dict(split))}") from None
 
 
 def create_app(
     model_path: str | os.PathLike[str] | None = None,
     store: Any = None,
+    *,
+    impressions: str | os.PathLike[str] | ImpressionLog | None = None,
+    variants: Mapping[str, str | os.PathLike[str]] | None = None,
+    split: Mapping[str, float] | None = None,
 ) -> FastAPI:
-    """Build the app. Arguments override RECO_MODEL and RECO_REDIS_URL."""
-    if model_path is None:
-        model_path = os.environ.get("RECO_MODEL") or DEFAULT_MODEL
-    model = reco_fast.load(model_path)  # verified: checksums, platform, golden outputs
-    if not model.can_recommend:
-        raise ValueError(
-            f"the model at {model_path} was trained without candidate-product features and "
-            "cannot rank products; rebuild it with the default (ranking) feature set"
-        )
-    if store is None and os.environ.get("RECO_REDIS_URL"):
-        store = RedisStore.from_url(os.environ["RECO_REDIS_URL"])
-    tracker = SessionTracker(model, store)  # store None: in memory
-    serving_id = model_id(model)
+    """Build the app. Arguments override RECO_MODEL, RECO_REDIS_URL, RECO_IMPRESSIONS,
+    RECO_VARIANTS and RECO_SPLIT.
 
-    app = FastAPI(title="reco_fast example service")
+    ``impressions``: a log directory (closed with the app) or an ImpressionLog (the
+    caller closes it). ``variants``: name -> artifact, served by an A/B split
+    (``split``: name -> share, default equal), instead of ``model_path``.
+    """
+    env = os.environ
+    if variants is None and env.get("RECO_VARIANTS"):
+        variants = parse_pairs(env["RECO_VARIANTS"], "RECO_VARIANTS")
+    if split is None and env.get("RECO_SPLIT"):
+        split = _shares(parse_pairs(env["RECO_SPLIT"], "RECO_SPLIT"))
+    if impressions is None and env.get("RECO_IMPRESSIONS"):
+        impressions = env["RECO_IMPRESSIONS"]
+    if variants is not None:
+        if model_path is not None:
+            raise ValueError("give model_path or variants, not both")
+        if not variants:
+            raise ValueError("variants: give at least one name=artifact")
+        if impressions is None:
+            raise ValueError(
+                "an A/B test (RECO_VARIANTS) needs an impression log to measure it: "
+                "set RECO_IMPRESSIONS to a directory"
+            )
+        models = {name: reco_fast.load(path) for name, path in variants.items()}
+    else:
+        if split is not None:
+            raise ValueError("RECO_SPLIT goes with RECO_VARIANTS")
+        if model_path is None:
+            model_path = env.get("RECO_MODEL") or DEFAULT_MODEL
+        models = {"default": reco_fast.load(model_path)}  # verified: checksums, golden outputs
+    for m in models.values():
+        if not m.can_recommend:
+            raise ValueError(
+                f"the model at {m.path} was trained without candidate-product features and "
+                "cannot rank products; rebuild it with the default (ranking) feature set"
+            )
+    model = next(iter(models.values()))
+
+    def rows(m: reco_fast.Model) -> Any:
+        catalog = m.builder.catalog
+        return None if catalog is None else catalog.to_rows()
+
+    for name, m in models.items():
+        if rows(m) != rows(model):
+            raise ValueError(
+                f"variant {shown(name)} ({m.path}) has another catalog than {model.path}: "
+                "the variants of one service share the catalog their sessions are tracked in"
+            )
+    if store is None and env.get("RECO_REDIS_URL"):
+        store = RedisStore.from_url(env["RECO_REDIS_URL"])
+    owned = impressions is not None and not isinstance(impressions, ImpressionLog)
+    log = ImpressionLog(impressions) if owned else impressions
+    assert log is None or isinstance(log, ImpressionLog)
+    router: ABRouter | None = None
+    try:
+        if variants is not None and log is not None:
+            tracker = SessionTracker(model, store)
+            router = ABRouter(models, split, log=log, tracker=tracker)
+            serve: SessionTracker | ABRouter = router
+        else:
+            tracker = SessionTracker(model, store, log=log)  # store None: in memory
+            serve = tracker
+    except BaseException:
+        if owned and log is not None:  # a refused configuration leaves no writer thread
+            log.close()
+        raise
+    serving_id = model_id(model)
+    shares = router.split if router is not None else {"default": 1.0}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if owned and log is not None:
+            log.close()
+
+    app = FastAPI(title="reco_fast example service", lifespan=lifespan)
     app.state.model = model
     app.state.model_id = serving_id
     app.state.tracker = tracker
+    app.state.impressions = log
+    app.state.router = router
     # Starlette picks the handler of the most specific class: SessionNotFound is an InputError.
     app.add_exception_handler(InputError, _error(422))
     app.add_exception_handler(SessionNotFound, _error(404))
@@ -210,9 +328,41 @@ def create_app(
     # Plain `def` endpoints run in FastAPI's thread pool; the tracker and the
     # model are thread-safe, and the compiled model releases the GIL.
     @app.get("/health")
-    def health() -> dict[str, str]:
-        """Liveness, and which artifact is serving (see :func:`model_id`)."""
-        return {"status": "ok", "model_id": serving_id}
+    def health() -> dict[str, Any]:
+        """Liveness, and which artifact is serving (see :func:`model_id`); with an A/B
+        test, the first variant's and every variant's."""
+        if router is None:
+            return {"status": "ok", "model_id": serving_id}
+        return {"status": "ok", "model_id": serving_id, "variants": variants_()}
+
+    @app.get("/variants")
+    def variants_() -> dict[str, dict[str, Any]]:
+        """Each variant's artifact id and traffic share (one "default" without an A/B test)."""
+        if router is None:
+            return {"default": {"model_id": serving_id, "share": 1.0}}
+        # each variant is a ModelHandle (swappable on its own): its current artifact's id
+        return {n: {"model_id": h.model_id, "share": shares[n]} for n, h in router.models.items()}
+
+    def outcome(kind: str, event: Outcome) -> dict[str, str]:
+        if log is None:
+            raise HTTPException(
+                status_code=409,
+                detail=f"this service keeps no impression log to join a {kind} to: "
+                "start it with RECO_IMPRESSIONS=DIR",
+            )
+        getattr(log, kind)(event.session_id, event.product_id)
+        return {"status": "accepted", "type": kind}
+
+    @app.post("/click", status_code=202)
+    def click(event: Outcome) -> dict[str, str]:
+        """A click on a recommended product: joined (by the log's writer) to the latest
+        impression of the session that showed it, within the log's click window."""
+        return outcome("click", event)
+
+    @app.post("/purchase", status_code=202)
+    def purchase(event: Outcome) -> dict[str, str]:
+        """A purchase of a recommended product, joined like a click."""
+        return outcome("purchase", event)
 
     @app.post("/sessions/{session_id}/page_view")
     def page_view(session_id: str, event: PageView) -> dict[str, Any]:
@@ -236,9 +386,14 @@ def create_app(
 
     @app.get("/sessions/{session_id}/recommendations")
     def recommendations(
-        session_id: str, k: int = 3, threshold: float | None = None
+        session_id: str, response: Response, k: int = 3, threshold: float | None = None
     ) -> list[RecommendationOut]:
-        recs = tracker.recommend(session_id, k=k, threshold=threshold)
+        recs = serve.recommend(session_id, k, threshold)
+        request_id = getattr(recs, "request_id", None)
+        if request_id is not None:  # logged: the impression this response is
+            response.headers["X-Request-Id"] = request_id
+            response.headers["X-Variant"] = recs.variant  # type: ignore[attr-defined]
+            response.headers["X-Model-Id"] = recs.model_id  # type: ignore[attr-defined]
         return [
             RecommendationOut(product_id=r.product_id, probability=r.probability, reason=r.reason)
             for r in recs

@@ -81,3 +81,35 @@ def test_the_product_history_is_bounded(event_model):
 def test_a_page_view_model_is_refused(built):
     with pytest.raises(ValueError, match="SessionTracker"):
         EventTracker(built.model)
+
+
+def test_a_log_attached_to_an_event_tracker_joins_clicks_and_purchases(event_model, tmp_path):
+    """EventTracker(model, log=...): recommend logs the session it scored; click records a click,
+    purchase a purchase (and still touches the product), both joined to that impression."""
+    from reco_fast.serve.impressions import ImpressionLog, artifact_id, read_log
+
+    log = ImpressionLog(tmp_path)
+    t = EventTracker(event_model, log=log)
+    t.view("e", 105)
+    t.add_to_cart("e", "106")
+    shown = t.recommend("e", k=3)
+    context = t.context("e")
+    assert shown == event_model.recommend(context, k=3) and len(shown) == 3
+    assert shown.model_id == artifact_id(event_model)
+    t.click("e", shown[2].product_id)
+    assert t.purchase("e", int(shown[1].product_id))["products"][-1] == shown[1].product_id
+    log.close()
+    imp, click, purchase = read_log(tmp_path).records
+    assert imp["request_id"] == shown.request_id and imp["session"] == context
+    assert (click["type"], click["request_id"], click["position"]) == (
+        "click",
+        imp["request_id"],
+        2,
+    )
+    assert (purchase["type"], purchase["request_id"], purchase["position"]) == (
+        "purchase",
+        imp["request_id"],
+        1,
+    )
+    with pytest.raises(RuntimeError, match="no impression log to record a click"):
+        EventTracker(event_model).click("e", "105")

@@ -334,3 +334,121 @@ def test_the_documented_command_serves(built_model):
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+# ---- the impression log, clicks and A/B variants ---------------------------------------------
+def _sha(artifact: Path) -> str:
+    return hashlib.sha256((Path(artifact) / "metadata.json").read_bytes()).hexdigest()
+
+
+def _start(client: Any, sid: str, product: str) -> None:
+    body = {"product_id": product, "device_type": "Desktop", "traffic_source": "Direct"}
+    ok(client.post(f"/sessions/{sid}/page_view", json=body))
+
+
+def test_a_click_over_http_joins_the_impression_it_came_from(
+    service, built_model, catalog, tmp_path
+):
+    from reco_fast.serve.impressions import read_log
+
+    log_dir = tmp_path / "impressions"
+    app = service.create_app(model_path=built_model.path, impressions=log_dir)
+    with TestClient(app) as client:
+        _start(client, "shopper", sorted(catalog)[5])
+        r = client.get("/sessions/shopper/recommendations?k=3&threshold=0")
+        recs = [x["product_id"] for x in ok(r)]
+        assert len(recs) == 3
+        rid = r.headers["X-Request-Id"]
+        assert r.headers["X-Variant"] == "default"
+        assert r.headers["X-Model-Id"] == _sha(built_model.path)
+        click = {"session_id": "shopper", "product_id": recs[1]}
+        assert client.post("/click", json=click).status_code == 202
+        buy = {"session_id": "shopper", "product_id": recs[0]}
+        assert client.post("/purchase", json=buy).status_code == 202
+        for bad in ({"session_id": "", "product_id": "x"}, {**click, "extra": 1}, {}):
+            assert client.post("/click", json=bad).status_code == 422
+        assert ok(client.get("/variants")) == {
+            "default": {"model_id": _sha(built_model.path), "share": 1.0}
+        }
+    imp, clicked, bought = read_log(log_dir).records  # the app's shutdown closed the log
+    assert imp["request_id"] == rid and imp["session_id"] == "shopper"
+    assert [s["product_id"] for s in imp["shown"]] == recs
+    assert (clicked["type"], clicked["request_id"], clicked["position"]) == ("click", rid, 1)
+    assert (bought["type"], bought["request_id"], bought["position"]) == ("purchase", rid, 0)
+
+
+def test_without_a_log_a_click_is_refused(client, catalog):
+    _start(client, "s", sorted(catalog)[0])
+    r = client.get("/sessions/s/recommendations?threshold=0")
+    assert r.status_code == 200 and "X-Request-Id" not in r.headers
+    r = client.post("/click", json={"session_id": "s", "product_id": "PROD0001"})
+    assert r.status_code == 409 and "RECO_IMPRESSIONS" in r.json()["detail"]
+
+
+def test_ab_variants_over_http(service, built_model, catalog, tmp_path, monkeypatch):
+    """Two variants (the same model under two artifact ids): each session keeps its variant,
+    the response names it and its artifact, clicks join, ab-report sees both."""
+    from reco_fast.serve.ab import ab_report, bucket
+    from reco_fast.serve.impressions import read_log
+
+    other = tmp_path / "other"
+    shutil.copytree(built_model.path, other)
+    meta = json.loads((other / "metadata.json").read_text())
+    (other / "metadata.json").write_text(json.dumps(meta, indent=1))  # other bytes, other id
+    ids = {"a": _sha(built_model.path), "b": _sha(other)}
+    assert ids["a"] != ids["b"]
+    log_dir = tmp_path / "impressions"
+    monkeypatch.setenv("RECO_VARIANTS", f"a={built_model.path},b={other}")
+    monkeypatch.setenv("RECO_SPLIT", "a=0.5,b=0.5")
+    monkeypatch.setenv("RECO_IMPRESSIONS", str(log_dir))
+    seen: dict[str, str] = {}
+    with TestClient(service.create_app()) as client:
+        health = ok(client.get("/health"))
+        assert health["model_id"] == ids["a"]
+        assert health["variants"] == {n: {"model_id": ids[n], "share": 0.5} for n in "ab"}
+        assert ok(client.get("/variants")) == health["variants"]
+        products = sorted(catalog)
+        for i in range(24):
+            sid = f"ab-{i}"
+            _start(client, sid, products[i])
+            for _ in range(2):  # a session keeps its variant
+                r = client.get(f"/sessions/{sid}/recommendations?k=2&threshold=0")
+                variant = r.headers["X-Variant"]
+                assert variant == ("a" if bucket(sid) < 0.5 else "b")
+                assert r.headers["X-Model-Id"] == ids[variant]
+                seen[sid] = variant
+            click = {"session_id": sid, "product_id": ok(r)[0]["product_id"]}
+            assert client.post("/click", json=click).status_code == 202
+    assert set(seen.values()) == {"a", "b"}
+    records = read_log(log_dir).records
+    clicks = [r for r in records if r["type"] == "click"]
+    assert len(clicks) == 24
+    assert all(c["variant"] == seen[c["session_id"]] and c["position"] == 0 for c in clicks)
+    report = ab_report(log_dir)
+    assert sorted(report["variants"]) == ["a", "b"]
+    assert sum(v["requests"] for v in report["variants"].values()) == 48
+
+
+def test_ab_configuration_is_checked(service, built_model, tmp_path, monkeypatch):
+    for name in ("RECO_VARIANTS", "RECO_SPLIT", "RECO_IMPRESSIONS", "RECO_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    path = str(built_model.path)
+    with pytest.raises(ValueError, match="needs an impression log"):
+        service.create_app(variants={"a": path})
+    with pytest.raises(ValueError, match="RECO_SPLIT goes with RECO_VARIANTS"):
+        service.create_app(model_path=path, split={"a": 1.0})
+    monkeypatch.setenv("RECO_IMPRESSIONS", str(tmp_path / "log"))
+    for variants, split, problem in [
+        ("a", None, "RECO_VARIANTS must be name=value pairs"),
+        (f"a={path},a={path}", None, "each name once"),
+        (f"a={path},b={path}", "a=half,b=0.5", "RECO_SPLIT shares must be numbers"),
+        (f"a={path},b={path}", "a=0.7,b=0.5", "split shares must sum to 1"),
+        (f"a={path},b={path}", "a=1.0", "split must give a share for exactly the variants"),
+    ]:
+        monkeypatch.setenv("RECO_VARIANTS", variants)
+        if split is None:
+            monkeypatch.delenv("RECO_SPLIT", raising=False)
+        else:
+            monkeypatch.setenv("RECO_SPLIT", split)
+        with pytest.raises(ValueError, match=problem):
+            service.create_app()

@@ -565,3 +565,98 @@ def test_redis_stream_is_capped_and_outages_are_counted(model, sessions, redis_c
     assert time.perf_counter() - t < 1.0  # serving does not wait for the dead server
     log.close()
     assert log.stats()["failed"] == 20 and log.stats()["written"] == 0
+
+
+# ---- the tracker and handle hooks ------------------------------------------------------------
+def test_a_tracker_with_a_log_attached_logs_and_joins_outcomes(model, tmp_path):
+    """SessionTracker(model, log=...): recommend logs one impression per call, click and purchase
+    go to the same log and join it; a click of a product not shown is written unmatched."""
+    ids = model.builder.catalog.product_ids.tolist()
+    log = ImpressionLog(tmp_path)
+    tracker = SessionTracker(model, log=log)
+    assert tracker.log is log
+    tracker.page_view("t1", ids[3], device_type="Desktop", traffic_source="Email")
+    tracker.engagement("t1", time_on_page_sec=80, scroll_depth=0.9)
+    shown = tracker.recommend("t1", 3, 0.0, ts=1_700_000_000.0)
+    context = tracker.context("t1")
+    assert [r.product_id for r in shown] == [r.product_id for r in model.recommend(context, 3, 0.0)]
+    assert shown.model_id == artifact_id(model)
+    not_shown = next(p for p in ids if p not in {r.product_id for r in shown})
+    tracker.click("t1", shown[1].product_id, ts=1_700_000_010.0)
+    tracker.purchase("t1", shown[0].product_id, ts=1_700_000_020.0)
+    tracker.click("t1", not_shown, ts=1_700_000_030.0)
+    log.close()
+    imp, click, purchase, stray = read_log(tmp_path).records
+    assert imp["type"] == "impression" and imp["request_id"] == shown.request_id
+    assert imp["session_id"] == "t1" and imp["session"] == context
+    assert (click["type"], click["request_id"], click["position"]) == (
+        "click",
+        imp["request_id"],
+        1,
+    )
+    assert (purchase["type"], purchase["request_id"], purchase["position"]) == (
+        "purchase",
+        imp["request_id"],
+        0,
+    )
+    assert stray["request_id"] is None
+    assert log.stats()["unmatched_clicks"] == 1 and log.stats()["unmatched_purchases"] == 0
+
+
+def test_a_tracker_explores_with_a_policy(model, tmp_path):
+    ids = model.builder.catalog.product_ids.tolist()
+    log = ImpressionLog(tmp_path)
+    policy = EpsilonGreedy(0.5, 10, seed=1)
+    tracker = SessionTracker(model, log=log, policy=policy)
+    tracker.page_view("t", ids[7], device_type="Mobile", traffic_source="Direct")
+    for _ in range(5):
+        tracker.recommend("t", 3, 0.0)
+    log.close()
+    records = read_log(tmp_path).records
+    assert len(records) == 5 and all(r["policy"] == policy.to_json() for r in records)
+
+
+def test_clicks_need_an_attached_log(model):
+    tracker = SessionTracker(model)
+    ids = model.builder.catalog.product_ids.tolist()
+    tracker.page_view("t", ids[0], device_type="Desktop", traffic_source="Email")
+    assert type(tracker.recommend("t", 3, 0.0)) is list and tracker.log is None
+    with pytest.raises(RuntimeError, match="no impression log to record a click"):
+        tracker.click("t", ids[1])
+    with pytest.raises(RuntimeError, match="no impression log to record a purchase"):
+        tracker.purchase("t", ids[1])
+    with pytest.raises(ValueError, match="policy goes with log"):
+        SessionTracker(model, policy=EpsilonGreedy(0.1, 10))
+    with pytest.raises(TypeError, match="log must be an ImpressionLog"):
+        SessionTracker(model, log="logs/impressions")  # type: ignore[arg-type]
+
+
+def test_a_tracker_on_a_handle_logs_the_model_that_scored(built, tmp_path):
+    """SessionTracker(handle, log=...) logs the handle's current model_id, before and after a
+    swap; ModelHandle.model_id is the sha256 of the serving artifact's metadata.json."""
+    copy = tmp_path / "artifact"
+    shutil.copytree(built.path, copy)
+    (copy / "metadata.json").write_text(
+        json.dumps(json.loads((copy / "metadata.json").read_text()), indent=1)
+    )  # same metadata, other bytes: another id
+    handle = ModelHandle(built.path)
+    first = hashlib.sha256((built.path / "metadata.json").read_bytes()).hexdigest()
+    second = hashlib.sha256((copy / "metadata.json").read_bytes()).hexdigest()
+    assert first != second and handle.model_id == first
+    log = ImpressionLog(tmp_path / "log")
+    tracker = SessionTracker(handle, log=log)
+    ids = built.model.builder.catalog.product_ids.tolist()
+    tracker.page_view("h", ids[2], device_type="Tablet", traffic_source="Direct")
+    a = tracker.recommend("h", 2, 0.0)
+    handle.swap(copy)
+    assert handle.model_id == second
+    b = tracker.recommend("h", 2, 0.0)
+    tracker.click("h", b[0].product_id)
+    log.close()
+    imp_a, imp_b, click = read_log(tmp_path / "log").records
+    assert (a.model_id, imp_a["model_id"]) == (first, first)
+    assert (b.model_id, imp_b["model_id"], click["model_id"]) == (second, second, second)
+    stale = ModelHandle(copy)  # its directory rebuilt after loading: refused, not misnamed
+    (copy / "metadata.json").write_text("{}")
+    with pytest.raises(reco_fast.ArtifactError, match="changed since the model was loaded"):
+        _ = stale.model_id

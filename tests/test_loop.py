@@ -60,6 +60,18 @@ def test_simulation_closes_the_loop(simulation: Path):
     assert training["position_feature"]["importance"] > 0  # position bias was learned
 
 
+def test_the_readme_table_is_this_simulation(simulation: Path):
+    """The README's simulate table is what the documented command (`reco-fast simulate --days 2
+    --out DIR`, the fixture's) prints, not typed by hand."""
+    from reco_fast.build.simulate import format_simulation
+    from tests.helpers import REPO
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "reco-fast simulate --days 2 --out runs/simulation\n" in readme
+    result = json.loads((simulation / "simulation.json").read_text())
+    assert format_simulation(result).strip() in readme
+
+
 def test_the_log_of_the_simulation(simulation: Path):
     read = read_log(simulation / "impressions")
     imps = [r for r in read.records if r["type"] == "impression"]

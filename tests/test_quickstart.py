@@ -92,3 +92,54 @@ def test_quickstart_on_several_sessions(built: Built, tmp_path: Path) -> None:
 def test_can_recommend_says_which_models_rank(built, seed_built):
     assert built.model.can_recommend
     assert not seed_built.model.can_recommend
+
+
+LAZY_SCRIPT = """
+import json, sys
+
+HEAVY = json.loads(sys.argv[1])
+import reco_fast
+before = sorted(m for m in sys.modules if m.startswith("reco_fast.serve."))
+resolved = {name: type(getattr(reco_fast, name)).__name__ for name in reco_fast.__all__}
+from reco_fast.serve import ab, impressions, policies, rerank
+print(json.dumps({
+    "before": before,
+    "resolved": resolved,
+    "same": [
+        reco_fast.ImpressionLog is impressions.ImpressionLog,
+        reco_fast.LoggedRecommender is impressions.LoggedRecommender,
+        reco_fast.ABRouter is ab.ABRouter,
+        reco_fast.SoftmaxSampling is policies.SoftmaxSampling,
+        reco_fast.Reranker is rerank.Reranker,
+    ],
+    "in_dir": "ImpressionLog" in dir(reco_fast),
+    "heavy": sorted({m.split(".")[0] for m in sys.modules} & set(HEAVY)),
+}))
+try:
+    reco_fast.NoSuchName
+except AttributeError as exc:
+    print(exc)
+"""
+
+
+def test_the_loops_public_names_are_exported_lazily(tmp_path: Path) -> None:
+    """reco_fast.ImpressionLog, ABRouter, the policies...: in __all__, importable from the package,
+    loaded at first use (import reco_fast does not load them) and without build dependencies."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LAZY_SCRIPT, json.dumps(HEAVY)],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    out = json.loads(lines[0])
+    assert "reco_fast.serve.impressions" not in out["before"]
+    assert "reco_fast.serve.ab" not in out["before"]
+    for name in ("ImpressionLog", "LoggedRecommender", "ABRouter", "EpsilonGreedy", "Reranker"):
+        assert out["resolved"][name] == "type"
+    assert all(out["same"]) and out["in_dir"]
+    assert out["heavy"] == []
+    assert lines[1] == "module 'reco_fast' has no attribute 'NoSuchName'"

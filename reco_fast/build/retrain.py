@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +48,8 @@ import numpy as np
 from reco_fast.artifact import CATALOG_FILE
 from reco_fast.errors import CompileError, InputError
 from reco_fast.features.page import FEATURE_SETS
-from reco_fast.serve.impressions import DEFAULT_CLICK_WINDOW, LoggedImpression, LogRead, load_joined
 from reco_fast.features.schema import LABEL
+from reco_fast.serve.impressions import DEFAULT_CLICK_WINDOW, LoggedImpression, LogRead, load_joined
 
 __all__ = [
     "POSITION_FEATURE",
@@ -184,6 +185,68 @@ def fix_feature(estimator: Any, feature: int, value: float) -> Any:
     return new
 
 
+MAX_LISTED_MODELS = 10
+
+
+def report_markdown(training: Mapping[str, Any], base: Any) -> str:
+    """``report.md`` of a model trained from impressions (``training``: its metadata entry)."""
+    where = f" in `{training['impressions']}`" if training.get("impressions") else ""
+    base_rows = training.get("base_rows", 0)
+    position = training["position_feature"]
+    served = training.get("served_by_base", 0)
+    lines = [
+        "# Model trained from impressions",
+        "",
+        f"Training rows: {training['rows']:,} shown products from {training['requests']:,} "
+        f"logged requests{where}: {training['positives']:,} shown and clicked (label 1) against "
+        f"{training['rows'] - training['positives']:,} shown and not clicked (label 0)"
+        + (
+            f", plus {base_rows:,} page views of the base model's log at position 0"
+            if base_rows
+            else ""
+        )
+        + ".",
+        "",
+        f"Features: the base model's {len(base.builder.feature_names)} "
+        f"(`{getattr(base, 'path', '?')}`: its catalog and vocabulary; it served {served:,} of "
+        f"the logged requests) plus the position shown. Position was a training feature "
+        f"(importance {position['importance']:.3f}) and is fixed at {position['fixed_at_serving']} "
+        "(the first slot) at serving.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _served_by(impressions: Sequence[LoggedImpression], base: Any) -> dict[str, Any]:
+    """Which models served the logged impressions, and whether ``base`` is one of them.
+
+    Features are computed from the logged sessions with ``base``'s builder, so any
+    ranking model of the schema can be the base; a base that served none of the
+    log is legitimate (a model trained on another model's traffic) but worth a warning.
+    """
+    from reco_fast.errors import ArtifactError
+    from reco_fast.serve.impressions import artifact_id
+
+    ids = Counter(str(i.record.get("model_id")) for i in impressions)
+    try:
+        base_id: str | None = artifact_id(base)
+    except ArtifactError:
+        base_id = None
+    if base_id is not None and base_id not in ids:
+        log.warning(
+            "the base model %s (%s) served none of the %d logged impressions; their features "
+            "are computed with its catalog and vocabulary all the same",
+            getattr(base, "path", "?"),
+            base_id[:12],
+            len(impressions),
+        )
+    return {
+        "base_model_id": base_id,
+        "served_by_base": ids.get(base_id, 0) if base_id is not None else 0,
+        "log_model_ids": dict(ids.most_common(MAX_LISTED_MODELS)),
+    }
+
+
 def retrain(
     impressions: str | os.PathLike[str] | LogRead | Sequence[LoggedImpression],
     base: Any,
@@ -229,9 +292,9 @@ def retrain(
         The partially evaluated forest differs from the trained one at position 0,
         or the compiled model differs from scikit-learn.
     """
+    from reco_fast.build.train import fit
     from reco_fast.compiler.driver import compile_model
     from reco_fast.serve.model import write_catalog
-    from reco_fast.build.train import fit
 
     builder = base.builder
     if builder.feature_set not in FEATURE_SETS or not builder.ranks_products:
@@ -240,10 +303,13 @@ def retrain(
             f"feature set {builder.feature_set!r}"
         )
     counts = None
+    log_dir = str(impressions) if isinstance(impressions, (str, os.PathLike)) else None
     if isinstance(impressions, (str, os.PathLike, LogRead)):
         impressions, counts = load_joined(impressions, window)
+    impressions = list(impressions)
     start = time.perf_counter()
-    rows = training_rows(list(impressions), builder)
+    rows = training_rows(impressions, builder)
+    served_by = _served_by(impressions, base)
     positives = int(rows.y.sum())
     if positives == 0 or positives == len(rows.y):
         raise InputError(
@@ -275,6 +341,7 @@ def retrain(
     importances = full.feature_importances_
     training = {
         "source": "impressions",
+        "impressions": log_dir,
         "rows": len(rows.y),
         "positives": positives,
         "requests": len(set(rows.request_ids)),
@@ -286,19 +353,14 @@ def retrain(
             "importance": float(importances[-1]),
         },
         "train_seconds": round(seconds, 2),
+        **served_by,
         "log": counts,
     }
 
     def write_extra(staging: Path, staged: Any) -> None:
         write_catalog(builder.catalog, staging / CATALOG_FILE)
         (staging / "report.json").write_text(json.dumps({"training": training}, indent=2) + "\n")
-        (staging / "report.md").write_text(
-            "# Model retrained from impressions\n\n"
-            f"{training['rows']:,} shown products from {training['requests']:,} requests, "
-            f"{positives:,} clicked. Position was a training feature "
-            f"(importance {importances[-1]:.3f}) and is fixed at {SERVING_POSITION} "
-            "(the first slot) at serving.\n"
-        )
+        (staging / "report.md").write_text(report_markdown(training, base))
 
     verify_X = rows.X[:: max(1, len(rows.X) // 4000)]
     model = compile_model(

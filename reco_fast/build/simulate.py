@@ -64,10 +64,16 @@ from typing import Any
 
 import numpy as np
 
+from reco_fast.build.offpolicy import estimate, model_ranker
 from reco_fast.features.schema import LABEL, LOG_COLUMNS
 from reco_fast.serve.ab import ABRouter, bucket, variant_stats, wilson_interval
-from reco_fast.serve.impressions import ImpressionLog, JsonlSink, LoggedImpression, LoggedRecommender, load_joined
-from reco_fast.build.offpolicy import estimate, model_ranker
+from reco_fast.serve.impressions import (
+    ImpressionLog,
+    JsonlSink,
+    LoggedImpression,
+    LoggedRecommender,
+    load_joined,
+)
 from reco_fast.serve.policies import SoftmaxSampling
 from reco_fast.serve.rerank import Reranker
 
@@ -348,7 +354,6 @@ def simulate(
         fills with products day 0 never showed: ``unsupported_slots``).
     """
     import reco_fast
-
     from reco_fast.build.retrain import retrain
 
     if isinstance(days, bool) or not isinstance(days, int) or days < 2:

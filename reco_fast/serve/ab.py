@@ -136,7 +136,7 @@ class ABRouter:
         self.tracker = tracker
 
     def assign(self, session_id: str) -> str:
-        """The variant of a session (the same for a session id, always)."""
+        """The variant of the session ``session_id`` (the same for a session id, always)."""
         if not isinstance(session_id, str) or not session_id:
             raise ValueError(f"session_id must be a non-empty string, got {session_id!r:.40}")
         shares = self.split
@@ -155,7 +155,13 @@ class ABRouter:
         session_id: str | None = None,
         **kwargs: Any,
     ) -> Shown:
-        """Recommend with the session's variant and log it (see ``LoggedRecommender.recommend``)."""
+        """Recommend with the session's variant and log it (see ``LoggedRecommender.recommend``).
+
+        ``session`` is a session id (with a ``tracker``) or a session dict, whose id is
+        ``session_id`` or its ``"session_id"`` field and chooses the variant; ``k``,
+        ``threshold`` (default: the variant model's) and ``kwargs`` go to that variant's
+        recommender. Returns a ``Shown`` naming the variant and the request id.
+        """
         if isinstance(session, str):
             sid = session
         elif isinstance(session, Mapping):
@@ -180,9 +186,11 @@ class ABRouter:
         return handle.swap(source)
 
     def click(self, session_id: str, product_id: str, ts: float | None = None) -> None:
+        """``log.click(session_id, product_id, ts)``: joined to the impression that showed it."""
         self.log.click(session_id, product_id, ts)
 
     def purchase(self, session_id: str, product_id: str, ts: float | None = None) -> None:
+        """``log.purchase(session_id, product_id, ts)``: joined like a click."""
         self.log.purchase(session_id, product_id, ts)
 
 

@@ -33,11 +33,15 @@ from reco_fast.serve.session import (
     MemoryStore,
     SessionStore,
     State,
+    _attach,
+    _log_of,
     new_event_state,
 )
 
 if TYPE_CHECKING:
+    from reco_fast.serve.impressions import ImpressionLog, LoggedRecommender
     from reco_fast.serve.model import Model
+    from reco_fast.serve.policies import Policy
 
 __all__ = ["MAX_PRODUCTS", "EventTracker"]
 
@@ -78,11 +82,18 @@ class EventTracker:
         Bound of the in-memory store (default 100,000); used only without ``store``.
     clock : callable
         Epoch seconds now (default ``time.time``).
+    log : ImpressionLog, optional
+        Attach an impression log: ``recommend`` logs one impression per call (and
+        returns a ``Shown`` list with its ``request_id``), :meth:`click` records a
+        click and :meth:`purchase` a purchase too, each joined by the log to the
+        impression that showed the product (as :class:`~reco_fast.SessionTracker`).
+    policy : Policy, optional
+        With ``log``: an exploration policy (:mod:`reco_fast.serve.policies`).
 
     Raises
     ------
     ValueError
-        ``model`` was not trained on events.
+        ``model`` was not trained on events; ``policy`` without ``log``.
     """
 
     def __init__(
@@ -93,6 +104,8 @@ class EventTracker:
         ttl: float = DEFAULT_TTL_SECONDS,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
         clock: Callable[[], float] = time.time,
+        log: ImpressionLog | None = None,
+        policy: Policy | None = None,
     ):
         if not model.ranks_from_events:
             raise ValueError(
@@ -105,6 +118,12 @@ class EventTracker:
             store if store is not None else MemoryStore(ttl, max_sessions, clock)
         )
         self.ttl = self.store.ttl
+        self._logged: LoggedRecommender | None = _attach(self, log, policy)
+
+    @property
+    def log(self) -> ImpressionLog | None:
+        """The attached impression log, or None."""
+        return None if self._logged is None else self._logged.log
 
     def _event(self, kind: str, session_id: Any, product_id: Any, ts: float | None) -> State:
         sid = _id("session_id", session_id)
@@ -207,7 +226,8 @@ class EventTracker:
     def purchase(
         self, session_id: Any, product_id: Any, *, ts: float | None = None
     ) -> dict[str, Any]:
-        """A purchase: touches the product (the cart is unchanged).
+        """A purchase: touches the product (the cart is unchanged); with a log attached,
+        also records the purchase there, joined to the impression that showed the product.
 
         Parameters
         ----------
@@ -219,7 +239,8 @@ class EventTracker:
         ts : float, optional
             The event's time in epoch seconds (>= 0); default: the clock's time, never
             before the session's last event. A session idle for more than ``ttl``
-            seconds at ``ts`` starts again.
+            seconds at ``ts`` starts again. With a log, the purchase's time there
+            (default: now, ``time.time``).
 
         Returns
         -------
@@ -234,7 +255,29 @@ class EventTracker:
         StoreUnavailable
             The session store cannot be reached (a :class:`~reco_fast.RedisStore`).
         """
-        return self._context(self._event("purchase", session_id, product_id, ts))
+        context = self._context(self._event("purchase", session_id, product_id, ts))
+        if self._logged is not None:
+            self._logged.log.purchase(
+                _id("session_id", session_id), _id("product_id", product_id), ts
+            )
+        return context
+
+    def click(self, session_id: Any, product_id: Any, *, ts: float | None = None) -> None:
+        """Record a click on the recommended ``product_id`` in ``session_id`` at ``ts``
+        (epoch seconds, default now) in the attached log, joined to the impression that
+        showed it (see :meth:`reco_fast.SessionTracker.click`). The session is not
+        changed: a click that opens the product is a :meth:`view` too.
+
+        Raises
+        ------
+        RuntimeError
+            No impression log is attached.
+        InputError
+            An empty or non-text id; TypeError/ValueError: a bad ``ts``.
+        """
+        _log_of(self, "click").click(
+            _id("session_id", session_id), _id("product_id", product_id), ts
+        )
 
     def remove_from_cart(
         self, session_id: Any, product_id: Any, *, ts: float | None = None
@@ -308,6 +351,9 @@ class EventTracker:
         """The model's top ``k`` for the session as it is now: ``Model.recommend`` of
         :meth:`context` (``kwargs`` are passed on).
 
+        With a ``log`` attached the call is logged as one impression (``ts=`` sets its
+        time) and returns a :class:`~reco_fast.serve.impressions.Shown`.
+
         Parameters
         ----------
         session_id : str or int
@@ -325,4 +371,7 @@ class EventTracker:
         SessionNotFound
             The session is unknown, expired or has touched no product.
         """
+        logged = self._logged
+        if logged is not None:
+            return logged.recommend(_id("session_id", session_id), k, **kwargs)
         return self._model.recommend(self.context(session_id), k, **kwargs)

@@ -79,6 +79,7 @@ class ModelHandle:
             self._path = Path(source)
             self._model, self._fingerprint = self._load(self._path)
         self.swaps = 0
+        self._id: tuple[Model | None, str] = (None, "")
 
     # ---- the current model -----------------------------------------------------------------
     @property
@@ -90,6 +91,29 @@ class ModelHandle:
     def path(self) -> Path:
         """The artifact directory the current model came from (what ``reload`` re-opens)."""
         return self._path
+
+    @property
+    def model_id(self) -> str:
+        """The current model's artifact id: the sha256 of its ``metadata.json``.
+
+        The value impression records carry as ``model_id`` and the example service
+        reports at ``/health`` (:func:`reco_fast.serve.impressions.artifact_id`);
+        computed once per model (after a swap, at the first read).
+
+        Raises
+        ------
+        ArtifactError
+            The artifact's metadata.json cannot be read or was rebuilt since the
+            current model was loaded (``reload()`` picks the new one up).
+        """
+        model = self._model
+        cached, mid = self._id
+        if cached is not model:
+            from reco_fast.serve.impressions import artifact_id
+
+            mid = artifact_id(model)
+            self._id = (model, mid)
+        return mid
 
     def predict_proba(self, sessions: Any, **kwargs: Any) -> Any:
         """:meth:`Model.predict_proba` of ``sessions`` by the model serving now (same

@@ -99,6 +99,7 @@ import numpy as np
 
 from reco_fast.artifact import METADATA_FILE
 from reco_fast.errors import ArtifactError, InputError
+from reco_fast.serve.eventsession import EventTracker
 from reco_fast.serve.handle import ModelHandle
 from reco_fast.serve.policies import Greedy, Policy
 from reco_fast.serve.recommend import CART_FIELD, Recommendation
@@ -272,7 +273,7 @@ class JsonlSink:
                 os.close(fd)
 
     def write_batch(self, lines: Sequence[bytes]) -> tuple[int, int]:
-        """Append each line (one ``write()`` each); return (written, failed)."""
+        """Append each of ``lines`` (one ``write()`` each); return (written, failed)."""
         written = failed = 0
         for line in lines:
             try:
@@ -348,13 +349,15 @@ class RedisStreamSink:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStreamSink:
-        """A sink with its own client (2 s socket timeouts)."""
+        """A sink with its own client for the Redis at ``url`` (2 s socket timeouts);
+        ``kwargs`` as the constructor's (``key``, ``maxlen``)."""
         import redis
 
         client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         return cls(client, **kwargs)
 
     def write_batch(self, lines: Sequence[bytes]) -> tuple[int, int]:
+        """XADD each of ``lines`` in one pipeline; return (written, failed): all or none."""
         import redis
 
         try:
@@ -368,10 +371,10 @@ class RedisStreamSink:
         return len(lines), 0
 
     def tick(self) -> None:
-        pass
+        """The writer's timer: nothing to do (Redis persists on its own terms)."""
 
     def close(self) -> None:
-        pass
+        """Nothing to close: the client belongs to the caller (or to ``from_url``'s sink)."""
 
 
 def read_stream(client: Any, key: str = "reco_fast:impressions", page: int = 1000) -> list[dict]:
@@ -608,6 +611,8 @@ class ImpressionLog:
         The same for purchases (default: ``click_window``).
     join_sessions, join_per_session : int
         Bounds of the join state (sessions kept, impressions kept per session).
+    batch_interval : float
+        Seconds the writer thread sleeps between drains of the queue (default 0.05).
 
     ``stats()`` -> ``{"written", "dropped", "queued", "failed", "clicks",
     "unmatched_clicks", "purchases", "unmatched_purchases", "unserializable"}``.
@@ -701,7 +706,8 @@ class ImpressionLog:
         self._outcome("click", session_id, product_id, ts)
 
     def purchase(self, session_id: str, product_id: str, ts: float | None = None) -> None:
-        """Record a purchase; joined like a click, within ``purchase_window``."""
+        """Record a purchase of ``product_id`` in ``session_id`` at ``ts`` (epoch seconds,
+        default now); joined like a click, within ``purchase_window``."""
         self._outcome("purchase", session_id, product_id, ts)
 
     def _outcome(self, kind: str, session_id: Any, product_id: Any, ts: Any) -> None:
@@ -728,7 +734,10 @@ class ImpressionLog:
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Flush, stop the writer and close the sink. Later records are dropped (counted)."""
+        """Flush, stop the writer and close the sink. Later records are dropped (counted).
+
+        Waits at most ``timeout`` seconds for the writer (None: until it is done).
+        """
         if self._closed:
             return
         self._closed = True
@@ -924,9 +933,10 @@ class LoggedRecommender:
 
     Parameters
     ----------
-    source : SessionTracker, ModelHandle or Model
+    source : SessionTracker, EventTracker, ModelHandle or Model
         With a tracker, ``recommend`` takes a session id and scores the tracker's
-        context with the tracker's model; a ModelHandle is read at every request
+        context with the tracker's model (``SessionTracker(model, log=...)`` does
+        this itself); a ModelHandle is read at every request
         (swaps take effect, and the logged ``model_id`` is the model that scored).
     log : ImpressionLog
         Where impressions go (shared by any number of recommenders).
@@ -934,7 +944,7 @@ class LoggedRecommender:
         Exploration (:mod:`reco_fast.serve.policies`); None shows the model's top k.
     variant : str
         Recorded in every impression (A/B variant name).
-    tracker : SessionTracker, optional
+    tracker : SessionTracker or EventTracker, optional
         With a ModelHandle or Model as ``source``: session ids are looked up in
         this tracker and scored by ``source`` (what :class:`~reco_fast.serve.ab.ABRouter` does).
     """
@@ -946,7 +956,7 @@ class LoggedRecommender:
         policy: Policy | None = None,
         variant: str = "default",
         *,
-        tracker: SessionTracker | None = None,
+        tracker: SessionTracker | EventTracker | None = None,
     ):
         if not isinstance(log, ImpressionLog):
             raise TypeError(f"log must be an ImpressionLog, got {type(log).__name__}")
@@ -954,10 +964,12 @@ class LoggedRecommender:
             raise TypeError(f"policy must be a reco_fast.serve.policies.Policy, got {policy!r:.60}")
         if not isinstance(variant, str) or not variant:
             raise ValueError(f"variant must be a non-empty string, got {variant!r:.40}")
-        if tracker is not None and not isinstance(tracker, SessionTracker):
-            raise TypeError(f"tracker must be a SessionTracker, got {type(tracker).__name__}")
-        self.tracker: SessionTracker | None = tracker
-        if isinstance(source, SessionTracker):
+        if tracker is not None and not isinstance(tracker, (SessionTracker, EventTracker)):
+            raise TypeError(
+                f"tracker must be a SessionTracker or EventTracker, got {type(tracker).__name__}"
+            )
+        self.tracker: SessionTracker | EventTracker | None = tracker
+        if isinstance(source, (SessionTracker, EventTracker)):
             self.tracker = source
             source = source._model  # hook: a public SessionTracker.model would replace this
         if not hasattr(source, "recommend") or not hasattr(source, "path"):
@@ -1084,9 +1096,10 @@ class LoggedRecommender:
         return out
 
     def click(self, session_id: str, product_id: str, ts: float | None = None) -> None:
-        """``log.click``: record a click (joined to the impression that showed the product)."""
+        """``log.click(session_id, product_id, ts)``: record a click, joined to the impression
+        that showed the product."""
         self.log.click(session_id, product_id, ts)
 
     def purchase(self, session_id: str, product_id: str, ts: float | None = None) -> None:
-        """``log.purchase``."""
+        """``log.purchase(session_id, product_id, ts)``: record a purchase, joined like a click."""
         self.log.purchase(session_id, product_id, ts)

@@ -80,12 +80,21 @@ class Policy:
         raise NotImplementedError
 
     def propensities(self, scores: Sequence[float], k: int, picks: Sequence[int]) -> list[float]:
-        """Propensity of each picked candidate at its position (see the module docstring)."""
+        """Propensity of each picked candidate at its position (see the module docstring).
+
+        ``scores``: the candidates' probabilities, best first; ``k``: products shown;
+        ``picks``: indices into ``scores`` in position order (what :meth:`select` returned).
+        Returns one probability per pick.
+        """
         matrix = self.matrix(scores, k)
         return [matrix[r][p] for p, r in enumerate(picks)]
 
     def matrix(self, scores: Sequence[float], k: int) -> list[list[float]]:
-        """``P[r][p]``: propensity of candidate ``r`` at position ``p``, for every r and p < k'."""
+        """``P[r][p]``: propensity of candidate ``r`` at position ``p``, for every r and p < k'.
+
+        ``scores``: the candidates' probabilities, best first (``r`` indexes them);
+        ``k``: products shown (k' = the number the policy can show, at most ``k``).
+        """
         raise NotImplementedError
 
     def to_json(self) -> dict[str, Any]:

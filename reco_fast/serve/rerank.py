@@ -47,18 +47,22 @@ class Reranker:
 
     @property
     def path(self) -> Any:
+        """The re-ranking model's artifact directory (what the logged ``model_id`` names)."""
         return self.model.path
 
     @property
     def metadata(self) -> Mapping[str, Any]:
+        """The re-ranking model's ``metadata.json``."""
         return self.model.metadata
 
     @property
     def threshold(self) -> float:
+        """The re-ranking model's threshold (the default of :meth:`recommend`)."""
         return float(self.model.threshold)
 
     @property
     def builder(self) -> Any:
+        """The re-ranking model's feature builder (its catalog and vocabulary)."""
         return self.model.builder
 
     def recommend(
@@ -69,7 +73,12 @@ class Reranker:
         candidates: Sequence[str] | None = None,
         exclude: Iterable[str] = EXCLUDABLE,
     ) -> list[Recommendation]:
-        """At most ``k`` of the retrieval model's top ``top_m``, ordered by the re-ranker."""
+        """At most ``k`` of the retrieval model's top ``top_m``, ordered by the re-ranker.
+
+        ``session``, ``candidates`` and ``exclude`` go to the retrieval model (at threshold
+        0); its top ``top_m`` are then scored by the re-ranking model, which returns those
+        at or above ``threshold`` (default: its own), best first, as a list of Recommendation.
+        """
         top = self.retrieval.recommend(session, self.top_m, 0.0, candidates, exclude)
         if not top:
             return []

@@ -42,7 +42,9 @@ from reco_fast.features.schema import NONE_PRODUCT, NumericField, check_number
 from reco_fast.serve.recommend import CART_FIELD, Recommendation
 
 if TYPE_CHECKING:
+    from reco_fast.serve.impressions import ImpressionLog, LoggedRecommender
     from reco_fast.serve.model import Model
+    from reco_fast.serve.policies import Policy
 
 __all__ = [
     "DEFAULT_TTL_SECONDS",
@@ -635,12 +637,25 @@ class SessionTracker:
         Most sessions the in-memory store keeps (default 100,000), an integer >= 1.
     clock : callable
         The time in seconds (``time.time``); tests pass a fake one.
+    log : ImpressionLog, optional
+        Attach an impression log (:mod:`reco_fast.serve.impressions`): ``recommend``
+        then logs one impression per call (through a
+        :class:`~reco_fast.serve.impressions.LoggedRecommender`, which returns a
+        ``Shown`` list carrying the ``request_id``), and :meth:`click` and
+        :meth:`purchase` record outcomes that the log joins to the impression that
+        showed the product. Impression and outcome times are the wall clock
+        (``time.time``) unless ``ts=`` is given, not ``clock``.
+    policy : Policy, optional
+        With ``log``: an exploration policy (:mod:`reco_fast.serve.policies`);
+        default the model's top k.
 
     Raises
     ------
     ValueError
         A bad ``ttl`` or ``max_sessions`` (named), or either given with a store that
-        has another value; a model without a catalog.
+        has another value; a model without a catalog; ``policy`` without ``log``.
+    TypeError
+        ``log`` is not an ImpressionLog, ``policy`` not a Policy.
     """
 
     def __init__(
@@ -651,6 +666,8 @@ class SessionTracker:
         ttl: float | None = None,
         max_sessions: int | None = None,
         clock: Callable[[], float] = time.time,
+        log: ImpressionLog | None = None,
+        policy: Policy | None = None,
     ):
         if ttl is not None:
             ttl = _seconds("ttl", ttl)
@@ -687,6 +704,12 @@ class SessionTracker:
             )
         )
         self.ttl = self.store.ttl
+        self._logged: LoggedRecommender | None = _attach(self, log, policy)
+
+    @property
+    def log(self) -> ImpressionLog | None:
+        """The attached impression log, or None."""
+        return None if self._logged is None else self._logged.log
 
     # -- helpers --
     def _ts(self, ts: float | None) -> float | None:
@@ -1102,6 +1125,11 @@ class SessionTracker:
         ``Model.recommend`` of :meth:`context` (``k``, ``threshold`` and ``kwargs`` are
         passed on; ``threshold`` None is the model's).
 
+        With a ``log`` attached, the call is logged as one impression and returns a
+        :class:`~reco_fast.serve.impressions.Shown` (a list of Recommendation with
+        ``request_id``, ``variant`` and ``model_id``); ``ts=`` (epoch seconds) then
+        sets the impression's time.
+
         Raises
         ------
         SessionNotFound
@@ -1110,4 +1138,61 @@ class SessionTracker:
             The session store cannot be reached; the message says whether the event
             may have been applied.
         """
+        logged = self._logged
+        if logged is not None:
+            return logged.recommend(session_id, k, threshold, **kwargs)
         return self._model.recommend(self.context(session_id), k, threshold, **kwargs)
+
+    def click(self, session_id: str, product_id: str, ts: float | None = None) -> None:
+        """Record a click on a recommended product, joined to the impression that showed it.
+
+        Forwards to the attached log's :meth:`~reco_fast.serve.impressions.ImpressionLog.click`:
+        the click joins the latest impression of ``session_id`` that showed
+        ``product_id`` within the log's ``click_window`` (a click that matches none is
+        written unmatched and counted). The session itself is not changed (a click
+        that opens the product's page is a :meth:`page_view` too). Never waits.
+
+        Parameters
+        ----------
+        session_id, product_id : str
+        ts : float, optional
+            Epoch seconds of the click (default: now).
+
+        Raises
+        ------
+        RuntimeError
+            No impression log is attached.
+        TypeError, ValueError
+            A non-string or empty id, a bad ``ts``.
+        """
+        _log_of(self, "click").click(session_id, product_id, ts)
+
+    def purchase(self, session_id: str, product_id: str, ts: float | None = None) -> None:
+        """Record a purchase of ``product_id`` in ``session_id`` at ``ts`` (epoch seconds,
+        default now), joined like :meth:`click` (within the log's ``purchase_window``).
+
+        Raises RuntimeError without an attached log; TypeError/ValueError for bad ids or ``ts``.
+        """
+        _log_of(self, "purchase").purchase(session_id, product_id, ts)
+
+
+def _attach(tracker: Any, log: Any, policy: Any) -> LoggedRecommender | None:
+    """The LoggedRecommender a tracker recommends through when ``log`` is given."""
+    if log is None:
+        if policy is not None:
+            raise ValueError("policy goes with log: an exploration policy needs an impression log")
+        return None
+    from reco_fast.serve.impressions import LoggedRecommender
+
+    return LoggedRecommender(tracker, log, policy)
+
+
+def _log_of(tracker: Any, what: str) -> ImpressionLog:
+    logged = tracker._logged
+    if logged is None:
+        raise RuntimeError(
+            f"{type(tracker).__name__} has no impression log to record a {what} in: "
+            f"create it with {type(tracker).__name__}(model, log=ImpressionLog(...))"
+        )
+    log: ImpressionLog = logged.log
+    return log

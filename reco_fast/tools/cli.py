@@ -30,6 +30,8 @@ BAD_INPUT = 2
 """Exit status for bad input (an :class:`InputError`) and bad arguments (argparse)."""
 FAILED = 1
 """Exit status for every other failure: a damaged artifact, a failed compile, I/O..."""
+DEFAULT_THRESHOLD = 0.7
+"""``reco-fast build``'s high-confidence threshold when ``--threshold`` is not given."""
 MAX_ERROR_CHARS = 500
 """An error line is cut to this length: never echo a whole input."""
 
@@ -39,6 +41,10 @@ _EXPECTED = (RecoFastError, OSError, ValueError, TypeError, ImportError, Recursi
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.impressions is not None:
+        return _build_impressions(args)
+    if args.base is not None:
+        raise InputError("--base goes with --impressions DIR", field="--base")
     if args.events is not None:
         return _build_events(args)
     if args.columns is not None or args.event_types is not None:
@@ -58,7 +64,7 @@ def _build(args: argparse.Namespace) -> int:
         feature_set=args.features,
         data_dir=args.data_dir,
         seed=args.seed,
-        threshold=args.threshold,
+        threshold=args.threshold,  # None: DEFAULT_THRESHOLD, unless a target chooses it
         engine=args.engine,
         spark_master=args.spark_master,
         spark_workers=args.spark_workers,
@@ -76,6 +82,57 @@ def _build(args: argparse.Namespace) -> int:
         + ("n/a" if ev["precision"] is None else f"{ev['precision']:.1%}")
         + f", coverage {ev['coverage']:.1%}; built in {result.seconds:.1f} s)"
     )
+    return 0
+
+
+def _build_impressions(args: argparse.Namespace) -> int:
+    """``build --impressions DIR``: the code of ``reco-fast retrain`` (loop_cli), one implementation."""
+    from reco_fast.tools.loop_cli import summary, train_from_impressions
+
+    for given, option in ((args.events, "--events"), (args.columns, "--columns")):
+        if given is not None:
+            raise InputError(
+                f"{option} and --impressions are two different builds; give one", field=option
+            )
+    if args.features != "ranking":
+        raise InputError(
+            "--features does not go with --impressions: the new model has the base model's "
+            "features (plus the position at training)",
+            field="--features",
+        )
+    for option, value, default in (
+        ("--objective", args.objective, "binary"),
+        ("--engine", args.engine, "local"),
+        ("--calibration", args.calibration, None),
+        ("--target-precision", args.target_precision, None),
+        ("--target-coverage", args.target_coverage, None),
+    ):
+        if value != default:
+            raise InputError(
+                f"{option} {value} does not go with --impressions (a GradientBoostingClassifier "
+                "trained locally on the logged shown products)",
+                field=option,
+            )
+    base = args.out if args.base is None else args.base
+    if args.base is None and not (Path(base) / "metadata.json").is_file():
+        raise InputError(
+            f"--impressions needs the model that served the log, for its features, vocabulary "
+            f"and catalog: --base ARTIFACT (default: the artifact at --out, {str(base)[:200]!r}, "
+            "which is not there)",
+            field="--base",
+        )
+    start = time.perf_counter()
+    model = train_from_impressions(
+        args.impressions,
+        base,
+        args.out,
+        base_data=args.data,
+        base_catalog=args.catalog,
+        threshold=args.threshold,
+    )
+    if not args.quiet:
+        print((Path(model.path) / "report.md").read_text(encoding="utf-8"))
+    print(summary(model, time.perf_counter() - start))
     return 0
 
 
@@ -500,6 +557,20 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
         "(default view,cart,purchase,remove_from_cart)",
     )
     b.add_argument(
+        "--impressions",
+        metavar="DIR",
+        help="an impression log directory (reco_fast.serve.impressions) instead of --data: "
+        "trains on shown-and-clicked against shown-and-not-clicked products with the shown "
+        "position as a feature, fixed at 0 at serving; --data/--catalog then add the base "
+        "model's page views at position 0 (same as `reco-fast retrain`)",
+    )
+    b.add_argument(
+        "--base",
+        metavar="ARTIFACT",
+        help="with --impressions: the model that served the log, whose features, vocabulary "
+        "and catalog the new model takes (default: the artifact at --out, rebuilt in place)",
+    )
+    b.add_argument(
         "--objective",
         default="binary",
         choices=["binary", "lambdarank"],
@@ -541,9 +612,9 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--threshold",
         type=float,
-        default=None,
-        help="high-confidence threshold on the served probability (default: 0.7); "
-        "--target-precision or --target-coverage choose it on held-out rows instead",
+        help="high-confidence threshold on the served probability; --target-precision or "
+        "--target-coverage choose it on held-out rows instead, and a build from --impressions "
+        f"keeps the base model's unless this is given (default: {DEFAULT_THRESHOLD})",
     )
     b.add_argument(
         "--target-precision",

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["add_parsers", "main"]
+from reco_fast.errors import InputError
+
+__all__ = ["add_parsers", "main", "summary", "train_from_impressions"]
 
 
 def _positive_int(text: str) -> int:
@@ -109,23 +112,60 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retrain(args: argparse.Namespace) -> int:
+def train_from_impressions(
+    impressions: str,
+    base: str,
+    out: str,
+    *,
+    base_data: str | None = None,
+    base_catalog: str | None = None,
+    threshold: float | None = None,
+) -> Any:
+    """What ``reco-fast build --impressions`` and ``reco-fast retrain`` run: one implementation.
+
+    Loads ``base`` (the artifact whose features, vocabulary and catalog the new model
+    uses), reads ``base_data`` (page views in the seed's schema, added at position 0)
+    if given, and calls :func:`reco_fast.build.retrain.retrain`. Returns the new Model.
+    """
     import reco_fast
     from reco_fast.build.retrain import retrain
 
-    base = reco_fast.load(args.base)
+    if base_catalog is not None and base_data is None:
+        raise InputError(
+            "a catalog for the base page views goes with them: give the page-view CSV too "
+            "(build: --data, retrain: --base-data)",
+            field="--catalog",
+        )
+    model = reco_fast.load(base)
     base_log = None
-    if args.base_data is not None:
+    if base_data is not None:
         from reco_fast.build.data import load
 
-        base_log = load(args.base_data, args.base_catalog).log
-    model = retrain(args.impressions, base, args.out, base_log=base_log)
+        base_log = load(base_data, base_catalog).log
+    return retrain(impressions, model, out, base_log=base_log, threshold=threshold)
+
+
+def summary(model: Any, seconds: float) -> str:
+    """The one line ``build --impressions`` and ``retrain`` print about the new artifact."""
     training = dict(model.metadata.training or {})
-    print(
-        f"wrote {args.out}: {training.get('rows', 0):,} shown products "
-        f"({training.get('positives', 0):,} clicked) and {training.get('base_rows', 0):,} base "
-        "page views; position fixed at 0"
+    return (
+        f"artifact: {model.path}  (trained on {training.get('rows', 0):,} shown products from "
+        f"the impression log, {training.get('positives', 0):,} clicked, and "
+        f"{training.get('base_rows', 0):,} base page views; position fixed at 0; "
+        f"built in {seconds:.1f} s)"
     )
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    model = train_from_impressions(
+        args.impressions,
+        args.base,
+        args.out,
+        base_data=args.base_data,
+        base_catalog=args.base_catalog,
+    )
+    print(summary(model, time.perf_counter() - start))
     return 0
 
 
@@ -233,10 +273,11 @@ def add_parsers(
 
     r = subparsers.add_parser(
         "retrain",
-        help="train a model from an impression log (position as a feature, fixed at 0)",
+        help="train a model from an impression log (same as build --impressions)",
         description="Train on the logged shown products (clicked against not clicked) with "
         "the base model's features plus the shown position, fix the position at 0, compile "
-        "and verify into a new artifact with the base model's vocabulary and catalog.",
+        "and verify into a new artifact with the base model's vocabulary and catalog. "
+        "`reco-fast build --impressions DIR --base BASE --out OUT` runs the same code.",
         **kw,
     )
     r.add_argument("base", metavar="BASE_ARTIFACT", help="the model that served the log")
