@@ -139,7 +139,10 @@ def _export_predictor(estimator: Any, tmp: Path) -> Any:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     tmp = tmp_path_factory.mktemp("bench")
     out, data_dir = tmp / "artifact", tmp / "data"
-    pipeline.build(out=out, data_dir=data_dir)
+    # uncalibrated: the peers (scikit-learn, tl2cgen.Predictor) give the estimator's own
+    # probabilities; a calibrated build serves CalibratedClassifierCV's, and its recommend
+    # ranks every product in numpy (README, "Calibration and thresholds")
+    pipeline.build(out=out, data_dir=data_dir, calibration=None)
     model = reco_fast.load(out)
 
     # the estimator the pipeline trained, refitted on the same rows and split

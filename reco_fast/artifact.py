@@ -46,6 +46,7 @@ from reco_fast.metadata import FORMAT_NAME, ArtifactMetadata
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_FILE",
+    "UNCALIBRATED_FORMAT_VERSION",
     "ArtifactMetadata",
     "CheckedArtifact",
     "metadata_digest",
@@ -54,12 +55,17 @@ __all__ = [
     "read_metadata",
 ]
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """2: metadata_sha256, feature_spec and golden raw sessions; required library/catalog entries.
 3: model families (issue 15): ``output`` (probability, score or value), ``missing_values``
 (routed: NaN is a valid input), raw-margin entry points and golden margins. A version-2
 artifact is still read (a binary classifier that refuses NaN); a reader of version 2
-refuses a version-3 one, which it would misread (a ranker's scores as probabilities)."""
+refuses a version-3 one, which it would misread (a ranker's scores as probabilities).
+4: ``calibration`` (issue 12: probabilities calibrated on held-out rows, a monotone map
+of the raw margin). Only a calibrated artifact is written as version 4
+(:data:`UNCALIBRATED_FORMAT_VERSION` otherwise), so a reader of version 3, which would
+serve its uncalibrated probabilities, refuses it and reads every other artifact."""
+UNCALIBRATED_FORMAT_VERSION = 3
 OLDEST_FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
 CATALOG_FILE = "catalog.csv"

@@ -95,7 +95,8 @@ class ArtifactMetadata(Mapping[str, Any]):
     Attributes
     ----------
     format_version : int
-        The artifact format (:data:`reco_fast.artifact.FORMAT_VERSION`; 2 or 3 are read).
+        The artifact format (:data:`reco_fast.artifact.FORMAT_VERSION`; 2, 3 or 4 are
+        read; 4 only for a calibrated artifact).
     created : str
         When the artifact was built: ISO 8601, UTC, to the second
         (``"2026-11-29T20:15:54+00:00"``).
@@ -171,6 +172,15 @@ class ArtifactMetadata(Mapping[str, Any]):
         A retrained model's training counts (``rows``, ``positives``, ``requests``...).
     item_tables : tuple of str or None
         File names of an event-log model's item tables (``items.json``, ``covis.npz``).
+    calibration : dict or None
+        Format 4: the monotone map from the raw margin to the served probability
+        (:class:`reco_fast.serve.calibration.Calibration`): ``{"method": "sigmoid", "a",
+        "b"}`` or ``{"method": "isotonic", "x", "y"}``. None (absent): the model's own
+        probability is served.
+    threshold_choice : dict or None
+        How the build chose ``threshold`` (``rule``: default, given, target_precision or
+        target_coverage; ``target``) and the precision and coverage it gave on the
+        calibration and evaluation halves of the held-out split. None (absent) otherwise.
     files : dict of str to str
         Every other file of the artifact and its sha256 (64 lowercase hex digits).
         Empty until :func:`reco_fast.artifact.write_metadata` seals the artifact.
@@ -215,6 +225,8 @@ class ArtifactMetadata(Mapping[str, Any]):
     data: dict[str, Any] | None = None
     training: dict[str, Any] | None = None
     item_tables: tuple[str, ...] | None = None
+    calibration: dict[str, Any] | None = None
+    threshold_choice: dict[str, Any] | None = None
     files: dict[str, str] = field(default_factory=dict)
     metadata_sha256: str = ""
     absent_keys: frozenset[str] = frozenset()
@@ -251,6 +263,8 @@ class ArtifactMetadata(Mapping[str, Any]):
         "data": "object?",
         "training": "object?",
         "item_tables": "strings?",
+        "calibration": "object?",
+        "threshold_choice": "object?",
         "files": "string map",
         "metadata_sha256": "string",
     }
@@ -271,6 +285,8 @@ class ArtifactMetadata(Mapping[str, Any]):
             "data",
             "training",
             "item_tables",
+            "calibration",
+            "threshold_choice",
         }
     )
     _SEAL: ClassVar[frozenset[str]] = frozenset({"files", "metadata_sha256"})

@@ -4,6 +4,9 @@
 default data, entirely inside pytest's temporary directory. The pipeline's own
 ``split`` and ``fit`` are wrapped (not replaced) so tests can compare the
 compiled artifact with the exact scikit-learn estimator it was built from.
+``built`` and ``seed_built`` are built with ``calibration=None``: their probabilities
+are the estimator's own, which most tests compare with; the default calibrated build
+(probabilities of scikit-learn's calibrator) is tests/test_calibration.py's.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def _spied_build(tmp: Path, **kwargs: Any) -> dict[str, Any]:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     tmp = tmp_path_factory.mktemp("built")
     out, data_dir = tmp / "artifact", tmp / "data"
-    cap = _spied_build(tmp, out=out, data_dir=data_dir)
+    cap = _spied_build(tmp, out=out, data_dir=data_dir, calibration=None)
     log_path, catalog_path = data_dir / DEFAULT_LOG_FILE, data_dir / DEFAULT_CATALOG_FILE
     return Built(
         result=cap["result"],
@@ -95,7 +98,14 @@ def seed_built(built: Built, small_csv: Path, tmp_path_factory: pytest.TempPathF
     """A feature_set="seed" build (the notebook's 19 features) on the 3,000-row log."""
     tmp = tmp_path_factory.mktemp("seed_built")
     out = tmp / "artifact"
-    cap = _spied_build(tmp, data=small_csv, catalog=built.catalog_path, out=out, feature_set="seed")
+    cap = _spied_build(
+        tmp,
+        data=small_csv,
+        catalog=built.catalog_path,
+        out=out,
+        feature_set="seed",
+        calibration=None,
+    )
     return Built(
         result=cap["result"],
         path=out,

@@ -21,7 +21,13 @@ from sklearn.ensemble import GradientBoostingClassifier
 import reco_fast
 import reco_fast.compiler.driver
 from reco_fast import ArtifactError, CompileError
-from reco_fast.artifact import FORMAT_VERSION, METADATA_FILE, metadata_digest, platform_tag
+from reco_fast.artifact import (
+    FORMAT_VERSION,
+    METADATA_FILE,
+    UNCALIBRATED_FORMAT_VERSION,
+    metadata_digest,
+    platform_tag,
+)
 from reco_fast.compiler.frontends import sklearn_gbc
 from reco_fast.features.page import FEATURE_SETS, definition_sha256
 from tests.helpers import Built
@@ -80,7 +86,9 @@ def test_round_trip(built: Built) -> None:
 def test_metadata_contents(built: Built) -> None:
     meta = _meta(built.path)
     assert meta["format"] == "reco_fast"
-    assert meta["format_version"] == FORMAT_VERSION == 3
+    # an uncalibrated artifact keeps version 3, so readers of 3 still read it; a
+    # calibrated one is version 4 (tests/test_calibration.py)
+    assert meta["format_version"] == UNCALIBRATED_FORMAT_VERSION == FORMAT_VERSION - 1 == 3
     assert meta["feature_set"] == "ranking"
     assert meta["feature_names"] == list(FEATURE_SETS["ranking"])
     assert meta["feature_spec"] == {

@@ -308,6 +308,8 @@ def test_build_model_cli_on_own_csv(
             str(out),
             "--features",
             "seed",
+            "--calibration",
+            "none",  # seed_built's: the estimator's own probabilities
         ],
         cwd=tmp_path,
     )

@@ -74,10 +74,13 @@ def build(
     feature_set: str = "ranking",
     data_dir: str | Path = "data",
     seed: int = DEFAULT_SEED,
-    threshold: float = 0.7,
+    threshold: float | None = None,
     engine: str = "local",
     spark_master: str = "local[2]",
     spark_workers: int = 1,
+    calibration: str | None = "default",
+    target_precision: float | None = None,
+    target_coverage: float | None = None,
 ) -> BuildResult:
     """Run the whole pipeline; raise (and write nothing) if any stage fails.
 
@@ -86,13 +89,52 @@ def build(
     Spark DataFrame of the same training rows (``spark_master``, ``spark_workers``
     XGBoost workers; :mod:`reco_fast.build.spark_train`), then compiles the collected
     booster the same way.
+
+    The model trains on the seed's stratified 80% split. The 20% test split is cut by
+    session into a calibration half and an evaluation half
+    (:mod:`reco_fast.build.calibrate`): ``calibration`` ("sigmoid", Platt's;
+    "isotonic"; None; or "default": sigmoid for ``engine="local"``, None for
+    ``engine="spark"``, whose XGBoost model has no ``decision_function`` for
+    scikit-learn's calibrator) is fitted on the calibration half with scikit-learn's
+    ``CalibratedClassifierCV`` and served as a monotone map of the compiled margin;
+    the threshold is ``threshold`` (default 0.7), or chosen on the calibration half for
+    ``target_precision`` (precision of clicks among recommendations at the threshold)
+    or ``target_coverage`` (share of page views with at least one recommendation). The
+    report measures both on the evaluation half.
+
+    Raises
+    ------
+    ValueError
+        An unknown feature set, engine or calibration method, calibration with
+        ``engine="spark"``, more than one of ``threshold``, ``target_precision`` and
+        ``target_coverage``, a value out of range, or a precision target no threshold
+        meets on the calibration half.
     """
+    from reco_fast.build.calibrate import (
+        calibration_section,
+        check_targets,
+        choose_threshold,
+        fit_calibrator,
+        holdout_halves,
+    )
     from reco_fast.compiler.driver import compile_model
 
     if feature_set not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {feature_set!r}; choose from {list(FEATURE_SETS)}")
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {list(ENGINES)}, got {engine!r:.40}")
+    if calibration == "default":
+        calibration = "sigmoid" if engine == "local" else None
+    if calibration is not None and calibration not in ("sigmoid", "isotonic"):
+        raise ValueError(
+            f"calibration must be 'sigmoid', 'isotonic' or None, got {str(calibration)[:40]!r}"
+        )
+    if calibration is not None and engine != "local":
+        raise ValueError(
+            f"calibration={calibration!r} needs scikit-learn's GradientBoostingClassifier "
+            "(its decision_function); --engine spark trains XGBoost: use --calibration none"
+        )
+    check_targets(threshold, target_precision, target_coverage)
     start = time.perf_counter()
     steps = 5
 
@@ -135,6 +177,16 @@ def build(
     else:
         estimator, train_seconds = fit(parts.X_train, parts.y_train)
     log.info("trained in %.1f s", train_seconds)
+    holdout = holdout_halves(frame["session_id"].to_numpy()[parts.idx_test])
+    calibrator, cal_map = None, None
+    if calibration is not None:
+        log.info("calibrating (%s) on %d held-out rows", calibration, len(holdout.calibration))
+        calibrator, cal_map = fit_calibrator(
+            estimator,
+            parts.X_test[holdout.calibration],
+            parts.y_test[holdout.calibration],
+            calibration,
+        )
 
     log.info(
         "[4/%d] compiling to C and verifying against %s, %.1f s elapsed",
@@ -144,8 +196,22 @@ def build(
     )
     result: dict[str, Any] = {}
 
-    def write_extra(staging: Path, staged: Model) -> None:
+    def write_extra(staging: Path, staged: Model) -> dict[str, Any]:
         log.info("[5/%d] report, %.1f s elapsed", steps, elapsed())
+        model = staged._with_builder(builder)  # serves the calibrated probabilities
+        served = model.predict_proba_features(parts.X_test)
+        choice = choose_threshold(
+            model,
+            frame,
+            parts,
+            holdout,
+            served,
+            threshold=threshold,
+            target_precision=target_precision,
+            target_coverage=target_coverage,
+        )
+        chosen = choice["threshold"]
+        raw = estimator.predict_proba(parts.X_test)[:, 1]
         report = build_report(
             log=frame,
             feature_names=builder.feature_names,
@@ -153,39 +219,49 @@ def build(
             split=parts,
             estimator=estimator,
             train_seconds=train_seconds,
-            model=staged._with_builder(builder),
-            threshold=threshold,
+            model=model,
+            threshold=chosen,
             source=dataset.source,
+            calibrator=calibrator,
         )
+        report["calibration"] = calibration_section(
+            calibration, cal_map, holdout, parts.y_test, raw, served
+        )
+        report["threshold_choice"] = choice
         markdown = render_markdown(report)
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.md").write_text(markdown)
-        proba = estimator.predict_proba(parts.X_test)[:, 1]
         (staging / "report.html").write_text(
-            render_html(report, curves(parts.y_test, proba, threshold)), encoding="utf-8"
+            render_html(report, curves(parts.y_test, served, chosen)), encoding="utf-8"
         )
-        predictions_frame(frame, parts, proba, threshold).to_csv(
+        predictions_frame(frame, parts, served, chosen).to_csv(
             staging / PREDICTIONS_FILE, index=False
         )
         write_catalog(dataset.catalog, staging / CATALOG_FILE)
         result.update(report=report, markdown=markdown)
+        # "threshold" itself is metadata's own entry, recorded once
+        return {
+            "threshold": chosen,
+            "threshold_choice": {k: v for k, v in choice.items() if k != "threshold"},
+        }
 
     model = compile_model(
         estimator,
         out,
         builder.feature_names,
         verify_X=parts.X_test,
-        threshold=threshold,
         metadata={
             "feature_set": feature_set,
             "vocabulary": vocabulary.to_json(),
             "catalog": CATALOG_FILE,
             "data": {"source": dataset.source, "rows": len(frame)},
+            **({} if cal_map is None else {"calibration": cal_map.to_json()}),
         },
         feature_set=feature_set,
         write_extra=write_extra,
         builder=builder,
         sessions=frame.iloc[parts.idx_test[:256]].to_dict("records"),
+        calibrated=None if calibrator is None else (lambda X: calibrator.predict_proba(X)[:, 1]),
     )
     seconds = time.perf_counter() - start
     log.info("built %s in %.1f s", out, seconds)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reco_fast.build.calibrate import render_markdown as calibration_markdown
 from reco_fast.build.train import SEED_PARAMS, Split
 from reco_fast.features.schema import LABEL
 
@@ -167,8 +168,16 @@ def build_report(
     model: Any,
     threshold: float,
     source: str,
+    calibrator: Any = None,
 ) -> dict[str, Any]:
-    """Compute every number of the report."""
+    """Compute every number of the report.
+
+    The seed notebook's sections (metrics, the confidence-threshold table) use the
+    estimator's own ``predict_proba``; the high-confidence line, coverage, business
+    impact, segments and the compiled-vs-scikit-learn check use the probability the
+    artifact serves: ``calibrator.predict_proba`` (scikit-learn's
+    ``CalibratedClassifierCV``) when the model is calibrated.
+    """
     from sklearn.metrics import (
         accuracy_score,
         classification_report,
@@ -178,6 +187,7 @@ def build_report(
 
     y_test = split.y_test
     proba = estimator.predict_proba(split.X_test)[:, 1]
+    served = proba if calibrator is None else calibrator.predict_proba(split.X_test)[:, 1]
     pred = (proba >= 0.5).astype(int)
     sk_pred = estimator.predict(split.X_test)
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y_test, sk_pred).ravel())
@@ -198,12 +208,12 @@ def build_report(
                 "ctr": clicks / n_shown if n_shown else None,
             }
         )
-    shown = proba >= threshold
+    shown = served >= threshold
     hc_recs = int(shown.sum())
     hc_clicks = int((shown & (y_test == 1)).sum())
     hc_ctr = hc_clicks / hc_recs if hc_recs else 0.0
     baseline = float(y_test.mean())
-    coverage = _coverage(model, log, split, proba, threshold)
+    coverage = _coverage(model, log, split, served, threshold)
     daily = DAILY_SESSIONS * RECS_PER_SESSION
     model_shown = DAILY_SESSIONS * coverage["shown_per_page_view"]
     base_clicks, model_clicks = daily * baseline, model_shown * hc_ctr
@@ -256,8 +266,8 @@ def build_report(
         )
 
     test = log.iloc[split.idx_test].copy()
-    test["click_probability"] = proba
-    test["high_confidence"] = (proba >= threshold).astype(int)
+    test["click_probability"] = served
+    test["high_confidence"] = (served >= threshold).astype(int)
 
     return {
         "source": source,
@@ -293,7 +303,7 @@ def build_report(
         },
         "top_features": [{"feature": f, "importance": v} for f, v in importance[:10]],
         "inference_speed": speed,
-        "compiled_vs_sklearn_max_abs_diff": float(np.max(np.abs(compiled - proba))),
+        "compiled_vs_sklearn_max_abs_diff": float(np.max(np.abs(compiled - served))),
         "thresholds": thresholds,
         "high_confidence": {
             "threshold": threshold,
@@ -385,9 +395,16 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"Compiled vs {_library(r['model']['class'])} on the test split: max |difference| = "
         f"{r['compiled_vs_sklearn_max_abs_diff']:.3g}\n",
         "## Confidence thresholds\n",
+        (
+            "The estimator's own (uncalibrated) `predict_proba` on the test split, as in the "
+            "seed notebook; the line below it uses the served, calibrated probability.\n"
+            if (r.get("calibration") or {}).get("calibrated")
+            else ""
+        ),
         _md_table(r["thresholds"], {"ctr": ".1%"}),
         f"At >= {hc['threshold']}: {hc['shown']:,} recommendations shown, {hc['clicks']:,} clicked, "
         f"CTR {hc['ctr']:.1%}\n",
+        calibration_markdown(r["calibration"], r["threshold_choice"]) if "calibration" in r else "",
         "## Business impact (100K daily sessions x 3 recommendations x $5 per click)\n",
         f"Coverage at >= {hc['threshold']}: {hc['coverage']:.1%} of page views get at least one "
         f"recommendation, {hc['shown_per_page_view']:.2f} per page view on average "

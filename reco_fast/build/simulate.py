@@ -382,7 +382,9 @@ def simulate(
             log_path = data_dir / f"first_{initial_rows}_page_views.csv"
             log_path.write_text("".join(lines[: initial_rows + 1]))
         log.info("building the initial model on %s", log_path)
-        build(log_path, catalog_path, out=out / "models" / "initial")
+        # uncalibrated, like the model retrained from its impressions: the two variants'
+        # probabilities (and the softmax exploration over them) are on the same scale
+        build(log_path, catalog_path, out=out / "models" / "initial", calibration=None)
         initial = out / "models" / "initial"
         base_log = load(log_path, catalog_path).log
     initial_model = initial if hasattr(initial, "recommend") else reco_fast.load(initial)

@@ -102,7 +102,8 @@ def _run_tl2cgen(treelite_model: Any, gen_dir: Path, params: dict[str, Any] | No
 
 
 def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str, str]:
-    """C and cdef for one page view from its raw numbers: ``rs_predict_<backend>(...)``."""
+    """C and cdef for one page view from its raw numbers: ``rs_predict_<backend>(...)`` and
+    its raw margin ``rs_margin_<backend>(...)``."""
     from reco_fast.features.page import FEATURE_SETS, candidate_kernel_c, session_kernel_c
 
     if len(FEATURE_SETS[feature_set]) != n_features:
@@ -113,14 +114,19 @@ def session_harness(feature_set: str, n_features: int, flat: bool) -> tuple[str,
     definition, args = session_kernel_c(feature_set)
     params = ", ".join(f"double {a}" for a in args.split(", "))
     source, cdef = "\n" + definition, ""
-    for backend, one in (("tl2cgen", "rf_predict_one"), ("flat", "rq_predict_one")):
+    for backend, one, margin in (
+        ("tl2cgen", "rf_predict_one", "rf_margin_one"),
+        ("flat", "rq_predict_one", "rq_margin_one"),
+    ):
         if backend == "flat" and not flat:
             continue
-        source += (
-            f"double rs_predict_{backend}({params}) {{\n  double x[{n_features}];\n"
-            f"  rs_features({args}, x);\n  return {one}(x);\n}}\n"
-        )
-        cdef += f"double rs_predict_{backend}({params});\n"
+        # rs_margin_*: the raw margin of one page view, for calibrated artifacts
+        for name, fn in ((f"rs_predict_{backend}", one), (f"rs_margin_{backend}", margin)):
+            source += (
+                f"double {name}({params}) {{\n  double x[{n_features}];\n"
+                f"  rs_features({args}, x);\n  return {fn}(x);\n}}\n"
+            )
+            cdef += f"double {name}({params});\n"
     if feature_set == "ranking":
         spec = _spec.FEATURE_SETS[feature_set]
         source += (

@@ -30,6 +30,7 @@ import numpy as np
 from reco_fast import __version__
 from reco_fast.artifact import (
     FORMAT_VERSION,
+    UNCALIBRATED_FORMAT_VERSION,
     build_lock,
     platform_tag,
     publish,
@@ -49,6 +50,7 @@ from reco_fast.compiler.ir import (
 )
 from reco_fast.errors import ArtifactError, CompileError
 from reco_fast.metadata import FORMAT_NAME, ArtifactMetadata
+from reco_fast.serve.calibration import Calibration
 
 __all__ = ["TOLERANCE", "adversarial_inputs", "check_estimator", "compile_model", "fitted_view"]
 
@@ -378,9 +380,10 @@ def compile_model(
     threshold: float = 0.7,
     metadata: dict[str, Any] | None = None,
     feature_set: str | None = None,
-    write_extra: Callable[[Path, Any], None] | None = None,
+    write_extra: Callable[[Path, Any], Mapping[str, Any] | None] | None = None,
     builder: Any = None,
     sessions: Sequence[Mapping[str, Any]] | None = None,
+    calibrated: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Any:
     """Compile, verify and write an artifact for a fitted tree ensemble.
 
@@ -409,6 +412,15 @@ def compile_model(
     (:func:`golden_sessions`) are recorded and checked at every load, with the feature
     specification (names, order, :func:`~reco_fast.features.page.definition_sha256`).
     The staged artifact is loaded with every load-time check before it is published.
+
+    ``calibrated`` goes with a ``metadata["calibration"]`` entry
+    (:class:`reco_fast.serve.calibration.Calibration`): scikit-learn's calibrated
+    probabilities of a feature matrix (``CalibratedClassifierCV.predict_proba(X)[:, 1]``).
+    The compiled library is verified against the estimator itself, margin and output;
+    the golden probabilities (rows, sessions, recommend) are then the calibrated ones,
+    so every load checks the served probabilities against scikit-learn's calibrator.
+    ``write_extra`` gets the staged model with its calibration and may return metadata
+    updates (the pipeline's threshold, chosen on the calibrated model).
     """
     from reco_fast.features.page import FEATURE_SETS, definition_sha256, spec_for
     from reco_fast.serve.model import Model
@@ -425,6 +437,12 @@ def compile_model(
     if len(set(feature_names)) != n_features:
         raise CompileError("feature names must be unique")
     probability = imported.output == "probability"
+    calibration = Calibration.from_json((metadata or {}).get("calibration"))
+    if (calibration is None) != (calibrated is None) or (calibrated and not probability):
+        raise CompileError(
+            "calibrated= (scikit-learn's calibrated predict_proba) and metadata['calibration'] "
+            "go together, for a binary classifier"
+        )
     if probability and not 0.0 <= threshold <= 1.0:
         raise CompileError(f"threshold must be in [0, 1], got {threshold!r}")
     # a page-view feature set's compiled recommend shows products by probability; an
@@ -544,8 +562,12 @@ def compile_model(
                     parts.append(adversarial[np.isnan(adversarial).any(axis=1)][-4:])
                 golden_X = np.concatenate(parts)
                 golden_m, golden_p = imported.reference(golden_X)
+                if calibrated is not None:  # the served probability: the calibrator's
+                    golden_p = np.asarray(calibrated(golden_X), dtype=np.float64)
 
                 def reference_output(X: np.ndarray) -> np.ndarray:
+                    if calibrated is not None:
+                        return np.asarray(calibrated(X), dtype=np.float64)
                     return imported.reference(X)[1]
 
                 if feature_set is None:
@@ -564,7 +586,7 @@ def compile_model(
 
                 meta: dict[str, Any] = {
                     "format": FORMAT_NAME,
-                    "format_version": FORMAT_VERSION,
+                    "format_version": UNCALIBRATED_FORMAT_VERSION,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                     "library": lib_path.name,
                     "module": module_name(sources),
@@ -614,18 +636,34 @@ def compile_model(
                     feature_names=feature_names,
                     feature_set=feature_set,
                     feature_spec=feature_spec,
-                    format_version=FORMAT_VERSION,
+                    format_version=UNCALIBRATED_FORMAT_VERSION,
                 )
                 if golden_s is not None:
                     meta["golden_sessions"] = golden_s
-                try:  # the one definition of the fields: a bad caller's field is named
-                    typed = ArtifactMetadata.from_json(
-                        meta, "compile_model's metadata", sealed=False
-                    )
-                except ArtifactError as exc:
-                    raise CompileError(str(exc).removesuffix("; rebuild the artifact")) from None
+                if calibration is not None:
+                    # readers of format 3 would serve the uncalibrated probabilities
+                    meta["format_version"] = FORMAT_VERSION
+                    model = model._with_calibration(calibration)
+
+                def typed_metadata() -> ArtifactMetadata:
+                    try:  # the one definition of the fields: a bad caller's field is named
+                        return ArtifactMetadata.from_json(
+                            meta, "compile_model's metadata", sealed=False
+                        )
+                    except ArtifactError as exc:
+                        raise CompileError(
+                            str(exc).removesuffix("; rebuild the artifact")
+                        ) from None
+
+                typed = typed_metadata()
                 if write_extra is not None:
-                    write_extra(staging, model)
+                    updates = write_extra(staging, model)
+                    if updates:  # the pipeline's threshold, chosen on the staged model
+                        meta.update(updates)
+                        t = meta.get("threshold")
+                        if probability and not (isinstance(t, float) and 0.0 <= t <= 1.0):
+                            raise CompileError(f"threshold must be in [0, 1], got {t!r:.40}")
+                        typed = typed_metadata()
                 write_metadata(staging, typed)
                 try:  # every load-time check, before anything is published
                     Model.load(staging)

@@ -55,6 +55,8 @@ from reco_fast.features.schema import (
     series_values,
 )
 from reco_fast.metadata import ArtifactMetadata
+from reco_fast.serve.calibration import Calibration
+from reco_fast.serve.calibration import top_k as calibrated_top_k
 from reco_fast.serve.cells import CELLS_MIN_PRODUCTS, CellIndex, cell_index
 from reco_fast.serve.recommend import EXCLUDABLE, Recommendation, recommend
 
@@ -276,6 +278,7 @@ class _Kernels:
     margin_one: Any = None  # (const double* row) -> raw margin; None in format-2 artifacts
     margin64: Any = None  # (const double* X, n, double* out) -> raw margins
     margin32: Any = None  # (const float* X, n, double* out) -> raw margins
+    session_margin: Any = None  # (raw numbers of one page view...) -> raw margin, or None
 
 
 def _flat_kinds(lib: Any) -> list[str]:
@@ -303,6 +306,7 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
             getattr(lib, "rf_margin_one", None),
             getattr(lib, "rf_margin_f64", None),
             getattr(lib, "rf_margin_f32", None),
+            getattr(lib, "rs_margin_tl2cgen", None),
         )
     if not hasattr(lib, "rq_predict_one"):
         raise ArtifactError(
@@ -327,6 +331,7 @@ def _kernels(lib: Any, backend: str) -> _Kernels:
         getattr(lib, "rq_margin_one", None),
         getattr(lib, f"rq_margin_f64_{kind}", None),
         getattr(lib, f"rq_margin_f32_{kind}", None),
+        getattr(lib, "rs_margin_flat", None),
     )
 
 
@@ -572,6 +577,10 @@ class Model:
         threshold = metadata.threshold if metadata else 0.7
         self.threshold = -math.inf if threshold is None else float(threshold)
         self.feature_set: str | None = metadata.feature_set if metadata else None
+        # calibrated probabilities: a monotone map of the raw margin (serve/calibration.py)
+        self.calibration: Calibration | None = Calibration.from_json(
+            metadata.calibration if metadata else None
+        )
         self._builder = builder
         self._loaded_catalog = builder.catalog if builder is not None else None
         self._requested_backend = backend
@@ -673,8 +682,14 @@ class Model:
         self.backend = k.backend
         self._one, self._batch64, self._batch32 = k.one, k.f64, k.f32
         self._prefix, self._session_one = k.prefix, k.session
-        self._recommend_kernel = k.recommend
+        self._recommend_kernel = self._raw_recommend_kernel = k.recommend
         self._margin_kernels = (k.margin_one, k.margin64, k.margin32)
+        cal = self.calibration
+        if cal is not None:  # every probability comes from the margin: no probability kernel
+            margin_one, session = self._margin_kernel(0), k.session_margin
+            self._one = lambda row: cal.one(margin_one(row))
+            self._session_one = None if session is None else lambda *raw: cal.one(session(*raw))
+            self._recommend_kernel = None  # _top_candidates: calibration.top_k
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -780,6 +795,8 @@ class Model:
                 raise ValueError(f"threshold {threshold!r} is outside [0, 1]")
             if meta.backend not in BACKENDS:
                 raise ValueError(f"unknown backend {meta.backend[:40]!r}")
+            if Calibration.from_json(meta.calibration) is not None and meta.output != "probability":
+                raise ValueError("calibration is for probabilities, this model gives none")
             builder: FeatureBuilder | EventBuilder | None = None
             if meta.feature_set is not None and meta.feature_set not in FEATURE_SETS:
                 from reco_fast.features.events import ItemTables
@@ -863,9 +880,13 @@ class Model:
         raise InputError(f"X[{row}, {c}] ({name!r}) {what}", field=name, rows=[row])
 
     def _predict_f64(self, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
+        if self.calibration is not None:
+            return self.calibration(self._margin_f64(X, row_offset))
         return self._run(self._batch64, "double[]", X, row_offset)
 
     def _predict_f32(self, X: np.ndarray, row_offset: int = 0) -> np.ndarray:
+        if self.calibration is not None:
+            return self.calibration(self._margin_f32(X, row_offset))
         return self._run(self._batch32, "float[]", X, row_offset)
 
     def _margin_kernel(self, i: int) -> Any:
@@ -911,8 +932,8 @@ class Model:
         Returns
         -------
         ndarray of float64, shape (n_samples,)
-            The log-odds of a binary classifier (scikit-learn's ``decision_function``,
-            LightGBM's ``predict(raw_score=True)``, XGBoost's
+            The log-odds of a binary classifier before any calibration (scikit-learn's
+            ``decision_function``, LightGBM's ``predict(raw_score=True)``, XGBoost's
             ``predict(output_margin=True)``), a ranker's score, a regressor's value.
 
         Raises
@@ -950,6 +971,8 @@ class Model:
         the whole catalog. Returns (catalog positions, probabilities), best first,
         or None when the artifact has no recommend kernel (the caller uses numpy).
         """
+        if self.calibration is not None:  # the calibrated map (serve/calibration.py)
+            return calibrated_top_k(self, row, viewed_pos, drop_pos, cand, threshold, k)
         kernel = self._recommend_kernel
         builder = self._builder
         if kernel is None or builder is None or builder.catalog is None:
@@ -1013,6 +1036,11 @@ class Model:
             raise ValueError(
                 f"rest must be C-contiguous float64 ({self.n_features - n_prefix}, n_rows)"
             )
+        if self.calibration is not None:  # the calibrated map of the margins of the full rows
+            X = np.empty((rest.shape[1], self.n_features), dtype=np.float64)
+            X[:, :n_prefix] = prefix
+            X[:, n_prefix:] = rest.T
+            return self._predict_f64(X)
         out = np.empty(rest.shape[1], dtype=np.float64)
         if rest.shape[1]:
             ffi = self._ffi
@@ -1314,6 +1342,13 @@ class Model:
 
     def predict_proba(self, sessions: Any, on_invalid: str = "raise") -> float | np.ndarray:
         """Click probability of one page view (a dict -> float) or of many (-> ndarray).
+
+        For a calibrated artifact (``model.calibration`` is not None) this is the
+        calibrated probability: scikit-learn's ``CalibratedClassifierCV`` fitted on
+        held-out rows, a monotone map of :meth:`decision_function`'s raw margin
+        (:mod:`reco_fast.serve.calibration`); otherwise the estimator's own
+        ``predict_proba``. Every probability entry point (``predict_proba_features``,
+        ``score_batch``, ``recommend``) gives the same number.
 
         Many may be a list of dicts, a dict of columns or a pandas DataFrame.
 
@@ -1625,6 +1660,16 @@ class Model:
         clone = object.__new__(Model)
         clone.__dict__.update(self.__dict__)
         clone._builder = builder.with_catalog(catalog)
+        clone._cells = clone._cell_index(clone._builder)
+        return clone
+
+    def _with_calibration(self, calibration: Calibration | None) -> Model:
+        """This model's library serving ``calibration``'s probabilities: the build
+        pipeline's view of a staged calibrated artifact (before its metadata is written)."""
+        clone = object.__new__(Model)
+        clone.__dict__.update(self.__dict__)
+        clone.calibration = calibration
+        clone._use(_kernels(self._lib, self.backend))
         clone._cells = clone._cell_index(clone._builder)
         return clone
 

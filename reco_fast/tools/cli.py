@@ -57,7 +57,6 @@ def _build(args: argparse.Namespace) -> int:
         )
     from reco_fast.build.pipeline import build
 
-    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
     result = build(
         args.data,
         args.catalog,
@@ -65,18 +64,23 @@ def _build(args: argparse.Namespace) -> int:
         feature_set=args.features,
         data_dir=args.data_dir,
         seed=args.seed,
-        threshold=threshold,
+        threshold=args.threshold,  # None: DEFAULT_THRESHOLD, unless a target chooses it
         engine=args.engine,
         spark_master=args.spark_master,
         spark_workers=args.spark_workers,
+        calibration={"none": None, None: "default"}.get(args.calibration, args.calibration),
+        target_precision=args.target_precision,
+        target_coverage=args.target_coverage,
     )
     if not args.quiet:
         print(result.markdown)
     m = result.report
+    ev = m["threshold_choice"]["evaluation_half"]
     print(
         f"artifact: {result.model.path}  (AUC {m['metrics']['auc']:.4f}, "
-        f"CTR at >= {threshold}: {m['high_confidence']['ctr']:.1%}, "
-        f"built in {result.seconds:.1f} s)"
+        f"threshold {result.model.threshold:.4g}: held-out precision "
+        + ("n/a" if ev["precision"] is None else f"{ev['precision']:.1%}")
+        + f", coverage {ev['coverage']:.1%}; built in {result.seconds:.1f} s)"
     )
     return 0
 
@@ -100,6 +104,9 @@ def _build_impressions(args: argparse.Namespace) -> int:
     for option, value, default in (
         ("--objective", args.objective, "binary"),
         ("--engine", args.engine, "local"),
+        ("--calibration", args.calibration, None),
+        ("--target-precision", args.target_precision, None),
+        ("--target-coverage", args.target_coverage, None),
     ):
         if value != default:
             raise InputError(
@@ -165,6 +172,13 @@ def _build_events(args: argparse.Namespace) -> int:
         raise InputError(
             "--events replaces --data and --catalog; give one or the other", field="--events"
         )
+    for name in ("threshold", "target_precision", "target_coverage"):
+        if getattr(args, name) is not None:
+            raise InputError(
+                f"--{name.replace('_', '-')} is for page-view models: an event-log model ranks "
+                "(its threshold is 0)",
+                field=f"--{name.replace('_', '-')}",
+            )
     result = build_events(
         args.events,
         args.columns,
@@ -300,6 +314,24 @@ def info_summary(root: Path, meta: ArtifactMetadata, report: dict[str, Any] | st
             row("quality", where + ", ".join(quality))
     if threshold is not None:
         row("threshold", f"{threshold:g} (recommend shows products at or above it)")
+    cal, choice = meta.calibration, meta.threshold_choice
+    if isinstance(cal, dict):
+        row(
+            "calibrated",
+            f"{str(cal.get('method'))[:20]} on held-out rows: predict_proba is the calibrated "
+            "probability, decision_function the raw margin",
+        )
+    ev = _get(choice, "evaluation_half")
+    if isinstance(choice, dict) and isinstance(ev, dict):
+        prec, cov = _num(ev.get("precision")), _num(ev.get("coverage"))
+        row(
+            "held out",
+            f"threshold rule {str(choice.get('rule'))[:20]}"
+            + (f" {choice['target']:g}" if _num(choice.get("target")) is not None else "")
+            + "; evaluation half: precision "
+            + ("n/a" if prec is None else f"{prec:.1%}")
+            + ("" if cov is None else f", coverage {cov:.1%}"),
+        )
     if "family" not in meta.absent_keys:  # format 3: what the model is and gives
         row(
             "model",
@@ -607,8 +639,31 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument(
         "--threshold",
         type=float,
-        help="high-confidence threshold; a build from --impressions keeps the base model's "
-        f"unless this is given (default: {DEFAULT_THRESHOLD})",
+        help="high-confidence threshold on the served probability; --target-precision or "
+        "--target-coverage choose it on held-out rows instead, and a build from --impressions "
+        f"keeps the base model's unless this is given (default: {DEFAULT_THRESHOLD})",
+    )
+    b.add_argument(
+        "--target-precision",
+        type=float,
+        metavar="P",
+        help="choose the threshold on held-out rows: the lowest whose recommendations were "
+        "clicked at least a share P of the time",
+    )
+    b.add_argument(
+        "--target-coverage",
+        type=float,
+        metavar="C",
+        help="choose the threshold on held-out rows: the highest that gives at least a share "
+        "C of page views one recommendation or more",
+    )
+    b.add_argument(
+        "--calibration",
+        default=None,
+        choices=["sigmoid", "isotonic", "none"],
+        help="calibrate probabilities on held-out rows (scikit-learn's CalibratedClassifierCV): "
+        "sigmoid (Platt, keeps the ranking; the default with --engine local), isotonic, or "
+        "none (the estimator's own; the default with --engine spark)",
     )
     b.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
     b.set_defaults(func=_build, command="build")
