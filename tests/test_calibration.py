@@ -1,8 +1,7 @@
 """Calibrated probabilities and thresholds chosen for a target (issue 12, item 6).
 
-The default build (``python build_model.py``) fits scikit-learn's
-``CalibratedClassifierCV`` (Platt's sigmoid) on the calibration half of the held-out
-split; every probability entry point must give that calibrator's own
+A ``--calibration sigmoid`` build fits scikit-learn's ``CalibratedClassifierCV``
+(Platt's sigmoid) on the calibration half of the held-out split; every probability entry point must give that calibrator's own
 ``predict_proba`` to 1e-12 on held-out rows, while ``decision_function`` stays the
 estimator's raw margin.
 """
@@ -35,7 +34,7 @@ TOL = 1e-12
 
 @pytest.fixture(scope="module")
 def cal(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The default build (calibrated, threshold 0.7), with what it was built from."""
+    """A sigmoid-calibrated build (threshold 0.7), with what it was built from."""
     tmp = tmp_path_factory.mktemp("calibrated")
     captured: dict[str, Any] = {}
     real_split, real_fit = pipeline.split, pipeline.fit
@@ -63,7 +62,9 @@ def cal(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         mp.setattr(calibrate_module, "fit_calibrator", spy_cal)
         mp.setattr(calibrate_module, "holdout_halves", spy_halves)
         mp.chdir(tmp)
-        captured["result"] = pipeline.build(out=tmp / "artifact", data_dir=tmp / "data")
+        captured["result"] = pipeline.build(
+            out=tmp / "artifact", data_dir=tmp / "data", calibration="sigmoid"
+        )
     captured["path"] = tmp / "artifact"
     captured["model"] = reco_fast.load(tmp / "artifact")
     captured["log"] = pd.read_csv(tmp / "data" / DEFAULT_LOG_FILE)
@@ -81,7 +82,7 @@ def _reference(cal: dict[str, Any], X: np.ndarray) -> np.ndarray:
     return cal["calibrator"].predict_proba(X)[:, 1]
 
 
-def test_default_build_is_calibrated_and_recorded(cal: dict[str, Any]) -> None:
+def test_a_sigmoid_build_is_calibrated_and_recorded(cal: dict[str, Any]) -> None:
     meta = json.loads((cal["path"] / METADATA_FILE).read_text())
     assert meta["format_version"] == FORMAT_VERSION == 4
     c = meta["calibration"]

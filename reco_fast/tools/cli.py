@@ -662,8 +662,8 @@ def _build_arguments(b: argparse.ArgumentParser) -> None:
         default=None,
         choices=["sigmoid", "isotonic", "none"],
         help="calibrate probabilities on held-out rows (scikit-learn's CalibratedClassifierCV): "
-        "sigmoid (Platt, keeps the ranking; the default with --engine local), isotonic, or "
-        "none (the estimator's own; the default with --engine spark)",
+        "sigmoid (Platt, keeps the ranking), isotonic, or none (the estimator's own "
+        "probabilities; the default: calibration costs recommend latency, see the README)",
     )
     b.add_argument("-q", "--quiet", action="store_true", help="do not print the report")
     b.set_defaults(func=_build, command="build")
