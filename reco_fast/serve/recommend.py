@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -18,9 +18,49 @@ from reco_fast.features.page import MIN_PRICE_FOR_RATIO
 from reco_fast.features.schema import as_number
 
 if TYPE_CHECKING:
-    from reco_fast.serve.model import Model
+    from reco_fast.features.page import FeatureBuilder
 
-__all__ = ["CART_FIELD", "EXCLUDABLE", "Recommendation", "recommend"]
+
+class Scorer(Protocol):
+    """What :func:`recommend` needs from a model: the contract between the two.
+
+    :class:`reco_fast.Model` implements it; so do the benchmarks' peers, which put
+    another evaluator behind the same recommend code.
+
+    Attributes and methods
+    ----------------------
+    builder
+        The page-view :class:`~reco_fast.features.page.FeatureBuilder` (vocabularies,
+        catalog, the feature code).
+    threshold
+        The default minimum probability (float).
+    _top_candidates(row, viewed_pos, drop_pos, cand, threshold, k)
+        The compiled top-k: ``(catalog positions, probabilities)`` best first, ties by
+        catalog order, or None when there is no compiled kernel.
+    _predict_prefix(prefix, rest)
+        Probabilities of rows ``prefix + rest[:, i]`` (``rest`` feature-major float64):
+        the numpy path when ``_top_candidates`` returns None.
+    """
+
+    @property
+    def builder(self) -> FeatureBuilder: ...
+
+    threshold: float
+
+    def _top_candidates(
+        self,
+        row: Sequence[float],
+        viewed_pos: list[int],
+        drop_pos: list[int],
+        cand: np.ndarray | None,
+        threshold: float,
+        k: int,
+    ) -> tuple[list[int], list[float]] | None: ...
+
+    def _predict_prefix(self, prefix: Sequence[float], rest: np.ndarray) -> np.ndarray: ...
+
+
+__all__ = ["CART_FIELD", "EXCLUDABLE", "Recommendation", "Scorer", "recommend"]
 
 CART_FIELD = "cart_product_ids"
 """Optional session key: the products in the cart (the tracker fills it)."""
@@ -109,7 +149,7 @@ def _reason(
 
 
 def recommend(
-    model: Model,
+    model: Scorer,
     session: Mapping[str, Any],
     k: int = 3,
     threshold: float | None = None,
