@@ -260,17 +260,7 @@ class Catalog:
             raise InputError(
                 f"{NONE_PRODUCT!r} is reserved and cannot be a product_id", field="product_id"
             )
-        for value in (ids, prices, cat_index):
-            value.setflags(write=False)
-        set_ = object.__setattr__
-        set_(self, "product_ids", ids)
-        set_(self, "prices", prices)
-        set_(self, "category_names", names)
-        set_(self, "category_index", cat_index)
-        index = None
-        if len(ids) <= DICT_INDEX_MAX:
-            index = {p: i for i, p in enumerate(ids.tolist())}
-        set_(self, "_index", index)
+        self._fill(ids, prices, names, cat_index)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("a Catalog is immutable: build a new one and call Model.with_catalog")
@@ -385,6 +375,13 @@ class Catalog:
     ) -> Catalog:
         """A catalog from arrays already checked and sorted by id (:meth:`updated`)."""
         self = object.__new__(cls)
+        self._fill(ids, prices, names, cat_index)
+        return self
+
+    def _fill(
+        self, ids: np.ndarray, prices: np.ndarray, names: tuple[str, ...], cat_index: np.ndarray
+    ) -> None:
+        """Set the (read-only) arrays, and the id dict of a small catalog."""
         for value in (ids, prices, cat_index):
             value.setflags(write=False)
         set_ = object.__setattr__
@@ -394,7 +391,6 @@ class Catalog:
         set_(self, "category_index", cat_index)
         index = {p: i for i, p in enumerate(ids.tolist())} if len(ids) <= DICT_INDEX_MAX else None
         set_(self, "_index", index)
-        return self
 
     def updated(
         self,
