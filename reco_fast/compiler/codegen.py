@@ -335,7 +335,11 @@ def generate_c(
         sources["session.cdef"] = cdef
     if forest is not None:
         sources["flat.c"] = flat_source(forest)
-        if feature_set in _spec.FEATURE_SETS and _spec.FEATURE_SETS[feature_set].candidate:
+        if (
+            feature_set in _spec.FEATURE_SETS
+            and _spec.FEATURE_SETS[feature_set].candidate
+            and forest.precision == "float32"  # the top-k's cells read float32 thresholds
+        ):
             source, cdef = topk_cells_c()
             sources["harness.c"] += source
             sources["session.cdef"] += cdef
@@ -469,7 +473,10 @@ def _or_tree(terms: list[str]) -> str:
 
 
 def flat_source(forest: Forest) -> str:
-    """C for the flat evaluator: the forest's arrays as exact hex literals in the template."""
+    """C for the flat evaluator: the forest's arrays as exact hex literals in the template
+    (``flat64_template.c`` for a forest that compares float64 inputs)."""
+    if forest.precision == "float64":
+        return _flat64_source(forest)
 
     def f32(v: float) -> str:
         return "INFINITY" if math.isinf(v) else _f32(v)
@@ -493,6 +500,33 @@ def flat_source(forest: Forest) -> str:
         else _blend_trees(forest),
         "HAVE_AVX512": "1" if forest.depth <= QS_MAX_DEPTH else "0",
         "AVX512_TREES": _qs_trees(forest, 16) if forest.depth <= QS_MAX_DEPTH else "",
+    }
+    for key, value in fields.items():
+        template = template.replace(f"@{key}@", value)
+    return template
+
+
+def _flat64_source(forest: Forest) -> str:
+    """C for the float64 flat evaluator (portable kernels, double thresholds as they are)."""
+
+    def f64(v: float) -> str:
+        return "INFINITY" if math.isinf(v) else float(v).hex()
+
+    template = _c_file("flat64_template.c")
+    fields = {
+        "N_FEATURES": str(forest.n_features),
+        "N_TREES": str(forest.n_trees),
+        "DEPTH": str(forest.depth),
+        "FEATURES": ",".join(map(str, forest.feature.ravel().tolist())),
+        "THRESHOLDS": ",".join(f64(v) for v in forest.threshold.ravel().tolist()),
+        "LEAVES": ",".join(float(v).hex() for v in forest.leaf.ravel().tolist()),
+        "BASE": float(forest.base_score).hex(),
+        "LINK": "rq_sigmoid(M)" if forest.link == "sigmoid" else "(M)",
+        "NAN_ROUTED": "0" if forest.nan_right is None else "1",
+        "NAN_RIGHT": "0"
+        if forest.nan_right is None
+        else ",".join("1" if v else "0" for v in forest.nan_right.ravel().tolist()),
+        "ZERO_SNAP": float(forest.zero_snap).hex(),
     }
     for key, value in fields.items():
         template = template.replace(f"@{key}@", value)

@@ -480,11 +480,13 @@ def compile_model(
             try:
                 forest, flat_note = None, "generated"
                 try:
-                    if imported.input_precision != "float32":
-                        raise UnsupportedForest(
-                            "it compares float32 inputs, this model float64 ones"
-                        )
-                    forest = from_treelite(tl_model, tl_json, nan_routed=routed)
+                    forest = from_treelite(
+                        tl_model,
+                        tl_json,
+                        nan_routed=routed,
+                        precision=imported.input_precision,
+                        zero_snap=imported.zero_snap,
+                    )
                 except UnsupportedForest as exc:
                     flat_note = f"not generated: {exc}"
                     log.info("flat evaluator not generated (%s); serving with tl2cgen's code", exc)

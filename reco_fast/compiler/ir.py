@@ -9,6 +9,11 @@ Thresholds are stored as float32 rounded *down*: inputs reach the trees as
 float32 (as in scikit-learn), and for a float32 x and a float64 t,
 ``x <= t`` holds exactly when ``x <= largest_float32_not_above(t)``. The
 comparison is therefore exact in float32 and 8 rows fit one AVX2 register.
+
+Models that compare float64 inputs (scikit-learn's HistGradientBoosting*, LightGBM:
+``precision="float64"``) keep their thresholds as float64, exactly (``x < t`` becomes
+``x <= `` the largest double below t), and are evaluated in double
+(``flat64_template.c``), LightGBM's near-zero inputs read as 0 (``zero_snap``).
 """
 
 from __future__ import annotations
@@ -43,12 +48,16 @@ class Forest:
     n_features: int
     depth: int
     feature: np.ndarray  # int32 (n_trees, 2**depth - 1)
-    threshold: np.ndarray  # float32 (n_trees, 2**depth - 1), rounded down
+    # float32 (n_trees, 2**depth - 1), rounded down; float64 (exact) when precision is
+    threshold: np.ndarray
     leaf: np.ndarray  # float64 (n_trees, 2**depth)
     base_score: float
     link: str = "sigmoid"  # "sigmoid" (a probability) or "identity" (a score or value)
     # bool (n_trees, 2**depth - 1): the node sends NaN right; None: NaN is never an input
     nan_right: np.ndarray | None = None
+    # "float32": inputs rounded to float32 and compared so; "float64": compared as doubles
+    precision: str = "float32"
+    zero_snap: float = 0.0  # > 0: |x| <= zero_snap reads as 0 (float64 only)
 
     @property
     def n_trees(self) -> int:
@@ -56,7 +65,9 @@ class Forest:
 
     def predict_margin(self, X: np.ndarray) -> np.ndarray:
         """Reference evaluation in numpy (for tests): the margin before the sigmoid."""
-        x32 = np.asarray(X, dtype=np.float32)
+        x32 = np.asarray(X, dtype=np.float32 if self.precision == "float32" else np.float64)
+        if self.zero_snap > 0:
+            x32 = np.where(np.abs(x32) <= self.zero_snap, 0.0, x32)
         rows = np.arange(len(x32))
         total = np.zeros(len(x32))
         for t in range(self.n_trees):
@@ -123,7 +134,12 @@ def thresholds_by_feature(d: dict[str, Any]) -> list[np.ndarray]:
 
 
 def from_treelite(
-    model: Any, d: dict[str, Any] | None = None, *, nan_routed: bool = False
+    model: Any,
+    d: dict[str, Any] | None = None,
+    *,
+    nan_routed: bool = False,
+    precision: str = "float32",
+    zero_snap: float = 0.0,
 ) -> Forest:
     """Read treelite's JSON dump into a Forest; refuse what the evaluator cannot do exactly.
 
@@ -131,7 +147,14 @@ def from_treelite(
     float32 (the evaluator compares float32 values), so ``x < t`` (XGBoost's splits) is
     ``x <= t'`` with t' the largest float32 below t. With ``nan_routed``, each node's
     learned direction for NaN (treelite's ``default_left``) is kept in ``nan_right``.
+    With ``precision="float64"`` (models that compare float64 inputs), thresholds stay
+    float64 and ``x < t`` is ``x <= `` the largest double below t; ``zero_snap`` > 0 (float64
+    only): inputs with ``|x| <= zero_snap`` read as 0.
     """
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
+    if zero_snap and precision != "float64":
+        raise UnsupportedForest("zero_snap is only implemented for float64 inputs")
     d = model_json(model) if d is None else d
     if d.get("num_target") != 1:
         raise UnsupportedForest(f"{d.get('num_target')} targets: only one is supported")
@@ -195,6 +218,22 @@ def from_treelite(
             nan_right[t, pos] = not node.get("default_left", True)
             stack.append((node["left_child"], 2 * pos + 1, level + 1))
             stack.append((node["right_child"], 2 * pos + 2, level + 1))
+    if precision == "float64":
+        # x < t for a double x: x <= the largest double below t
+        threshold = threshold64.copy()
+        threshold[strict] = np.nextafter(threshold64[strict], -np.inf)
+        return Forest(
+            int(d["num_feature"]),
+            depth,
+            feature,
+            threshold,
+            leaf,
+            float(base[0]),
+            link,
+            nan_right if nan_routed else None,
+            precision="float64",
+            zero_snap=float(zero_snap),
+        )
     threshold = round_down_f32(threshold64)
     # x < t for float32 x: x <= the largest float32 below t (t itself when t is a float32)
     exact = strict & (threshold.astype(np.float64) == threshold64)
