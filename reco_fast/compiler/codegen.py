@@ -506,6 +506,35 @@ def flat_source(forest: Forest) -> str:
     return template
 
 
+QS64_MAX_DEPTH = 6
+"""The float64 evaluator's QuickScorer keeps a tree's leaves as bits of one 64-bit lane."""
+
+
+def _qs64_trees(forest: Forest) -> str:
+    """The float64 evaluator's AVX2 QuickScorer code per tree (4 rows, 64-bit lanes)."""
+    depth = forest.depth
+    everything = (1 << (1 << depth)) - 1
+    lines = []
+    for t in range(forest.n_trees):
+        body = [f"__m256i v = _mm256_set1_epi64x((long long){everything:#x}ull);"]
+        for level in range(depth):
+            span = 1 << (depth - level)
+            for p in range(1 << level):
+                node = (1 << level) - 1 + p
+                if math.isinf(forest.threshold[t, node]) and not _nan_right(forest, t, node):
+                    continue  # padding: always goes left
+                left = ((1 << (span // 2)) - 1) << (p * span)
+                cut = "CUTN" if _nan_right(forest, t, node) else "CUT"
+                thr = forest.threshold[t, node]
+                body.append(
+                    f"RQ4_{cut}({forest.feature[t, node]}, "
+                    f"{'INFINITY' if math.isinf(thr) else float(thr).hex()}, {left:#x}ull);"
+                )
+        body.append(f"RQ4_ADD(g{t % 4}, {t});")
+        lines.append("  { " + "\n    ".join(body) + " }")
+    return "\n".join(lines)
+
+
 def _flat64_source(forest: Forest) -> str:
     """C for the float64 flat evaluator (portable kernels, double thresholds as they are)."""
 
@@ -527,6 +556,8 @@ def _flat64_source(forest: Forest) -> str:
         if forest.nan_right is None
         else ",".join("1" if v else "0" for v in forest.nan_right.ravel().tolist()),
         "ZERO_SNAP": float(forest.zero_snap).hex(),
+        "HAVE_AVX2": "1" if forest.depth <= QS64_MAX_DEPTH else "0",
+        "AVX2_TREES": _qs64_trees(forest) if forest.depth <= QS64_MAX_DEPTH else "",
     }
     for key, value in fields.items():
         template = template.replace(f"@{key}@", value)
