@@ -511,12 +511,13 @@ QS64_MAX_DEPTH = 6
 
 
 def _qs64_trees(forest: Forest) -> str:
-    """The float64 evaluator's AVX2 QuickScorer code per tree (4 rows, 64-bit lanes)."""
+    """The float64 evaluator's AVX2 QuickScorer code per tree (8 rows in two registers,
+    64-bit lanes)."""
     depth = forest.depth
     everything = (1 << (1 << depth)) - 1
     lines = []
     for t in range(forest.n_trees):
-        body = [f"__m256i v = _mm256_set1_epi64x((long long){everything:#x}ull);"]
+        body = [f"__m256i vlo = _mm256_set1_epi64x((long long){everything:#x}ull), vhi = vlo;"]
         for level in range(depth):
             span = 1 << (depth - level)
             for p in range(1 << level):

@@ -180,43 +180,52 @@ void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const dou
 #define RQ_HAVE_AVX2 @HAVE_AVX2@
 #if (defined(__x86_64__) || defined(__i386__)) && RQ_HAVE_AVX2
 #include <immintrin.h>
-#define RQ4_CMP(F, T, OP) _mm256_castpd_si256( \
-    _mm256_cmp_pd(_mm256_load_pd(xT + 4 * (F)), _mm256_set1_pd(T), OP))
-#define RQ4_CUT(F, T, L) \
-  v = _mm256_andnot_si256(_mm256_and_si256(RQ4_CMP(F, T, _CMP_GT_OQ), \
-                                           _mm256_set1_epi64x((long long)(L))), v)
-#define RQ4_CUTN(F, T, L) \
-  v = _mm256_andnot_si256(_mm256_and_si256(RQ4_CMP(F, T, _CMP_NLE_UQ), \
-                                           _mm256_set1_epi64x((long long)(L))), v)
+/* two registers of 4 rows each (8 rows) per tree: independent work for the pipeline */
+#define RQ4_CMP(F, H, T, OP) _mm256_castpd_si256( \
+    _mm256_cmp_pd(_mm256_load_pd(xT + 8 * (F) + 4 * (H)), _mm256_set1_pd(T), OP))
+#define RQ4_CUT2(F, T, L, OP)                                                          \
+  do {                                                                                 \
+    const __m256i bits = _mm256_set1_epi64x((long long)(L));                           \
+    vlo = _mm256_andnot_si256(_mm256_and_si256(RQ4_CMP(F, 0, T, OP), bits), vlo);      \
+    vhi = _mm256_andnot_si256(_mm256_and_si256(RQ4_CMP(F, 1, T, OP), bits), vhi);      \
+  } while (0)
+#define RQ4_CUT(F, T, L) RQ4_CUT2(F, T, L, _CMP_GT_OQ)
+#define RQ4_CUTN(F, T, L) RQ4_CUT2(F, T, L, _CMP_NLE_UQ)
 /* a lane is never 0: the exit leaf's bit is never cleared */
+#define RQ4_LEAF(L) __builtin_ctzll(L)
 #define RQ4_ADD(G, TREE)                                                                \
   do {                                                                                  \
-    uint64_t lanes[4] __attribute__((aligned(32)));                                     \
-    _mm256_store_si256((__m256i*)lanes, v);                                             \
-    const __m256i i = _mm256_set_epi64x(__builtin_ctzll(lanes[3]), __builtin_ctzll(lanes[2]), \
-                                        __builtin_ctzll(lanes[1]), __builtin_ctzll(lanes[0])); \
-    G = _mm256_add_pd(G, _mm256_i64gather_pd(rq_leaf + (TREE) * RQ_NL, i, 8));         \
+    uint64_t lanes[8] __attribute__((aligned(32)));                                     \
+    _mm256_store_si256((__m256i*)lanes, vlo);                                           \
+    _mm256_store_si256((__m256i*)(lanes + 4), vhi);                                     \
+    const double* leaf = rq_leaf + (TREE) * RQ_NL;                                      \
+    G##lo = _mm256_add_pd(G##lo, _mm256_i64gather_pd(leaf, _mm256_set_epi64x(           \
+        RQ4_LEAF(lanes[3]), RQ4_LEAF(lanes[2]), RQ4_LEAF(lanes[1]), RQ4_LEAF(lanes[0])), 8)); \
+    G##hi = _mm256_add_pd(G##hi, _mm256_i64gather_pd(leaf, _mm256_set_epi64x(           \
+        RQ4_LEAF(lanes[7]), RQ4_LEAF(lanes[6]), RQ4_LEAF(lanes[5]), RQ4_LEAF(lanes[4])), 8)); \
   } while (0)
 
 __attribute__((target("avx2,bmi"))) static void rq_block_avx2(
-    const double* xT /* [RQ_NF][4] */, double* out) {
-  __m256d g0 = _mm256_setzero_pd(), g1 = g0, g2 = g0, g3 = g0;
+    const double* xT /* [RQ_NF][8] */, double* out) {
+  __m256d g0lo = _mm256_setzero_pd(), g0hi = g0lo, g1lo = g0lo, g1hi = g0lo, g2lo = g0lo,
+          g2hi = g0lo, g3lo = g0lo, g3hi = g0lo;
 @AVX2_TREES@
-  _mm256_storeu_pd(out, _mm256_add_pd(_mm256_add_pd(g0, g1), _mm256_add_pd(g2, g3)));
+  _mm256_storeu_pd(out, _mm256_add_pd(_mm256_add_pd(g0lo, g1lo), _mm256_add_pd(g2lo, g3lo)));
+  _mm256_storeu_pd(out + 4, _mm256_add_pd(_mm256_add_pd(g0hi, g1hi), _mm256_add_pd(g2hi, g3hi)));
 }
 
-/* Drivers: a block of 4 rows transposed to feature-major doubles (each value checked and
+/* Drivers: a block of 8 rows transposed to feature-major doubles (each value checked and
  * snapped as it is copied), evaluated, linked. */
 #define RQ_AVX2_BATCH(NAME, T, LINK)                                                   \
   __attribute__((target("avx2,bmi"))) ptrdiff_t NAME(const T* X, size_t n_rows,       \
                                                      double* out) {                   \
-    RQ_BUFFER(xT, RQ_NF * 4);                                                         \
+    RQ_BUFFER(xT, RQ_NF * 8);                                                         \
     if (!xT) return RQ_NO_MEMORY;                                                     \
     ptrdiff_t bad = -1;                                                               \
-    double m[4];                                                                      \
-    for (size_t i = 0; i < n_rows; i += 4) {                                          \
-      const size_t k = n_rows - i < 4 ? n_rows - i : 4;                               \
-      for (size_t r = 0; r < 4; ++r) {                                                \
+    double m[8];                                                                      \
+    for (size_t i = 0; i < n_rows; i += 8) {                                          \
+      const size_t k = n_rows - i < 8 ? n_rows - i : 8;                               \
+      for (size_t r = 0; r < 8; ++r) {                                                \
         const size_t row = i + (r < k ? r : k - 1);                                   \
         const T* x = X + row * RQ_NF;                                                 \
         for (int j = 0; j < RQ_NF; ++j) {                                             \
@@ -224,14 +233,14 @@ __attribute__((target("avx2,bmi"))) static void rq_block_avx2(
             bad = (ptrdiff_t)(row * RQ_NF + j);                                       \
             goto done;                                                                \
           }                                                                           \
-          xT[j * 4 + r] = rq_snap((double)x[j]);                                      \
+          xT[j * 8 + r] = rq_snap((double)x[j]);                                      \
         }                                                                             \
       }                                                                               \
       rq_block_avx2(xT, m);                                                           \
       for (size_t r = 0; r < k; ++r) out[i + r] = LINK(m[r] + rq_base);               \
     }                                                                                 \
   done:                                                                               \
-    RQ_RELEASE(xT, RQ_NF * 4);                                                        \
+    RQ_RELEASE(xT, RQ_NF * 8);                                                        \
     return bad;                                                                       \
   }
 RQ_AVX2_BATCH(rq_predict_f64_avx2, double, RQ_LINK)
@@ -242,24 +251,24 @@ RQ_AVX2_BATCH(rq_margin_f32_avx2, float, RQ_MARGIN)
 /* Out of memory: every out[i] is NaN (never at or above a threshold). */
 __attribute__((target("avx2,bmi"))) void rq_predict_prefix_avx2(
     const double* prefix, size_t n_prefix, const double* rest, size_t n_rows, double* out) {
-  RQ_BUFFER(xT, RQ_NF * 4);
+  RQ_BUFFER(xT, RQ_NF * 8);
   if (!xT) {
     for (size_t i = 0; i < n_rows; ++i) out[i] = NAN;
     return;
   }
-  double m[4];
+  double m[8];
   for (size_t j = 0; j < n_prefix; ++j)
-    for (size_t r = 0; r < 4; ++r) xT[j * 4 + r] = rq_snap(prefix[j]);
-  for (size_t i = 0; i < n_rows; i += 4) {
-    const size_t k = n_rows - i < 4 ? n_rows - i : 4;
+    for (size_t r = 0; r < 8; ++r) xT[j * 8 + r] = rq_snap(prefix[j]);
+  for (size_t i = 0; i < n_rows; i += 8) {
+    const size_t k = n_rows - i < 8 ? n_rows - i : 8;
     for (size_t j = n_prefix; j < RQ_NF; ++j) {
       const double* col = rest + (j - n_prefix) * n_rows;
-      for (size_t r = 0; r < 4; ++r) xT[j * 4 + r] = rq_snap(col[i + (r < k ? r : k - 1)]);
+      for (size_t r = 0; r < 8; ++r) xT[j * 8 + r] = rq_snap(col[i + (r < k ? r : k - 1)]);
     }
     rq_block_avx2(xT, m);
     for (size_t r = 0; r < k; ++r) out[i + r] = RQ_LINK(m[r] + rq_base);
   }
-  RQ_RELEASE(xT, RQ_NF * 4);
+  RQ_RELEASE(xT, RQ_NF * 8);
 }
 
 int rq_has_avx2(void) {
