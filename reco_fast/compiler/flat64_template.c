@@ -114,6 +114,10 @@ void rq_forest(const int32_t** feature, const float** threshold, const double** 
   shape[0] = shape[1] = shape[2] = shape[3] = 0;
 }
 
+/* A last block of at most this many rows is scored row by row (rq_margin_row, the same
+ * sums in the same order): a block costs 8 rows whatever it holds. */
+#define RQ_ROW_BY_ROW 2
+
 /* Batch entry points check every value as they copy it (finite; NaN when routed) and
  * return the flat index of the first bad one, or -1. RQ_NO_MEMORY: nothing scored. */
 #define RQ_BAD(v) (!(fabs((double)(v)) <= DBL_MAX) && !(RQ_NAN_ROUTED && (v) != (v)))
@@ -126,6 +130,20 @@ void rq_forest(const int32_t** feature, const float** threshold, const double** 
     double m[RQ_BLOCK];                                                               \
     for (size_t i = 0; i < n_rows; i += RQ_BLOCK) {                                   \
       const size_t k = n_rows - i < RQ_BLOCK ? n_rows - i : RQ_BLOCK;                 \
+      if (k <= RQ_ROW_BY_ROW) { /* a block would score 8 rows for these few */        \
+        for (size_t r = 0; r < k; ++r) {                                              \
+          const T* x = X + (i + r) * RQ_NF;                                           \
+          for (int j = 0; j < RQ_NF; ++j) {                                           \
+            if (RQ_BAD(x[j])) {                                                       \
+              bad = (ptrdiff_t)((i + r) * RQ_NF + j);                                 \
+              goto done;                                                              \
+            }                                                                         \
+            xb[j] = (double)x[j];                                                     \
+          }                                                                           \
+          out[i + r] = LINK(rq_margin_row(xb));                                       \
+        }                                                                             \
+        break;                                                                        \
+      }                                                                               \
       for (size_t r = 0; r < RQ_BLOCK; ++r) {                                         \
         const T* x = X + (i + (r < k ? r : k - 1)) * RQ_NF;                           \
         for (int j = 0; j < RQ_NF; ++j) {                                             \
@@ -225,6 +243,20 @@ __attribute__((target("avx2,bmi"))) static void rq_block_avx2(
     double m[8];                                                                      \
     for (size_t i = 0; i < n_rows; i += 8) {                                          \
       const size_t k = n_rows - i < 8 ? n_rows - i : 8;                               \
+      if (k <= RQ_ROW_BY_ROW) { /* a block would score 8 rows for these few */        \
+        for (size_t r = 0; r < k; ++r) {                                              \
+          const T* x = X + (i + r) * RQ_NF;                                           \
+          for (int j = 0; j < RQ_NF; ++j) {                                           \
+            if (RQ_BAD(x[j])) {                                                       \
+              bad = (ptrdiff_t)((i + r) * RQ_NF + j);                                 \
+              goto done;                                                              \
+            }                                                                         \
+            xT[j] = (double)x[j];                                                     \
+          }                                                                           \
+          out[i + r] = LINK(rq_margin_row(xT));                                       \
+        }                                                                             \
+        break;                                                                        \
+      }                                                                               \
       for (size_t r = 0; r < 8; ++r) {                                                \
         const size_t row = i + (r < k ? r : k - 1);                                   \
         const T* x = X + row * RQ_NF;                                                 \
