@@ -187,8 +187,8 @@ def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -
     assert set(meta["backends"]) == set(loaded.available_backends())
     assert meta["backend"] in ("flat", "tl2cgen")
     assert set(meta["verification"]["backends"]) == set(loaded.available_backends())
-    if flat and family in ("sklearn-hgb", "lightgbm"):  # float64: the portable kernel only
-        assert loaded.available_backends() == ("tl2cgen", "flat-portable")
+    if flat and family in ("sklearn-hgb", "lightgbm"):  # float64: no AVX-512 kernel
+        assert "flat-avx512" not in loaded.available_backends()
     worst = 0.0
     for backend in loaded.available_backends():
         m = loaded.using(backend)
@@ -245,7 +245,7 @@ def test_nan_is_routed_only_by_models_that_learned_it(tmp_path: Path) -> None:
     assert routed.missing_values == "routed"
     # float64 compares: the flat evaluator's float64 kernel, NaN routed per node
     assert routed.metadata["flat_evaluator"] == "generated"
-    assert routed.available_backends() == ("tl2cgen", "flat-portable")
+    assert routed.available_backends()[:2] == ("tl2cgen", "flat-portable")
     rows = np.array([[np.nan, 0.1, 0.2], [np.nan] * 3, [0.3, np.nan, -1.0]])
     expected = hgb.predict_proba(rows)[:, 1]
     for backend in routed.available_backends():
