@@ -14,7 +14,14 @@ import pytest
 
 import reco_fast
 from reco_fast.compiler.driver import adversarial_inputs, import_estimator
-from reco_fast.compiler.ir import from_treelite, model_json, thresholds_by_feature
+from reco_fast.compiler.ir import (
+    MAX_FLAT_DEPTH,
+    SparseForest,
+    from_treelite,
+    model_json,
+    sparse_from_treelite,
+    thresholds_by_feature,
+)
 
 lgb = pytest.importorskip("lightgbm")
 from sklearn.ensemble import (  # noqa: E402
@@ -57,6 +64,16 @@ def _reference(est, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(margin, dtype=np.float64), np.asarray(out, dtype=np.float64)
 
 
+def _max_depth(tl: dict) -> int:
+    def depth(nodes: dict, i: int) -> int:
+        n = nodes[i]
+        if "leaf_value" in n:
+            return 0
+        return 1 + max(depth(nodes, n["left_child"]), depth(nodes, n["right_child"]))
+
+    return max(depth({n["node_id"]: n for n in t["nodes"]}, 0) for t in tl["trees"])
+
+
 def _fit(name: str, X: np.ndarray, y: np.ndarray, depth: int):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -66,12 +83,17 @@ def _fit(name: str, X: np.ndarray, y: np.ndarray, depth: int):
             target = y * 2.0 + np.nan_to_num(X[:, 2])
             return HistGradientBoostingRegressor(max_iter=20, max_depth=depth).fit(X, target)
         return lgb.LGBMClassifier(
-            n_estimators=20, max_depth=depth, num_leaves=2**depth, min_child_samples=5, verbose=-1
+            n_estimators=20,
+            max_depth=depth,
+            num_leaves=min(2**depth, 63),
+            min_child_samples=5,
+            verbose=-1,
         ).fit(X, y)
 
 
 @pytest.mark.parametrize(
-    ("name", "depth"), [("hgb", 6), ("lgb", 5), ("hgb-regressor", 8), ("lgb", 8)]
+    ("name", "depth"),
+    [("hgb", 6), ("lgb", 5), ("hgb-regressor", 8), ("lgb", 8), ("lgb", 12), ("hgb", 10)],
 )
 def test_float64_models_build_a_flat_backend_equal_to_their_library(
     name: str, depth: int, tmp_path: Path
@@ -86,13 +108,17 @@ def test_float64_models_build_a_flat_backend_equal_to_their_library(
     assert "flat-portable" in backends
     # AVX2 (4 doubles per register) only for trees of depth <= 6, on a CPU that has it
     imported = import_estimator(est)
-    forest = from_treelite(
+    tl = model_json(imported.treelite_model)
+    deep = _max_depth(tl) > MAX_FLAT_DEPTH  # trees walked as they are (SparseForest)
+    forest = (sparse_from_treelite if deep else from_treelite)(
         imported.treelite_model,
-        precision="float64",
         nan_routed=True,
         zero_snap=imported.zero_snap,
+        **({} if deep else {"precision": "float64"}),
     )
-    if forest.depth > 6:
+    assert isinstance(forest, SparseForest) == deep
+    assert deep == (depth > MAX_FLAT_DEPTH)  # the drawn model is as deep as asked
+    if deep or forest.depth > 6:
         assert "flat-avx2" not in backends
     assert "flat-avx512" not in backends
     # the build verified and timed every backend, and serves the one it names

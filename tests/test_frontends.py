@@ -176,19 +176,20 @@ def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -
     else:
         assert m_tol == 1e-12 or m_tol < 1e-13 * max(1.0, float(np.max(np.abs(margin))))
     loaded = reco_fast.load(out)
-    # every family gets the flat evaluator when its trees are at most MAX_FLAT_DEPTH deep
-    # (LightGBM's leaf-wise trees can be deeper): float32 compares for scikit-learn's
-    # GradientBoosting* and XGBoost (NaN routed, x < t splits), float64 compares for
-    # HistGradientBoosting* and LightGBM (NaN routed, LightGBM's zero snap)
+    # every family gets the flat evaluator: float32 compares for scikit-learn's
+    # GradientBoosting* and XGBoost (NaN routed, x < t splits) when the trees are at most
+    # MAX_FLAT_DEPTH deep, float64 compares for HistGradientBoosting* and LightGBM (NaN
+    # routed, LightGBM's zero snap) at any depth (deeper trees walked as they are)
     depth = _max_depth(estimator)
-    flat = depth <= MAX_FLAT_DEPTH
+    flat = depth <= MAX_FLAT_DEPTH or family in ("sklearn-hgb", "lightgbm")
     assert ("flat-portable" in loaded.available_backends()) == flat, depth
     assert meta["flat_evaluator"] == "generated" if flat else "exceed" in meta["flat_evaluator"]
     assert set(meta["backends"]) == set(loaded.available_backends())
     assert meta["backend"] in ("flat", "tl2cgen")
     assert set(meta["verification"]["backends"]) == set(loaded.available_backends())
-    if flat and family in ("sklearn-hgb", "lightgbm"):  # float64: no AVX-512 kernel
+    if family in ("sklearn-hgb", "lightgbm"):  # float64: no AVX-512 kernel, AVX2 to depth 6
         assert "flat-avx512" not in loaded.available_backends()
+        assert depth <= 6 or "flat-avx2" not in loaded.available_backends()
     worst = 0.0
     for backend in loaded.available_backends():
         m = loaded.using(backend)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from reco_fast.artifact import platform_tag
-from reco_fast.compiler.ir import Forest
+from reco_fast.compiler.ir import Forest, SparseForest
 from reco_fast.features import spec as _spec
 
 __all__ = ["CDEF", "build_library", "flat_source", "generate_c"]
@@ -285,7 +285,7 @@ def generate_c(
     treelite_model: Any,
     n_features: int,
     out_dir: Path,
-    forest: Forest | None = None,
+    forest: Forest | SparseForest | None = None,
     feature_set: str | None = None,
     *,
     input_precision: str = "float32",
@@ -472,9 +472,11 @@ def _or_tree(terms: list[str]) -> str:
     return terms[0]
 
 
-def flat_source(forest: Forest) -> str:
+def flat_source(forest: Forest | SparseForest) -> str:
     """C for the flat evaluator: the forest's arrays as exact hex literals in the template
     (``flat64_template.c`` for a forest that compares float64 inputs)."""
+    if isinstance(forest, SparseForest):
+        return _flat64_sparse_source(forest)
     if forest.precision == "float64":
         return _flat64_source(forest)
 
@@ -536,14 +538,51 @@ def _qs64_trees(forest: Forest) -> str:
     return "\n".join(lines)
 
 
+def _f64(v: float) -> str:
+    return "INFINITY" if math.isinf(v) else float(v).hex()
+
+
+def _fill(template: str, fields: dict[str, str]) -> str:
+    for key, value in fields.items():
+        template = template.replace(f"@{key}@", value)
+    return template
+
+
+def _flat64_sparse_source(forest: SparseForest) -> str:
+    """C for the float64 flat evaluator over trees as they are (portable kernels only)."""
+    return _fill(
+        _c_file("flat64_template.c"),
+        {
+            "N_FEATURES": str(forest.n_features),
+            "N_TREES": str(forest.n_trees),
+            "DEPTH": "1",
+            "SPARSE": "1",
+            "FEATURES": ",".join(map(str, forest.feature.tolist())),
+            "THRESHOLDS": ",".join(_f64(v) for v in forest.threshold.tolist()),
+            "CHILD": ",".join(map(str, forest.child.tolist())),
+            "LEAVES": ",".join(float(v).hex() for v in forest.value.tolist()),
+            "ROOT": ",".join(map(str, forest.root.tolist())),
+            "TREE_DEPTH": ",".join(map(str, forest.tree_depth.tolist())),
+            "BASE": float(forest.base_score).hex(),
+            "LINK": "rq_sigmoid(M)" if forest.link == "sigmoid" else "(M)",
+            "NAN_ROUTED": "1" if forest.nan_routed else "0",
+            "NAN_RIGHT": ",".join("1" if v else "0" for v in forest.nan_right.tolist()),
+            "ZERO_SNAP": float(forest.zero_snap).hex(),
+            "HAVE_AVX2": "0",
+            "AVX2_TREES": "",
+        },
+    )
+
+
 def _flat64_source(forest: Forest) -> str:
     """C for the float64 flat evaluator (portable kernels, double thresholds as they are)."""
-
-    def f64(v: float) -> str:
-        return "INFINITY" if math.isinf(v) else float(v).hex()
-
+    f64 = _f64
     template = _c_file("flat64_template.c")
     fields = {
+        "SPARSE": "0",
+        "CHILD": "0",
+        "ROOT": "0",
+        "TREE_DEPTH": "0",
         "N_FEATURES": str(forest.n_features),
         "N_TREES": str(forest.n_trees),
         "DEPTH": str(forest.depth),

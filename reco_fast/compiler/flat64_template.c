@@ -33,18 +33,32 @@ static double* rq_heap_doubles(size_t count) {
   return (double*)aligned_alloc(64, (count * sizeof(double) + 63) / 64 * 64);
 }
 
+/* 1: trees deeper than complete arrays allow (ir.SparseForest): one node array for the
+ * forest, an internal node's children side by side at rq_child[n] and rq_child[n] + 1, a
+ * leaf its own child (threshold +inf, NaN left), tree t walked rq_depth[t] steps.
+ * 0: complete trees (ir.Forest), node n's children 2n+1 and 2n+2. */
+#define RQ_SPARSE @SPARSE@
+#if RQ_SPARSE
+static const int32_t rq_feature[] = {@FEATURES@};
+static const double rq_threshold[] = {@THRESHOLDS@};
+static const int32_t rq_child[] = {@CHILD@};
+static const double rq_value[] = {@LEAVES@};
+static const int32_t rq_root[RQ_NT] = {@ROOT@};
+static const int32_t rq_depth[RQ_NT] = {@TREE_DEPTH@};
+#else
 static const int32_t rq_feature[RQ_NT * RQ_NN] = {@FEATURES@};
 /* the model's thresholds as they are (x < t splits: the largest double below t);
  * padded nodes +inf: every number goes left */
 static const double rq_threshold[RQ_NT * RQ_NN] = {@THRESHOLDS@};
 static const double rq_leaf[RQ_NT * RQ_NL] = {@LEAVES@};
+#endif
 static const double rq_base = @BASE@;
 
 /* 1: NaN is a valid input and each node sends it where the model learned: left (NaN > t
  * is false) or, where rq_nan_right is set, right. */
 #define RQ_NAN_ROUTED @NAN_ROUTED@
 #if RQ_NAN_ROUTED
-static const uint8_t rq_nan_right[RQ_NT * RQ_NN] = {@NAN_RIGHT@};
+static const uint8_t rq_nan_right[] = {@NAN_RIGHT@};
 #define RQ_RIGHT(V, T, NODE) \
   ((unsigned)((V) > (T)) | ((unsigned)((V) != (V)) & (unsigned)rq_nan_right[NODE]))
 #else
@@ -64,6 +78,38 @@ static inline double rq_sigmoid(double margin) { return 1.0 / (1.0 + exp(-margin
 
 /* Every path sums tree t into group t % 4 and returns (g0 + g1) + (g2 + g3) + base, as
  * the float32 evaluator does, so the single-row and batch paths agree bit for bit. */
+#if RQ_SPARSE
+static double rq_margin_row(const double* x) {
+  double acc[4] = {0.0, 0.0, 0.0, 0.0};
+  for (int t = 0; t < RQ_NT; ++t) {
+    int32_t node = rq_root[t];
+    for (int l = 0; l < rq_depth[t]; ++l) {
+      const double v = rq_snap(x[rq_feature[node]]);
+      node = rq_child[node] + (int32_t)RQ_RIGHT(v, rq_threshold[node], node);
+    }
+    acc[t % 4] += rq_value[node];
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + rq_base;
+}
+
+/* rows interleaved per tree; x holds a block of rows already snapped */
+static void rq_margin_block(const double* x /* [RQ_BLOCK][RQ_NF] */, double* out) {
+  double acc[4][RQ_BLOCK] = {{0}};
+  for (int t = 0; t < RQ_NT; ++t) {
+    int32_t node[RQ_BLOCK];
+    for (int r = 0; r < RQ_BLOCK; ++r) node[r] = rq_root[t];
+    for (int l = 0; l < rq_depth[t]; ++l) {
+      for (int r = 0; r < RQ_BLOCK; ++r) {
+        const int32_t n = node[r];
+        node[r] = rq_child[n] + (int32_t)RQ_RIGHT(x[r * RQ_NF + rq_feature[n]], rq_threshold[n], n);
+      }
+    }
+    for (int r = 0; r < RQ_BLOCK; ++r) acc[t % 4][r] += rq_value[node[r]];
+  }
+  for (int r = 0; r < RQ_BLOCK; ++r)
+    out[r] = ((acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r])) + rq_base;
+}
+#else
 static double rq_margin_row(const double* x) {
   double acc[4] = {0.0, 0.0, 0.0, 0.0};
   for (int t = 0; t < RQ_NT; ++t) {
@@ -99,6 +145,8 @@ static void rq_margin_block(const double* x /* [RQ_BLOCK][RQ_NF] */, double* out
   for (int r = 0; r < RQ_BLOCK; ++r)
     out[r] = ((acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r])) + rq_base;
 }
+
+#endif
 
 double rq_predict_one(const double* x) { return RQ_LINK(rq_margin_row(x)); }
 double rq_margin_one(const double* x) { return rq_margin_row(x); }

@@ -28,8 +28,10 @@ import numpy as np
 __all__ = [
     "MAX_FLAT_DEPTH",
     "Forest",
+    "SparseForest",
     "UnsupportedForest",
     "from_treelite",
+    "sparse_from_treelite",
     "thresholds_by_feature",
 ]
 
@@ -247,4 +249,130 @@ def from_treelite(
         float(base[0]),
         link,
         nan_right if nan_routed else None,
+    )
+
+
+@dataclass(frozen=True)
+class SparseForest:
+    """Trees deeper than MAX_FLAT_DEPTH that compare float64 inputs (LightGBM's leaf-wise
+    trees), as they are: one node array for the whole forest.
+
+    An internal node's children sit side by side, ``child[n]`` (left) and ``child[n] + 1``
+    (right). A leaf is its own child, with threshold +inf and NaN sent left, so a row that
+    reached it stays there: every row of a tree takes ``tree_depth[t]`` steps, branch-free.
+    """
+
+    n_features: int
+    feature: np.ndarray  # int32 (n_nodes,)
+    threshold: np.ndarray  # float64 (n_nodes,), exact (x < t: the double below t)
+    child: np.ndarray  # int32 (n_nodes,)
+    nan_right: np.ndarray  # bool (n_nodes,); all False when NaN is never an input
+    value: np.ndarray  # float64 (n_nodes,): the leaf's value (0 at internal nodes)
+    root: np.ndarray  # int32 (n_trees,)
+    tree_depth: np.ndarray  # int32 (n_trees,)
+    base_score: float
+    link: str = "sigmoid"
+    nan_routed: bool = False
+    zero_snap: float = 0.0
+    precision: str = "float64"
+
+    @property
+    def n_trees(self) -> int:
+        return int(self.root.shape[0])
+
+    def predict_margin(self, X: np.ndarray) -> np.ndarray:
+        """Reference evaluation in numpy (for tests): the margin before the sigmoid."""
+        x = np.asarray(X, dtype=np.float64)
+        if self.zero_snap > 0:
+            x = np.where(np.abs(x) <= self.zero_snap, 0.0, x)
+        rows = np.arange(len(x))
+        total = np.zeros(len(x))
+        for t in range(self.n_trees):
+            node = np.full(len(x), self.root[t], dtype=np.int64)
+            for _ in range(int(self.tree_depth[t])):
+                v = x[rows, self.feature[node]]
+                right = (v > self.threshold[node]) | (np.isnan(v) & self.nan_right[node])
+                node = self.child[node] + right
+            total += self.value[node]
+        return total + self.base_score
+
+
+def sparse_from_treelite(
+    model: Any,
+    d: dict[str, Any] | None = None,
+    *,
+    nan_routed: bool = False,
+    zero_snap: float = 0.0,
+) -> SparseForest:
+    """Read treelite's JSON dump into a :class:`SparseForest` (float64 compares only).
+
+    The model's checks are :func:`from_treelite`'s (its task, postprocessor, splits); the
+    trees may be of any depth.
+    """
+    d = model_json(model) if d is None else d
+    # from_treelite's checks, with the depth limit lifted: the same refusals
+    head = {**d, "trees": [{"nodes": [{"node_id": 0, "leaf_value": 0.0}]}]}
+    shallow = from_treelite(model, head, nan_routed=nan_routed, precision="float64")
+    for t in d["trees"]:
+        for n in t["nodes"]:
+            if "leaf_value" in n:
+                if isinstance(n["leaf_value"], list):
+                    raise UnsupportedForest("vector leaves are not supported")
+            elif n.get("node_type") != "numerical_test_node" or n.get("comparison_op") not in (
+                "<=",
+                "<",
+            ):
+                raise UnsupportedForest(
+                    f"split {n.get('node_type')!r} {n.get('comparison_op')!r} is not 'x <= t'"
+                )
+    feature: list[int] = []
+    threshold: list[float] = []
+    child: list[int] = []
+    nan_right: list[bool] = []
+    value: list[float] = []
+    root: list[int] = []
+    depths: list[int] = []
+
+    def new_node() -> int:
+        feature.append(0)
+        threshold.append(np.inf)
+        child.append(len(child))
+        nan_right.append(False)
+        value.append(0.0)
+        return len(feature) - 1
+
+    for tree in d["trees"]:
+        nodes = {n["node_id"]: n for n in tree["nodes"]}
+        root.append(new_node())
+        depths.append(_tree_depth(nodes))
+        stack = [(0, root[-1])]
+        while stack:
+            node_id, pos = stack.pop()
+            node = nodes[node_id]
+            if "leaf_value" in node:
+                value[pos] = float(node["leaf_value"])  # its own child, threshold +inf
+                continue
+            left = new_node()
+            right = new_node()
+            assert right == left + 1
+            t = float(node["threshold"])
+            feature[pos] = int(node["split_feature_id"])
+            threshold[pos] = np.nextafter(t, -np.inf) if node["comparison_op"] == "<" else t
+            child[pos] = left
+            nan_right[pos] = nan_routed and not node.get("default_left", True)
+            stack.append((node["left_child"], left))
+            stack.append((node["right_child"], right))
+    return SparseForest(
+        int(d["num_feature"]),
+        np.asarray(feature, dtype=np.int32),
+        np.asarray(threshold, dtype=np.float64),
+        np.asarray(child, dtype=np.int32),
+        np.asarray(nan_right, dtype=bool),
+        np.asarray(value, dtype=np.float64),
+        np.asarray(root, dtype=np.int32),
+        np.asarray(depths, dtype=np.int32),
+        shallow.base_score,
+        shallow.link,
+        nan_routed,
+        float(zero_snap),
     )
