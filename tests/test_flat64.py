@@ -165,3 +165,17 @@ def test_short_batches_and_last_rows_match_full_blocks(tmp_path: Path) -> None:
         bad[9, 4] = np.inf
         with pytest.raises(reco_fast.InputError, match=r"X\[9, 4\]"):
             m.decision_function(bad)
+
+
+def test_deep_float32_models_stay_on_tl2cgen(tmp_path: Path) -> None:
+    """Trees walked as they are compare doubles: only float64 models get them. A
+    GradientBoosting model deeper than MAX_FLAT_DEPTH is served by tl2cgen alone."""
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(3000, 4))
+    y = X[:, 0] * 3 + np.sin(5 * X[:, 1]) + rng.normal(size=3000)
+    est = GradientBoostingRegressor(n_estimators=2, max_depth=MAX_FLAT_DEPTH + 2).fit(X, y)
+    model = reco_fast.compile_model(est, tmp_path / "m", verify_X=X[:500])
+    assert model.available_backends() == ("tl2cgen",)
+    assert "exceed" in model.metadata["flat_evaluator"]

@@ -44,6 +44,7 @@ from reco_fast.compiler.frontends.sklearn_gbc import check_estimator, fitted_vie
 from reco_fast.compiler.ir import (
     Forest,
     SparseForest,
+    TooDeep,
     UnsupportedForest,
     from_treelite,
     model_json,
@@ -492,8 +493,8 @@ def compile_model(
                             precision=imported.input_precision,
                             zero_snap=imported.zero_snap,
                         )
-                    except UnsupportedForest as exc:
-                        if imported.input_precision != "float64" or "exceed" not in str(exc):
+                    except TooDeep:
+                        if imported.input_precision != "float64":
                             raise
                         # deeper float64 trees: walked as they are, not padded
                         forest = sparse_from_treelite(

@@ -29,6 +29,7 @@ __all__ = [
     "MAX_FLAT_DEPTH",
     "Forest",
     "SparseForest",
+    "TooDeep",
     "UnsupportedForest",
     "from_treelite",
     "sparse_from_treelite",
@@ -41,6 +42,11 @@ MAX_FLAT_DEPTH = 8
 
 class UnsupportedForest(ValueError):
     """The model uses something the flat evaluator does not implement."""
+
+
+class TooDeep(UnsupportedForest):
+    """Trees deeper than MAX_FLAT_DEPTH: no complete-tree arrays (float64 models are read
+    as a :class:`SparseForest` instead)."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +202,7 @@ def from_treelite(
         trees.append(nodes)
     depth = max(1, max(_tree_depth(nodes) for nodes in trees))
     if depth > MAX_FLAT_DEPTH:
-        raise UnsupportedForest(f"trees of depth {depth} exceed {MAX_FLAT_DEPTH}")
+        raise TooDeep(f"trees of depth {depth} exceed {MAX_FLAT_DEPTH}")
     n_nodes, n_leaves = (1 << depth) - 1, 1 << depth
     feature = np.zeros((len(trees), n_nodes), dtype=np.int32)
     threshold64 = np.full((len(trees), n_nodes), np.inf)
