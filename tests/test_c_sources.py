@@ -18,11 +18,11 @@ import pytest
 import tomllib
 
 from reco_fast.compiler import codegen
-from reco_fast.compiler.ir import Forest
+from reco_fast.compiler.ir import Forest, SparseForest
 from tests.helpers import REPO
 
 COMPILER_DIR = REPO / "reco_fast" / "compiler"
-C_FILES = ("harness.c", "harness.h", "flat.h", "flat_template.c")
+C_FILES = ("harness.c", "harness.h", "flat.h", "flat_template.c", "flat64_template.c")
 
 # tl2cgen's header.h and model.c, reduced to what the harness uses
 STUB_HEADER = """union Entry { int missing; double fvalue; int qvalue; };
@@ -37,15 +37,43 @@ def _declared(cdef: str) -> set[str]:
     return set(re.findall(r"\b(\w+)\s*\([^;{]*\)\s*;", text))
 
 
-def _sources(tmp: Path, harness_h: str = codegen.CDEF) -> list[Path]:
-    forest = Forest(
-        n_features=2,
-        depth=1,
-        feature=np.array([[1]], dtype=np.int32),
-        threshold=np.array([[0.5]], dtype=np.float32),
-        leaf=np.array([[-1.0, 1.0]]),
-        base_score=0.25,
-    )
+FOREST = Forest(
+    n_features=2,
+    depth=1,
+    feature=np.array([[1]], dtype=np.int32),
+    threshold=np.array([[0.5]], dtype=np.float32),
+    leaf=np.array([[-1.0, 1.0]]),
+    base_score=0.25,
+)
+# the float64 evaluator: complete trees with NaN routed and a zero snap, and trees as they are
+FOREST64 = Forest(
+    n_features=2,
+    depth=1,
+    feature=np.array([[1]], dtype=np.int32),
+    threshold=np.array([[0.5]]),
+    leaf=np.array([[-1.0, 1.0]]),
+    base_score=0.25,
+    nan_right=np.array([[True]]),
+    precision="float64",
+    zero_snap=1e-35,
+)
+SPARSE64 = SparseForest(
+    n_features=2,
+    feature=np.array([1, 0, 0], dtype=np.int32),
+    threshold=np.array([0.5, np.inf, np.inf]),
+    child=np.array([1, 1, 2], dtype=np.int32),
+    nan_right=np.array([True, False, False]),
+    value=np.array([0.0, -1.0, 1.0]),
+    root=np.array([0], dtype=np.int32),
+    tree_depth=np.array([1], dtype=np.int32),
+    base_score=0.25,
+    nan_routed=True,
+)
+
+
+def _sources(
+    tmp: Path, harness_h: str = codegen.CDEF, forest: Forest | SparseForest = FOREST
+) -> list[Path]:
     files = {
         "header.h": STUB_HEADER,
         "model.c": STUB_MODEL,
@@ -77,10 +105,13 @@ def test_the_c_is_read_from_the_package_files() -> None:
     assert '#include "flat.h"' in (COMPILER_DIR / "flat_template.c").read_text()
 
 
-def test_every_declared_entry_point_is_defined_as_declared(tmp_path: Path) -> None:
+@pytest.mark.parametrize("forest", [FOREST, FOREST64, SPARSE64], ids=["f32", "f64", "sparse64"])
+def test_every_declared_entry_point_is_defined_as_declared(
+    forest: Forest | SparseForest, tmp_path: Path
+) -> None:
     cc = _cc()
     objects = []
-    for unit in _sources(tmp_path):
+    for unit in _sources(tmp_path, forest=forest):
         obj = unit.with_suffix(".o")
         cmd = [*cc, *codegen.COMPILE_ARGS, "-Werror", f"-I{tmp_path}", "-c", str(unit)]
         proc = subprocess.run([*cmd, "-o", str(obj)], capture_output=True, text=True)

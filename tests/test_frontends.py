@@ -29,7 +29,7 @@ import reco_fast.compiler.codegen
 from reco_fast import CompileError, InputError
 from reco_fast.compiler.codegen import route_missing
 from reco_fast.compiler.driver import adversarial_inputs
-from reco_fast.compiler.ir import model_json, thresholds_by_feature
+from reco_fast.compiler.ir import MAX_FLAT_DEPTH, model_json, thresholds_by_feature
 from tests.helpers import subprocess_env
 
 if os.environ.get("CI"):  # the dev extra installs both: CI must not skip these tests
@@ -132,6 +132,19 @@ def _probe_rows(model_, X: np.ndarray, rng: np.random.Generator, nan: bool) -> n
     return rows
 
 
+def _max_depth(estimator) -> int:
+    """The deepest tree's depth (splits on the longest path), from treelite's dump."""
+    tl = model_json(reco_fast.compiler.driver.import_estimator(estimator).treelite_model)
+
+    def depth(nodes: dict, i: int) -> int:
+        n = nodes[i]
+        if "leaf_value" in n:
+            return 0
+        return 1 + max(depth(nodes, n["left_child"]), depth(nodes, n["right_child"]))
+
+    return max(depth({n["node_id"]: n for n in t["nodes"]}, 0) for t in tl["trees"])
+
+
 def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -> float:
     """Compile a drawn model and compare it with its library; returns the max |diff|."""
     seed = data.draw(st.integers(0, 2**16), label="seed")
@@ -163,11 +176,20 @@ def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -
     else:
         assert m_tol == 1e-12 or m_tol < 1e-13 * max(1.0, float(np.max(np.abs(margin))))
     loaded = reco_fast.load(out)
-    # float32-input families get the flat evaluator too (XGBoost's with NaN routed and
-    # x < t splits); float64-input ones are served by tl2cgen's code alone
-    flat = family in ("sklearn-gb", "xgboost")
-    assert ("flat-portable" in loaded.available_backends()) == flat
-    assert meta["flat_evaluator"] == "generated" if flat else "float64" in meta["flat_evaluator"]
+    # every family gets the flat evaluator: float32 compares for scikit-learn's
+    # GradientBoosting* and XGBoost (NaN routed, x < t splits) when the trees are at most
+    # MAX_FLAT_DEPTH deep, float64 compares for HistGradientBoosting* and LightGBM (NaN
+    # routed, LightGBM's zero snap) at any depth (deeper trees walked as they are)
+    depth = _max_depth(estimator)
+    flat = depth <= MAX_FLAT_DEPTH or family in ("sklearn-hgb", "lightgbm")
+    assert ("flat-portable" in loaded.available_backends()) == flat, depth
+    assert meta["flat_evaluator"] == "generated" if flat else "exceed" in meta["flat_evaluator"]
+    assert set(meta["backends"]) == set(loaded.available_backends())
+    assert meta["backend"] in ("flat", "tl2cgen")
+    assert set(meta["verification"]["backends"]) == set(loaded.available_backends())
+    if family in ("sklearn-hgb", "lightgbm"):  # float64: no AVX-512 kernel, AVX2 to depth 6
+        assert "flat-avx512" not in loaded.available_backends()
+        assert depth <= 6 or "flat-avx2" not in loaded.available_backends()
     worst = 0.0
     for backend in loaded.available_backends():
         m = loaded.using(backend)
@@ -222,18 +244,21 @@ def test_nan_is_routed_only_by_models_that_learned_it(tmp_path: Path) -> None:
     hgb = HistGradientBoostingClassifier(max_iter=5).fit(X, y)
     routed = reco_fast.compile_model(hgb, tmp_path / "hgb", verify_X=X)
     assert routed.missing_values == "routed"
-    assert routed.metadata["flat_evaluator"].startswith("not generated")
-    assert routed.available_backends() == ("tl2cgen",)
+    # float64 compares: the flat evaluator's float64 kernel, NaN routed per node
+    assert routed.metadata["flat_evaluator"] == "generated"
+    assert routed.available_backends()[:2] == ("tl2cgen", "flat-portable")
     rows = np.array([[np.nan, 0.1, 0.2], [np.nan] * 3, [0.3, np.nan, -1.0]])
     expected = hgb.predict_proba(rows)[:, 1]
-    assert np.all(np.abs(routed.predict_proba_features(rows) - expected) <= 1e-12)
-    assert np.all(np.abs(routed.decision_function(rows) - hgb.decision_function(rows)) <= 1e-12)
-    for bad in (np.inf, -np.inf):  # NaN is a value here, infinity is not
-        with pytest.raises(InputError, match=r"X\[0, 1\] \('f1'\) is infinite"):
-            routed.predict_proba_features([[0.0, bad, 0.0]])
-    # on_invalid="nan" keeps NaN inputs as inputs: only the infinite row is refused
-    p = routed.predict_proba_features(np.vstack([rows, [[0.0, np.inf, 0.0]]]), on_invalid="nan")
-    assert np.all(np.abs(p[:3] - expected) <= 1e-12) and math.isnan(p[3])
+    for backend in routed.available_backends():
+        m = routed.using(backend)
+        assert np.all(np.abs(m.predict_proba_features(rows) - expected) <= 1e-12), backend
+        assert np.all(np.abs(m.decision_function(rows) - hgb.decision_function(rows)) <= 1e-12)
+        for bad in (np.inf, -np.inf):  # NaN is a value here, infinity is not
+            with pytest.raises(InputError, match=r"X\[0, 1\] \('f1'\) is infinite"):
+                m.predict_proba_features([[0.0, bad, 0.0]])
+        # on_invalid="nan" keeps NaN inputs as inputs: only the infinite row is refused
+        p = m.predict_proba_features(np.vstack([rows, [[0.0, np.inf, 0.0]]]), on_invalid="nan")
+        assert np.all(np.abs(p[:3] - expected) <= 1e-12) and math.isnan(p[3])
 
     Xf = np.nan_to_num(X)
     gbc = GradientBoostingClassifier(n_estimators=5).fit(Xf, y)
@@ -261,7 +286,10 @@ def test_a_split_on_missing_values_alone_compiles(tmp_path: Path) -> None:
     model = reco_fast.compile_model(hgb, tmp_path / "m", verify_X=X)
     rows = np.array([[np.nan, 0.0], [1e300, 0.0], [-1e300, np.nan], [0.0, 0.0]])
     expected = hgb.predict_proba(rows)[:, 1]
-    assert np.all(np.abs(model.predict_proba_features(rows) - expected) <= 1e-12)
+    assert "flat-portable" in model.available_backends()
+    for backend in model.available_backends():
+        got = model.using(backend).predict_proba_features(rows)
+        assert np.all(np.abs(got - expected) <= 1e-12), backend
 
 
 def test_float64_models_take_values_beyond_float32(tmp_path: Path) -> None:
@@ -285,7 +313,10 @@ def test_float64_models_take_values_beyond_float32(tmp_path: Path) -> None:
             [np.concatenate([[1e300, -1e300], marked]), np.zeros(2 + len(marked))]
         )
         expected = est.predict_proba(rows)[:, 1]
-        assert np.all(np.abs(model.predict_proba_features(rows) - expected) <= 1e-12), name
+        assert "flat-portable" in model.available_backends()
+        for backend in model.available_backends():
+            got = model.using(backend).predict_proba_features(rows)
+            assert np.all(np.abs(got - expected) <= 1e-12), (name, backend)
 
 
 def test_early_stopped_models_compile_the_trees_their_library_predicts_with(

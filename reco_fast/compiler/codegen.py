@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from reco_fast.artifact import platform_tag
-from reco_fast.compiler.ir import Forest
+from reco_fast.compiler.ir import Forest, SparseForest
 from reco_fast.features import spec as _spec
 
 __all__ = ["CDEF", "build_library", "flat_source", "generate_c"]
@@ -183,7 +183,7 @@ def generate_c(
     treelite_model: Any,
     n_features: int,
     out_dir: Path,
-    forest: Forest | None = None,
+    forest: Forest | SparseForest | None = None,
     feature_set: str | None = None,
     *,
     input_precision: str = "float32",
@@ -233,7 +233,11 @@ def generate_c(
         sources["session.cdef"] = cdef
     if forest is not None:
         sources["flat.c"] = flat_source(forest)
-        if feature_set in _spec.FEATURE_SETS and _spec.FEATURE_SETS[feature_set].candidate:
+        if (
+            feature_set in _spec.FEATURE_SETS
+            and _spec.FEATURE_SETS[feature_set].candidate
+            and forest.precision == "float32"  # the top-k's cells read float32 thresholds
+        ):
             source, cdef = topk_cells_c()
             sources["harness.c"] += source
             sources["session.cdef"] += cdef
@@ -366,8 +370,13 @@ def _or_tree(terms: list[str]) -> str:
     return terms[0]
 
 
-def flat_source(forest: Forest) -> str:
-    """C for the flat evaluator: the forest's arrays as exact hex literals in the template."""
+def flat_source(forest: Forest | SparseForest) -> str:
+    """C for the flat evaluator: the forest's arrays as exact hex literals in the template
+    (``flat64_template.c`` for a forest that compares float64 inputs)."""
+    if isinstance(forest, SparseForest):
+        return _flat64_sparse_source(forest)
+    if forest.precision == "float64":
+        return _flat64_source(forest)
 
     def f32(v: float) -> str:
         return "INFINITY" if math.isinf(v) else _f32(v)
@@ -391,6 +400,102 @@ def flat_source(forest: Forest) -> str:
         else _blend_trees(forest),
         "HAVE_AVX512": "1" if forest.depth <= QS_MAX_DEPTH else "0",
         "AVX512_TREES": _qs_trees(forest, 16) if forest.depth <= QS_MAX_DEPTH else "",
+    }
+    for key, value in fields.items():
+        template = template.replace(f"@{key}@", value)
+    return template
+
+
+QS64_MAX_DEPTH = 6
+"""The float64 evaluator's QuickScorer keeps a tree's leaves as bits of one 64-bit lane."""
+
+
+def _qs64_trees(forest: Forest) -> str:
+    """The float64 evaluator's AVX2 QuickScorer code per tree (8 rows in two registers,
+    64-bit lanes)."""
+    depth = forest.depth
+    everything = (1 << (1 << depth)) - 1
+    lines = []
+    for t in range(forest.n_trees):
+        body = [f"__m256i vlo = _mm256_set1_epi64x((long long){everything:#x}ull), vhi = vlo;"]
+        for level in range(depth):
+            span = 1 << (depth - level)
+            for p in range(1 << level):
+                node = (1 << level) - 1 + p
+                if math.isinf(forest.threshold[t, node]) and not _nan_right(forest, t, node):
+                    continue  # padding: always goes left
+                left = ((1 << (span // 2)) - 1) << (p * span)
+                cut = "CUTN" if _nan_right(forest, t, node) else "CUT"
+                thr = forest.threshold[t, node]
+                body.append(
+                    f"RQ4_{cut}({forest.feature[t, node]}, "
+                    f"{'INFINITY' if math.isinf(thr) else float(thr).hex()}, {left:#x}ull);"
+                )
+        body.append(f"RQ4_ADD(g{t % 4}, {t});")
+        lines.append("  { " + "\n    ".join(body) + " }")
+    return "\n".join(lines)
+
+
+def _f64(v: float) -> str:
+    return "INFINITY" if math.isinf(v) else float(v).hex()
+
+
+def _fill(template: str, fields: dict[str, str]) -> str:
+    for key, value in fields.items():
+        template = template.replace(f"@{key}@", value)
+    return template
+
+
+def _flat64_sparse_source(forest: SparseForest) -> str:
+    """C for the float64 flat evaluator over trees as they are (portable kernels only)."""
+    return _fill(
+        _c_file("flat64_template.c"),
+        {
+            "N_FEATURES": str(forest.n_features),
+            "N_TREES": str(forest.n_trees),
+            "DEPTH": "1",
+            "SPARSE": "1",
+            "FEATURES": ",".join(map(str, forest.feature.tolist())),
+            "THRESHOLDS": ",".join(_f64(v) for v in forest.threshold.tolist()),
+            "CHILD": ",".join(map(str, forest.child.tolist())),
+            "LEAVES": ",".join(float(v).hex() for v in forest.value.tolist()),
+            "ROOT": ",".join(map(str, forest.root.tolist())),
+            "TREE_DEPTH": ",".join(map(str, forest.tree_depth.tolist())),
+            "BASE": float(forest.base_score).hex(),
+            "LINK": "rq_sigmoid(M)" if forest.link == "sigmoid" else "(M)",
+            "NAN_ROUTED": "1" if forest.nan_routed else "0",
+            "NAN_RIGHT": ",".join("1" if v else "0" for v in forest.nan_right.tolist()),
+            "ZERO_SNAP": float(forest.zero_snap).hex(),
+            "HAVE_AVX2": "0",
+            "AVX2_TREES": "",
+        },
+    )
+
+
+def _flat64_source(forest: Forest) -> str:
+    """C for the float64 flat evaluator (portable kernels, double thresholds as they are)."""
+    f64 = _f64
+    template = _c_file("flat64_template.c")
+    fields = {
+        "SPARSE": "0",
+        "CHILD": "0",
+        "ROOT": "0",
+        "TREE_DEPTH": "0",
+        "N_FEATURES": str(forest.n_features),
+        "N_TREES": str(forest.n_trees),
+        "DEPTH": str(forest.depth),
+        "FEATURES": ",".join(map(str, forest.feature.ravel().tolist())),
+        "THRESHOLDS": ",".join(f64(v) for v in forest.threshold.ravel().tolist()),
+        "LEAVES": ",".join(float(v).hex() for v in forest.leaf.ravel().tolist()),
+        "BASE": float(forest.base_score).hex(),
+        "LINK": "rq_sigmoid(M)" if forest.link == "sigmoid" else "(M)",
+        "NAN_ROUTED": "0" if forest.nan_right is None else "1",
+        "NAN_RIGHT": "0"
+        if forest.nan_right is None
+        else ",".join("1" if v else "0" for v in forest.nan_right.ravel().tolist()),
+        "ZERO_SNAP": float(forest.zero_snap).hex(),
+        "HAVE_AVX2": "1" if forest.depth <= QS64_MAX_DEPTH else "0",
+        "AVX2_TREES": _qs64_trees(forest) if forest.depth <= QS64_MAX_DEPTH else "",
     }
     for key, value in fields.items():
         template = template.replace(f"@{key}@", value)

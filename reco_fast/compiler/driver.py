@@ -43,9 +43,13 @@ from reco_fast.compiler.codegen import build_library, generate_c, module_name
 from reco_fast.compiler.frontends import Imported, import_estimator, with_summation_bound
 from reco_fast.compiler.frontends.sklearn_gbc import check_estimator, fitted_view
 from reco_fast.compiler.ir import (
+    Forest,
+    SparseForest,
+    TooDeep,
     UnsupportedForest,
     from_treelite,
     model_json,
+    sparse_from_treelite,
     thresholds_by_feature,
 )
 from reco_fast.errors import ArtifactError, CompileError
@@ -496,13 +500,24 @@ def compile_model(
                 log.info("removed %d stale staging directories", len(stale))
             staging = staging_dir(out_dir)
             try:
-                forest, flat_note = None, "generated"
+                forest: Forest | SparseForest | None = None
+                flat_note = "generated"
                 try:
-                    if imported.input_precision != "float32":
-                        raise UnsupportedForest(
-                            "it compares float32 inputs, this model float64 ones"
+                    try:
+                        forest = from_treelite(
+                            tl_model,
+                            tl_json,
+                            nan_routed=routed,
+                            precision=imported.input_precision,
+                            zero_snap=imported.zero_snap,
                         )
-                    forest = from_treelite(tl_model, tl_json, nan_routed=routed)
+                    except TooDeep:
+                        if imported.input_precision != "float64":
+                            raise
+                        # deeper float64 trees: walked as they are, not padded
+                        forest = sparse_from_treelite(
+                            tl_model, tl_json, nan_routed=routed, zero_snap=imported.zero_snap
+                        )
                 except UnsupportedForest as exc:
                     flat_note = f"not generated: {exc}"
                     log.info("flat evaluator not generated (%s); serving with tl2cgen's code", exc)

@@ -9,6 +9,11 @@ Thresholds are stored as float32 rounded *down*: inputs reach the trees as
 float32 (as in scikit-learn), and for a float32 x and a float64 t,
 ``x <= t`` holds exactly when ``x <= largest_float32_not_above(t)``. The
 comparison is therefore exact in float32 and 8 rows fit one AVX2 register.
+
+Models that compare float64 inputs (scikit-learn's HistGradientBoosting*, LightGBM:
+``precision="float64"``) keep their thresholds as float64, exactly (``x < t`` becomes
+``x <= `` the largest double below t), and are evaluated in double
+(``flat64_template.c``), LightGBM's near-zero inputs read as 0 (``zero_snap``).
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ import numpy as np
 __all__ = [
     "MAX_FLAT_DEPTH",
     "Forest",
+    "SparseForest",
+    "TooDeep",
     "UnsupportedForest",
     "from_treelite",
+    "sparse_from_treelite",
     "thresholds_by_feature",
 ]
 
@@ -36,6 +44,11 @@ class UnsupportedForest(ValueError):
     """The model uses something the flat evaluator does not implement."""
 
 
+class TooDeep(UnsupportedForest):
+    """Trees deeper than MAX_FLAT_DEPTH: no complete-tree arrays (float64 models are read
+    as a :class:`SparseForest` instead)."""
+
+
 @dataclass(frozen=True)
 class Forest:
     """Trees in breadth-first order: feature[t, n], threshold[t, n], leaf[t, l]."""
@@ -43,12 +56,16 @@ class Forest:
     n_features: int
     depth: int
     feature: np.ndarray  # int32 (n_trees, 2**depth - 1)
-    threshold: np.ndarray  # float32 (n_trees, 2**depth - 1), rounded down
+    # float32 (n_trees, 2**depth - 1), rounded down; float64 (exact) when precision is
+    threshold: np.ndarray
     leaf: np.ndarray  # float64 (n_trees, 2**depth)
     base_score: float
     link: str = "sigmoid"  # "sigmoid" (a probability) or "identity" (a score or value)
     # bool (n_trees, 2**depth - 1): the node sends NaN right; None: NaN is never an input
     nan_right: np.ndarray | None = None
+    # "float32": inputs rounded to float32 and compared so; "float64": compared as doubles
+    precision: str = "float32"
+    zero_snap: float = 0.0  # > 0: |x| <= zero_snap reads as 0 (float64 only)
 
     @property
     def n_trees(self) -> int:
@@ -56,7 +73,9 @@ class Forest:
 
     def predict_margin(self, X: np.ndarray) -> np.ndarray:
         """Reference evaluation in numpy (for tests): the margin before the sigmoid."""
-        x32 = np.asarray(X, dtype=np.float32)
+        x32 = np.asarray(X, dtype=np.float32 if self.precision == "float32" else np.float64)
+        if self.zero_snap > 0:
+            x32 = np.where(np.abs(x32) <= self.zero_snap, 0.0, x32)
         rows = np.arange(len(x32))
         total = np.zeros(len(x32))
         for t in range(self.n_trees):
@@ -123,7 +142,12 @@ def thresholds_by_feature(d: dict[str, Any]) -> list[np.ndarray]:
 
 
 def from_treelite(
-    model: Any, d: dict[str, Any] | None = None, *, nan_routed: bool = False
+    model: Any,
+    d: dict[str, Any] | None = None,
+    *,
+    nan_routed: bool = False,
+    precision: str = "float32",
+    zero_snap: float = 0.0,
 ) -> Forest:
     """Read treelite's JSON dump into a Forest; refuse what the evaluator cannot do exactly.
 
@@ -131,7 +155,14 @@ def from_treelite(
     float32 (the evaluator compares float32 values), so ``x < t`` (XGBoost's splits) is
     ``x <= t'`` with t' the largest float32 below t. With ``nan_routed``, each node's
     learned direction for NaN (treelite's ``default_left``) is kept in ``nan_right``.
+    With ``precision="float64"`` (models that compare float64 inputs), thresholds stay
+    float64 and ``x < t`` is ``x <= `` the largest double below t; ``zero_snap`` > 0 (float64
+    only): inputs with ``|x| <= zero_snap`` read as 0.
     """
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be 'float32' or 'float64', got {precision!r}")
+    if zero_snap and precision != "float64":
+        raise UnsupportedForest("zero_snap is only implemented for float64 inputs")
     d = model_json(model) if d is None else d
     if d.get("num_target") != 1:
         raise UnsupportedForest(f"{d.get('num_target')} targets: only one is supported")
@@ -171,7 +202,7 @@ def from_treelite(
         trees.append(nodes)
     depth = max(1, max(_tree_depth(nodes) for nodes in trees))
     if depth > MAX_FLAT_DEPTH:
-        raise UnsupportedForest(f"trees of depth {depth} exceed {MAX_FLAT_DEPTH}")
+        raise TooDeep(f"trees of depth {depth} exceed {MAX_FLAT_DEPTH}")
     n_nodes, n_leaves = (1 << depth) - 1, 1 << depth
     feature = np.zeros((len(trees), n_nodes), dtype=np.int32)
     threshold64 = np.full((len(trees), n_nodes), np.inf)
@@ -195,6 +226,22 @@ def from_treelite(
             nan_right[t, pos] = not node.get("default_left", True)
             stack.append((node["left_child"], 2 * pos + 1, level + 1))
             stack.append((node["right_child"], 2 * pos + 2, level + 1))
+    if precision == "float64":
+        # x < t for a double x: x <= the largest double below t
+        threshold = threshold64.copy()
+        threshold[strict] = np.nextafter(threshold64[strict], -np.inf)
+        return Forest(
+            int(d["num_feature"]),
+            depth,
+            feature,
+            threshold,
+            leaf,
+            float(base[0]),
+            link,
+            nan_right if nan_routed else None,
+            precision="float64",
+            zero_snap=float(zero_snap),
+        )
     threshold = round_down_f32(threshold64)
     # x < t for float32 x: x <= the largest float32 below t (t itself when t is a float32)
     exact = strict & (threshold.astype(np.float64) == threshold64)
@@ -208,4 +255,130 @@ def from_treelite(
         float(base[0]),
         link,
         nan_right if nan_routed else None,
+    )
+
+
+@dataclass(frozen=True)
+class SparseForest:
+    """Trees deeper than MAX_FLAT_DEPTH that compare float64 inputs (LightGBM's leaf-wise
+    trees), as they are: one node array for the whole forest.
+
+    An internal node's children sit side by side, ``child[n]`` (left) and ``child[n] + 1``
+    (right). A leaf is its own child, with threshold +inf and NaN sent left, so a row that
+    reached it stays there: every row of a tree takes ``tree_depth[t]`` steps, branch-free.
+    """
+
+    n_features: int
+    feature: np.ndarray  # int32 (n_nodes,)
+    threshold: np.ndarray  # float64 (n_nodes,), exact (x < t: the double below t)
+    child: np.ndarray  # int32 (n_nodes,)
+    nan_right: np.ndarray  # bool (n_nodes,); all False when NaN is never an input
+    value: np.ndarray  # float64 (n_nodes,): the leaf's value (0 at internal nodes)
+    root: np.ndarray  # int32 (n_trees,)
+    tree_depth: np.ndarray  # int32 (n_trees,)
+    base_score: float
+    link: str = "sigmoid"
+    nan_routed: bool = False
+    zero_snap: float = 0.0
+    precision: str = "float64"
+
+    @property
+    def n_trees(self) -> int:
+        return int(self.root.shape[0])
+
+    def predict_margin(self, X: np.ndarray) -> np.ndarray:
+        """Reference evaluation in numpy (for tests): the margin before the sigmoid."""
+        x = np.asarray(X, dtype=np.float64)
+        if self.zero_snap > 0:
+            x = np.where(np.abs(x) <= self.zero_snap, 0.0, x)
+        rows = np.arange(len(x))
+        total = np.zeros(len(x))
+        for t in range(self.n_trees):
+            node = np.full(len(x), self.root[t], dtype=np.int64)
+            for _ in range(int(self.tree_depth[t])):
+                v = x[rows, self.feature[node]]
+                right = (v > self.threshold[node]) | (np.isnan(v) & self.nan_right[node])
+                node = self.child[node] + right
+            total += self.value[node]
+        return total + self.base_score
+
+
+def sparse_from_treelite(
+    model: Any,
+    d: dict[str, Any] | None = None,
+    *,
+    nan_routed: bool = False,
+    zero_snap: float = 0.0,
+) -> SparseForest:
+    """Read treelite's JSON dump into a :class:`SparseForest` (float64 compares only).
+
+    The model's checks are :func:`from_treelite`'s (its task, postprocessor, splits); the
+    trees may be of any depth.
+    """
+    d = model_json(model) if d is None else d
+    # from_treelite's checks, with the depth limit lifted: the same refusals
+    head = {**d, "trees": [{"nodes": [{"node_id": 0, "leaf_value": 0.0}]}]}
+    shallow = from_treelite(model, head, nan_routed=nan_routed, precision="float64")
+    for t in d["trees"]:
+        for n in t["nodes"]:
+            if "leaf_value" in n:
+                if isinstance(n["leaf_value"], list):
+                    raise UnsupportedForest("vector leaves are not supported")
+            elif n.get("node_type") != "numerical_test_node" or n.get("comparison_op") not in (
+                "<=",
+                "<",
+            ):
+                raise UnsupportedForest(
+                    f"split {n.get('node_type')!r} {n.get('comparison_op')!r} is not 'x <= t'"
+                )
+    feature: list[int] = []
+    threshold: list[float] = []
+    child: list[int] = []
+    nan_right: list[bool] = []
+    value: list[float] = []
+    root: list[int] = []
+    depths: list[int] = []
+
+    def new_node() -> int:
+        feature.append(0)
+        threshold.append(np.inf)
+        child.append(len(child))
+        nan_right.append(False)
+        value.append(0.0)
+        return len(feature) - 1
+
+    for tree in d["trees"]:
+        nodes = {n["node_id"]: n for n in tree["nodes"]}
+        root.append(new_node())
+        depths.append(_tree_depth(nodes))
+        stack = [(0, root[-1])]
+        while stack:
+            node_id, pos = stack.pop()
+            node = nodes[node_id]
+            if "leaf_value" in node:
+                value[pos] = float(node["leaf_value"])  # its own child, threshold +inf
+                continue
+            left = new_node()
+            right = new_node()
+            assert right == left + 1
+            t = float(node["threshold"])
+            feature[pos] = int(node["split_feature_id"])
+            threshold[pos] = np.nextafter(t, -np.inf) if node["comparison_op"] == "<" else t
+            child[pos] = left
+            nan_right[pos] = nan_routed and not node.get("default_left", True)
+            stack.append((node["left_child"], left))
+            stack.append((node["right_child"], right))
+    return SparseForest(
+        int(d["num_feature"]),
+        np.asarray(feature, dtype=np.int32),
+        np.asarray(threshold, dtype=np.float64),
+        np.asarray(child, dtype=np.int32),
+        np.asarray(nan_right, dtype=bool),
+        np.asarray(value, dtype=np.float64),
+        np.asarray(root, dtype=np.int32),
+        np.asarray(depths, dtype=np.int32),
+        shallow.base_score,
+        shallow.link,
+        nan_routed,
+        float(zero_snap),
     )
