@@ -26,6 +26,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -275,16 +276,16 @@ def harness_source(
     ``result_type`` is the C type tl2cgen's ``predict()`` accumulates into ("float" or
     "double"); the other parameters are :func:`generate_c`'s.
     """
-    harness = HARNESS
-    for key, value in {
-        "N_FEATURES": str(n_features),
-        "F32_INPUT": "1" if input_precision == "float32" else "0",
-        "NAN_ROUTED": "1" if missing_values == "routed" else "0",
-        "RESULT_T": result_type,
-        "ZERO_SNAP": float(zero_snap).hex(),
-    }.items():
-        harness = harness.replace(f"@{key}@", value)
-    return harness
+    return _fill(
+        HARNESS,
+        {
+            "N_FEATURES": str(n_features),
+            "F32_INPUT": "1" if input_precision == "float32" else "0",
+            "NAN_ROUTED": "1" if missing_values == "routed" else "0",
+            "RESULT_T": result_type,
+            "ZERO_SNAP": float(zero_snap).hex(),
+        },
+    )
 
 
 QS_MAX_DEPTH = 5
@@ -381,13 +382,26 @@ def flat_source(forest: Forest | SparseForest) -> str:
     def f32(v: float) -> str:
         return "INFINITY" if math.isinf(v) else _f32(v)
 
-    template = _c_file("flat_template.c")
     fields = {
+        **_complete_fields(forest, f32),
+        "AVX2_TREES": _qs_trees(forest, 8)
+        if forest.depth <= QS_MAX_DEPTH
+        else _blend_trees(forest),
+        "HAVE_AVX512": "1" if forest.depth <= QS_MAX_DEPTH else "0",
+        "AVX512_TREES": _qs_trees(forest, 16) if forest.depth <= QS_MAX_DEPTH else "",
+    }
+    return _fill(_c_file("flat_template.c"), fields)
+
+
+def _complete_fields(forest: Forest, threshold: Callable[[float], str]) -> dict[str, str]:
+    """The template fields of a complete forest both flat evaluators share; ``threshold``
+    writes one threshold as a C literal (float32 or double)."""
+    return {
         "N_FEATURES": str(forest.n_features),
         "N_TREES": str(forest.n_trees),
         "DEPTH": str(forest.depth),
         "FEATURES": ",".join(map(str, forest.feature.ravel().tolist())),
-        "THRESHOLDS": ",".join(f32(v) for v in forest.threshold.ravel().tolist()),
+        "THRESHOLDS": ",".join(threshold(v) for v in forest.threshold.ravel().tolist()),
         "LEAVES": ",".join(float(v).hex() for v in forest.leaf.ravel().tolist()),
         "BASE": float(forest.base_score).hex(),
         "LINK": "rq_sigmoid(M)" if forest.link == "sigmoid" else "(M)",
@@ -395,15 +409,7 @@ def flat_source(forest: Forest | SparseForest) -> str:
         "NAN_RIGHT": "0"
         if forest.nan_right is None
         else ",".join("1" if v else "0" for v in forest.nan_right.ravel().tolist()),
-        "AVX2_TREES": _qs_trees(forest, 8)
-        if forest.depth <= QS_MAX_DEPTH
-        else _blend_trees(forest),
-        "HAVE_AVX512": "1" if forest.depth <= QS_MAX_DEPTH else "0",
-        "AVX512_TREES": _qs_trees(forest, 16) if forest.depth <= QS_MAX_DEPTH else "",
     }
-    for key, value in fields.items():
-        template = template.replace(f"@{key}@", value)
-    return template
 
 
 QS64_MAX_DEPTH = 6
@@ -441,6 +447,7 @@ def _f64(v: float) -> str:
 
 
 def _fill(template: str, fields: dict[str, str]) -> str:
+    """``template`` with every ``@KEY@`` replaced by ``fields[KEY]``."""
     for key, value in fields.items():
         template = template.replace(f"@{key}@", value)
     return template
@@ -474,32 +481,17 @@ def _flat64_sparse_source(forest: SparseForest) -> str:
 
 def _flat64_source(forest: Forest) -> str:
     """C for the float64 flat evaluator (portable kernels, double thresholds as they are)."""
-    f64 = _f64
-    template = _c_file("flat64_template.c")
     fields = {
         "SPARSE": "0",
         "CHILD": "0",
         "ROOT": "0",
         "TREE_DEPTH": "0",
-        "N_FEATURES": str(forest.n_features),
-        "N_TREES": str(forest.n_trees),
-        "DEPTH": str(forest.depth),
-        "FEATURES": ",".join(map(str, forest.feature.ravel().tolist())),
-        "THRESHOLDS": ",".join(f64(v) for v in forest.threshold.ravel().tolist()),
-        "LEAVES": ",".join(float(v).hex() for v in forest.leaf.ravel().tolist()),
-        "BASE": float(forest.base_score).hex(),
-        "LINK": "rq_sigmoid(M)" if forest.link == "sigmoid" else "(M)",
-        "NAN_ROUTED": "0" if forest.nan_right is None else "1",
-        "NAN_RIGHT": "0"
-        if forest.nan_right is None
-        else ",".join("1" if v else "0" for v in forest.nan_right.ravel().tolist()),
+        **_complete_fields(forest, _f64),
         "ZERO_SNAP": float(forest.zero_snap).hex(),
         "HAVE_AVX2": "1" if forest.depth <= QS64_MAX_DEPTH else "0",
         "AVX2_TREES": _qs64_trees(forest) if forest.depth <= QS64_MAX_DEPTH else "",
     }
-    for key, value in fields.items():
-        template = template.replace(f"@{key}@", value)
-    return template
+    return _fill(_c_file("flat64_template.c"), fields)
 
 
 def module_name(sources: dict[str, str]) -> str:
