@@ -107,6 +107,20 @@ static void rs_cells_features(const double* row, double code, double price, doub
   rs_candidate_rest(row, &code, &price, &zero, 1, &not_viewed, rest);
 }
 
+/* cmask[t]: tree t's leaves reachable by category c's products (not viewed), given the
+   session's masks smask: its static splits, then those reading the session */
+static void rs_cells_category(const rs_cells* ix, const double* row, int32_t c,
+                              const uint64_t* smask, uint64_t* cmask, double* rest) {
+  const int32_t T = ix->n_trees, NN = ix->n_nodes;
+  rs_cells_features(row, ix->cat_code[c], ix->uprice[0], rest);
+  for (int32_t t = 0; t < T; ++t) cmask[t] = smask[t] & ix->cat_static[(size_t)c * T + t];
+  for (int32_t i = 0; i < ix->n_cnodes; ++i) {
+    const int32_t g = ix->c_node[i];
+    const float x = (float)rest[ix->c_feat[i]];
+    cmask[g / NN] &= x > ix->c_thr[i] ? ix->go_right[g] : ix->go_left[g];
+  }
+}
+
 static double rs_max_leaf(const double* leaf, uint64_t mask) {
   double best = -INFINITY;
   while (mask) {
@@ -236,14 +250,8 @@ int64_t rs_cells_top(const rs_cells* ix, const double* row, const double* cat_co
 
   /* 3. per category: its splits, an upper bound */
   for (int32_t c = 0; c < ix->n_cat; ++c) {
-    rs_cells_features(row, ix->cat_code[c], ix->uprice[0], rest);
+    rs_cells_category(ix, row, c, smask, cmask, rest);
     double bound = ix->base;
-    for (int32_t t = 0; t < T; ++t) cmask[t] = smask[t] & ix->cat_static[(size_t)c * T + t];
-    for (int32_t i = 0; i < ix->n_cnodes; ++i) {
-      const int32_t g = ix->c_node[i];
-      const float x = (float)rest[ix->c_feat[i]];
-      cmask[g / NN] &= x > ix->c_thr[i] ? ix->go_right[g] : ix->go_left[g];
-    }
     for (int32_t t = 0; t < T; ++t) {
       if (!cmask[t]) { result = RS_CELLS_GIVE_UP; goto done; }
       bound += rs_max_leaf(ix->leaf + (size_t)t * NL, cmask[t]);
@@ -259,13 +267,7 @@ int64_t rs_cells_top(const rs_cells* ix, const double* row, const double* cat_co
     const double floor_value = (kth > threshold ? kth : threshold) - eps;
     if (cats[ci].bound < floor_value) break;
     const int32_t c = cats[ci].cat;
-    rs_cells_features(row, ix->cat_code[c], ix->uprice[0], rest);
-    for (int32_t t = 0; t < T; ++t) cmask[t] = smask[t] & ix->cat_static[(size_t)c * T + t];
-    for (int32_t i = 0; i < ix->n_cnodes; ++i) {
-      const int32_t g = ix->c_node[i];
-      const float x = (float)rest[ix->c_feat[i]];
-      cmask[g / NN] &= x > ix->c_thr[i] ? ix->go_right[g] : ix->go_left[g];
-    }
+    rs_cells_category(ix, row, c, smask, cmask, rest);
     memset(after, 0, (size_t)P);
     double score = ix->base;
     for (int32_t t = 0; t < T; ++t) {
@@ -337,8 +339,8 @@ int64_t rs_cells_top(const rs_cells* ix, const double* row, const double* cat_co
     kth = rs_kth(cells, n_cells, k);
   }
 
-  /* 5. the k lowest positions of every cell within eps of the k-th best */
-  kth = rs_kth(cells, n_cells, k);
+  /* 5. the k lowest positions of every cell within eps of the k-th best (kth and the
+     cells' order are those of the last category swept; none swept: no cells) */
   size_t n_out = 0, n_need = 0;
   for (size_t ci = 0; ci < n_cells && cells[ci].value >= kth - eps; ++ci) {
     size_t count = 0;
