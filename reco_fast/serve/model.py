@@ -625,13 +625,17 @@ class Model:
         cells = self._cells.nbytes if self._cells is not None else 0
         return catalog.nbytes + builder.catalog_arrays()[0].nbytes + cells
 
+    def _replace(self, **attrs: Any) -> Model:
+        """A copy of this model sharing its library, with ``attrs`` set (the builder, the
+        cell index, the backend...): how every derived model is made."""
+        clone = object.__new__(Model)
+        clone.__dict__.update(self.__dict__, **attrs)
+        return clone
+
     def _scoring_every_product(self) -> Model:
         """This model with the cell index off: recommend scores every product (the
         reference the cells are compared and benchmarked against)."""
-        clone = object.__new__(Model)
-        clone.__dict__.update(self.__dict__)
-        clone._cells = None
-        return clone
+        return self._replace(_cells=None)
 
     def _cell_index(self, builder: Any) -> CellIndex | None:
         """The whole-catalog top-k's index (:mod:`reco_fast.serve.cells`) for this builder's
@@ -663,9 +667,8 @@ class Model:
         equals the per-product kernel's (products, order and probabilities)."""
         golden = self._metadata.golden_sessions if self._metadata is not None else None
         sessions = [c["session"] for c in (golden or {}).get("recommend") or []][:1]
-        fast, every = object.__new__(Model), object.__new__(Model)
-        fast.__dict__.update(self.__dict__, _builder=builder, _cells=index)
-        every.__dict__.update(self.__dict__, _builder=builder, _cells=None)
+        fast = self._replace(_builder=builder, _cells=index)
+        every = self._replace(_builder=builder, _cells=None)
         for session in sessions:
             try:
                 want = every.recommend(session, k=10, threshold=0.0)
@@ -736,9 +739,7 @@ class Model:
         ArtifactError
             The artifact or this CPU does not provide ``backend``.
         """
-        clone = object.__new__(Model)
-        clone.__dict__.update(self.__dict__)
-        clone._requested_backend = backend
+        clone = self._replace(_requested_backend=backend)
         clone._use(_kernels(self._lib, backend))
         return clone
 
@@ -1657,18 +1658,14 @@ class Model:
         builder = self.builder
         if not isinstance(catalog, Catalog):
             catalog = Catalog.from_records(catalog)
-        clone = object.__new__(Model)
-        clone.__dict__.update(self.__dict__)
-        clone._builder = builder.with_catalog(catalog)
+        clone = self._replace(_builder=builder.with_catalog(catalog))
         clone._cells = clone._cell_index(clone._builder)
         return clone
 
     def _with_calibration(self, calibration: Calibration | None) -> Model:
         """This model's library serving ``calibration``'s probabilities: the build
         pipeline's view of a staged calibrated artifact (before its metadata is written)."""
-        clone = object.__new__(Model)
-        clone.__dict__.update(self.__dict__)
-        clone.calibration = calibration
+        clone = self._replace(calibration=calibration)
         clone._use(_kernels(self._lib, self.backend))
         clone._cells = clone._cell_index(clone._builder)
         return clone
@@ -1702,10 +1699,7 @@ class Model:
         artifact (its report replays recommend before the artifact is published)."""
         if builder.feature_names != self.feature_names:
             raise ValueError("the builder's features are not this model's")
-        clone = object.__new__(Model)
-        clone.__dict__.update(self.__dict__)
-        clone._builder = builder
-        clone._loaded_catalog = getattr(builder, "catalog", None)
+        clone = self._replace(_builder=builder, _loaded_catalog=getattr(builder, "catalog", None))
         clone._cells = clone._cell_index(builder)
         return clone
 
