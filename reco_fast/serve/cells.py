@@ -117,7 +117,6 @@ class CellIndex:
             }[arr.dtype]
             setattr(s, name, ffi.from_buffer(ctype, arr) if arr.size else ffi.NULL)
         self._struct = s
-        self.n_products = len(arrays["order"])
         self._needed = ffi.new("int64_t*")
 
     @property
@@ -207,8 +206,9 @@ def cell_index(
     go_right = np.tile(right, n_trees)
     full = np.uint64((1 << nl) - 1) if nl < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
 
-    # one representative candidate block per category, for static category features
-    codes, first = np.unique(cat_codes, return_index=True)
+    # the candidate block of each category (any price) and of each distinct price (any
+    # category), for the static category features and the static price cuts
+    codes = np.unique(cat_codes)
     uprice, price_rank = np.unique(prices, return_inverse=True)
     n_cat = len(codes)
     cat_cand = np.empty((len(fs.candidate), n_cat))
@@ -281,7 +281,6 @@ def cell_index(
     # by category, then price rank, then position (a stable sort keeps positions ascending)
     order = np.argsort(cat_of * np.int64(len(uprice)) + rank, kind="stable").astype(np.int32)
     cat_start = np.searchsorted(cat_of[order], np.arange(n_cat + 1)).astype(np.int64)
-    del first
     bound = abs(base) + float(np.abs(leaf).max(axis=1).sum())
     arrays: dict[str, np.ndarray] = {
         "leaf": np.ascontiguousarray(leaf.ravel()),
