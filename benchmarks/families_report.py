@@ -14,8 +14,6 @@ Nothing is typed by hand. Standard library only.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ sys.path.insert(
     0, str(Path(__file__).resolve().parents[1])
 )  # run as a script: import benchmarks.report
 
-from benchmarks.report import machine_line
+from benchmarks.report import cli, machine_line, number
 
 SUITE = "families"
 IMPLS = ("library", "reco_fast", "treelite.gtil", "lleaves", "onnxruntime")
@@ -59,14 +57,6 @@ def load(data: dict[str, Any]) -> tuple[list[str], dict[str, dict[str, Any]]]:
             "benchmarks/test_families.py --benchmark-enable --benchmark-json=families.json`"
         )
     return order, families
-
-
-def _num(x: float) -> str:
-    if x >= 100:
-        return f"{x:,.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    return f"{x:.2f}"
 
 
 def _diff(x: float) -> str:
@@ -155,7 +145,7 @@ def render(data: dict[str, Any], source: str = "families.json") -> str:
             row = []
             for impl in IMPLS:
                 c = cells.get((case, impl))
-                row.append(_cell(impl, _num(c["median_ns"] / scale) if c else None, fam))
+                row.append(_cell(impl, number(c["median_ns"] / scale) if c else None, fam))
             lib, mine = cells.get((case, "library")), cells.get((case, "reco_fast"))
             ratio = f"{lib['median_ns'] / mine['median_ns']:.1f}x" if lib and mine else "–"
             lines.append(f"| | {label} | " + " | ".join(row) + f" | {ratio} |")
@@ -163,17 +153,7 @@ def render(data: dict[str, Any], source: str = "families.json") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("json", help="the file written by --benchmark-json")
-    p.add_argument("-o", "--output", help="write the Markdown here (default: stdout)")
-    args = p.parse_args(argv)
-    data = json.loads(Path(args.json).read_text())
-    text = render(data, Path(args.json).name)
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return cli(render, __doc__ or "", argv)
 
 
 if __name__ == "__main__":

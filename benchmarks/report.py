@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def load_results(data: dict[str, Any]) -> tuple[Results, dict[str, Any]]:
     return results, extra
 
 
-def _num(x: float) -> str:
+def number(x: float) -> str:
     if x >= 100:
         return f"{x:,.0f}"
     if x >= 10:
@@ -94,7 +95,7 @@ def _cell(s: Stat | None, per_row: bool) -> str:
     if s is None:
         return "–"
     scale = 1.0 if per_row else 1e3
-    return f"{_num(s.median / scale)} ({_num(s.p99 / scale)})"
+    return f"{number(s.median / scale)} ({number(s.p99 / scale)})"
 
 
 def _ratio(mine: Stat | None, peer: Stat | None) -> str:
@@ -159,8 +160,8 @@ def render(data: dict[str, Any], source: str = "bench.json") -> str:
     if one is not None and many is not None:
         lines += [
             "",
-            f"Batch scoring over threads: {one.rows:,} rows take {_num(one.median)} ns/row on "
-            f"1 thread and {_num(many.median)} ns/row with `n_threads={many.threads}`: "
+            f"Batch scoring over threads: {one.rows:,} rows take {number(one.median)} ns/row on "
+            f"1 thread and {number(many.median)} ns/row with `n_threads={many.threads}`: "
             f"{one.median / many.median:.2f}x on {many.threads} cores.",
         ]
     lines += [
@@ -190,7 +191,7 @@ def render(data: dict[str, Any], source: str = "bench.json") -> str:
             met = target_met(gate, results)
             target = f"≤ {gate.target:g} {gate.unit}"
             asserted = f"≤ {o.required:g} {gate.unit}"
-            measured = f"{_num(o.measured)} {gate.unit}"
+            measured = f"{number(o.measured)} {gate.unit}"
             met_cell = "yes" if met else "**no**"
         else:
             target = f"≥ {o.required:g}x"
@@ -210,8 +211,9 @@ def render(data: dict[str, Any], source: str = "bench.json") -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(render: Callable[[dict[str, Any], str], str], doc: str, argv: list[str] | None) -> int:
+    """The command line of a report script: ``JSON [-o FILE]``, rendered by ``render``."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("json", help="the file written by --benchmark-json")
     p.add_argument("-o", "--output", help="write the Markdown here (default: stdout)")
     args = p.parse_args(argv)
@@ -222,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(render, __doc__ or "", argv)
 
 
 if __name__ == "__main__":

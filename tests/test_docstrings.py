@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import reco_fast
+from reco_fast._docstrings import inject
 
 PENDING: set[str] = set()
 BUILT_BY_LOAD = {"Model"}  # its constructor is internal: load() builds it
@@ -49,6 +50,7 @@ def test_every_parameter_is_documented(
 ) -> None:
     doc = inspect.getdoc(holder) or ""
     assert len(doc) >= 20, f"{name} has no docstring"
+    assert "%(" not in doc, f"{name}: a shared section placeholder was left unfilled"
     if signed is None:
         return
     params = [
@@ -59,3 +61,39 @@ def test_every_parameter_is_documented(
     ]
     missing = [p.name for p in params if f"{p.name}" not in doc]
     assert not missing, f"{name}: {missing} not documented"
+
+
+def test_shared_sections_are_filled_at_the_placeholder_indent() -> None:
+    sections = {"params": """
+        x : int
+            Rows, a count.
+    """}
+
+    @inject(sections)
+    def f(x: int) -> None:
+        """Summary.
+
+        Parameters
+        ----------
+        %(params)s
+        """
+
+    assert f.__doc__ is not None
+    assert "\n        x : int\n            Rows, a count.\n" in f.__doc__
+    assert "%(" not in f.__doc__
+
+
+def test_shared_sections_refuse_an_unknown_name_or_nothing_to_fill() -> None:
+    def unknown() -> None:
+        """Summary.
+
+        %(nope)s
+        """
+
+    def plain() -> None:
+        """Summary with nothing to fill."""
+
+    with pytest.raises(KeyError, match="nope"):
+        inject({})(unknown)
+    with pytest.raises(ValueError, match="no %\\(name\\)s line"):
+        inject({})(plain)

@@ -123,6 +123,21 @@ _NULL_PRICE_TEXT = frozenset({"", "nan", "null", "none", "na", "n/a"})
 # ---- the CLI's two small languages ------------------------------------------------------------
 
 
+def _pairs(spec: str, what: str, form: str, valid: str) -> list[tuple[str, str]]:
+    """The ``key=value`` pairs of a comma-separated ``spec`` (blank parts skipped), as
+    written; a part without ``=`` is a ValueError naming ``what``, the ``form`` expected and
+    the ``valid`` keys."""
+    pairs = []
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ValueError(f"{what}: {_short(part.strip())} is not {form} ({valid})")
+        key, _, value = part.partition("=")
+        pairs.append((key, value))
+    return pairs
+
+
 def parse_columns(spec: str | Mapping[str, str]) -> dict[str, str]:
     """Parse a column mapping ``"time=COL,product=COL,session=COL,..."``.
 
@@ -148,17 +163,10 @@ def parse_columns(spec: str | Mapping[str, str]) -> dict[str, str]:
     if isinstance(spec, Mapping):
         pairs = [(str(k).strip(), v) for k, v in spec.items()]
     elif isinstance(spec, str):
-        pairs = []
-        for part in spec.split(","):
-            if not part.strip():
-                continue
-            if "=" not in part:
-                raise ValueError(
-                    f"columns: {_short(part.strip())} is not key=COLUMN "
-                    f"(keys: {', '.join(COLUMN_KEYS)})"
-                )
-            key, _, column = part.partition("=")
-            pairs.append((key.strip(), column))
+        pairs = [
+            (k.strip(), v)
+            for k, v in _pairs(spec, "columns", "key=COLUMN", f"keys: {', '.join(COLUMN_KEYS)}")
+        ]
     else:
         raise TypeError(f"columns must be a str or a mapping, got {type(spec).__name__}")
     out: dict[str, str] = {}
@@ -212,17 +220,7 @@ def parse_event_types(
     if isinstance(spec, Mapping):
         items: list[tuple[Any, Any]] = list(spec.items())
     elif isinstance(spec, str):
-        items = []  # (type, raw values) pairs
-        for part in spec.split(","):
-            if not part.strip():
-                continue
-            if "=" not in part:
-                raise ValueError(
-                    f"event types: {_short(part.strip())} is not type=VALUE "
-                    f"(types: {', '.join(EVENT_TYPES)})"
-                )
-            key, _, value = part.partition("=")
-            items.append((key, value))
+        items = list(_pairs(spec, "event types", "type=VALUE", f"types: {', '.join(EVENT_TYPES)}"))
     else:
         raise TypeError(f"event_types must be a str or a mapping, got {type(spec).__name__}")
     seen: set[str] = set()

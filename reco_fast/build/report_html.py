@@ -123,7 +123,12 @@ def _png(figure: Any, draw: Callable[[Any], None], size: tuple[float, float] = (
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _style(ax: Any) -> None:
+def _finish(ax: Any, title: str, legend: str | None = None) -> None:
+    """The report's plot style: ``title``, a frameless legend at ``legend`` (a matplotlib
+    location) when given, a light grid and no top or right spine."""
+    ax.set_title(title)
+    if legend is not None:
+        ax.legend(loc=legend, frameon=False)
     ax.grid(True, color="#e5e7eb", linewidth=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
@@ -141,9 +146,7 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, figure: Any) -> dict[str
             ax.plot([0, 1], [0, 1], color=GREY, ls="--", lw=1, label="chance")
             ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1))
             ax.set_ylim(0, 1.01)
-            ax.set_title(f"ROC (AUC {r['metrics']['auc']:.3f})")
-            ax.legend(loc="lower right", frameon=False)
-            _style(ax)
+            _finish(ax, f"ROC (AUC {r['metrics']['auc']:.3f})", legend="lower right")
 
         def pr(fig: Any) -> None:
             ax = fig.add_subplot()
@@ -151,9 +154,11 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, figure: Any) -> dict[str
             ax.axhline(c["pr"]["base_rate"], color=GREY, ls="--", lw=1, label="click rate")
             ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1))
             ax.set_ylim(0, 1.01)
-            ax.set_title(f"Precision-recall (AP {c['pr']['average_precision']:.3f})")
-            ax.legend(loc="upper right", frameon=False)
-            _style(ax)
+            _finish(
+                ax,
+                f"Precision-recall (AP {c['pr']['average_precision']:.3f})",
+                legend="upper right",
+            )
 
         def calibration(fig: Any) -> None:
             ax = fig.add_subplot()
@@ -170,9 +175,7 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, figure: Any) -> dict[str
             ax.set(xlabel="mean predicted probability", ylabel="observed click rate")
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
-            ax.set_title("Calibration (test split, 10 bins)")
-            ax.legend(loc="upper left", frameon=False)
-            _style(ax)
+            _finish(ax, "Calibration (test split, 10 bins)", legend="upper left")
 
         def sweep(fig: Any) -> None:
             ax = fig.add_subplot()
@@ -203,9 +206,7 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, figure: Any) -> dict[str
             ax.set(xlabel="confidence threshold (show if p >= threshold)", ylabel="rate")
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
-            ax.set_title("Click rate and volume by threshold")
-            ax.legend(loc="lower left", frameon=False)
-            _style(ax)
+            _finish(ax, "Click rate and volume by threshold", legend="lower left")
 
         out["roc"] = _png(figure, roc)
         out["pr"] = _png(figure, pr)
@@ -217,8 +218,7 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, figure: Any) -> dict[str
         top = r["top_features"][::-1]
         ax.barh([f["feature"] for f in top], [f["importance"] for f in top], color=BLUE)
         ax.set(xlabel="importance (impurity decrease)")
-        ax.set_title("Top features")
-        _style(ax)
+        _finish(ax, "Top features")
 
     out["importance"] = _png(figure, importance, (6.4, 3.8))
 
@@ -229,9 +229,7 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, figure: Any) -> dict[str
             ax.bar([x[by] for x in rows], [x["rate"] for x in rows], color=BLUE)
             ax.axhline(r["dataset"]["click_rate"], color=GREY, ls="--", lw=1, label="overall")
             ax.set(ylabel="click rate")
-            ax.set_title(title)
-            ax.legend(loc="upper right", frameon=False)
-            _style(ax)
+            _finish(ax, title, legend="upper right")
 
         return draw
 
@@ -249,9 +247,7 @@ def _plots(r: dict[str, Any], c: dict[str, Any] | None, figure: Any) -> dict[str
             x, [s["compiled_ms_per_row"] * 1e3 for s in rows], "o-", color=GREEN, label="compiled"
         )
         ax.set(xscale="log", yscale="log", xlabel="batch size (rows)", ylabel="µs per row")
-        ax.set_title("Latency per row (median)")
-        ax.legend(frameon=False)
-        _style(ax)
+        _finish(ax, "Latency per row (median)", legend="best")
 
     out["speed"] = _png(figure, speed, (5.2, 3.4))
     return out

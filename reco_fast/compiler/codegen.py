@@ -26,7 +26,7 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -301,6 +301,21 @@ def _nan_right(forest: Forest, tree: int, node: int) -> bool:
     return forest.nan_right is not None and bool(forest.nan_right[tree, node])
 
 
+def _qs_cuts(forest: Forest, tree: int) -> Iterator[tuple[int, str, int]]:
+    """QuickScorer's cuts of one complete tree: (node, "CUT" or "CUTN" where NaN goes
+    right, the bit mask of its left subtree's leaves), level by level; padded nodes (always
+    left) emit none."""
+    depth = forest.depth
+    for level in range(depth):
+        span = 1 << (depth - level)
+        for p in range(1 << level):
+            node = (1 << level) - 1 + p
+            nan_right = _nan_right(forest, tree, node)
+            if math.isinf(forest.threshold[tree, node]) and not nan_right:
+                continue  # padding: always goes left
+            yield node, "CUTN" if nan_right else "CUT", ((1 << (span // 2)) - 1) << (p * span)
+
+
 def _qs_trees(forest: Forest, width: int) -> str:
     """QuickScorer code per tree: false nodes clear their left subtree's leaf bits."""
     depth = forest.depth
@@ -311,18 +326,11 @@ def _qs_trees(forest: Forest, width: int) -> str:
             f"__m{32 * width}i v = _mm{'512' if width == 16 else '256'}_set1_epi32("
             f"(int){everything:#x}u);"
         ]
-        for level in range(depth):
-            span = 1 << (depth - level)
-            for p in range(1 << level):
-                node = (1 << level) - 1 + p
-                if math.isinf(forest.threshold[t, node]) and not _nan_right(forest, t, node):
-                    continue  # padding: always goes left
-                left = ((1 << (span // 2)) - 1) << (p * span)
-                cut = "CUTN" if _nan_right(forest, t, node) else "CUT"
-                body.append(
-                    f"RQ{width}_{cut}({forest.feature[t, node]}, "
-                    f"{_f32(forest.threshold[t, node])}, {left:#x}u);"
-                )
+        for node, cut, left in _qs_cuts(forest, t):
+            body.append(
+                f"RQ{width}_{cut}({forest.feature[t, node]}, "
+                f"{_f32(forest.threshold[t, node])}, {left:#x}u);"
+            )
         body.append(f"const __m{32 * width}i i = RQ{width}_LOWEST(v);")
         body.append(f"RQ{width}_ADD(g{t % 4}, {t}, i);")
         lines.append("  { " + "\n    ".join(body) + " }")
@@ -424,19 +432,11 @@ def _qs64_trees(forest: Forest) -> str:
     lines = []
     for t in range(forest.n_trees):
         body = [f"__m256i vlo = _mm256_set1_epi64x((long long){everything:#x}ull), vhi = vlo;"]
-        for level in range(depth):
-            span = 1 << (depth - level)
-            for p in range(1 << level):
-                node = (1 << level) - 1 + p
-                if math.isinf(forest.threshold[t, node]) and not _nan_right(forest, t, node):
-                    continue  # padding: always goes left
-                left = ((1 << (span // 2)) - 1) << (p * span)
-                cut = "CUTN" if _nan_right(forest, t, node) else "CUT"
-                thr = forest.threshold[t, node]
-                body.append(
-                    f"RQ4_{cut}({forest.feature[t, node]}, "
-                    f"{'INFINITY' if math.isinf(thr) else float(thr).hex()}, {left:#x}ull);"
-                )
+        for node, cut, left in _qs_cuts(forest, t):
+            body.append(
+                f"RQ4_{cut}({forest.feature[t, node]}, "
+                f"{_f64(forest.threshold[t, node])}, {left:#x}ull);"
+            )
         body.append(f"RQ4_ADD(g{t % 4}, {t});")
         lines.append("  { " + "\n    ".join(body) + " }")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -345,34 +345,63 @@ def golden_sessions(
     if not builder.ranks_products:
         return out
     ids = builder.catalog.product_ids.tolist()
-    cases = []
-    for s in rows:
-        viewed = set(builder.viewed_ids(s))
-        pool_pos = [i for i, p in enumerate(ids) if p not in viewed]
-        if len(pool_pos) < 2:
-            continue
-        p_all = proba([{**s, "recommended_product_id": ids[i]} for i in pool_pos])
-        order = sorted(range(len(pool_pos)), key=lambda j: (-p_all[j], pool_pos[j]))
-        cart, top = order[0], order[1 : GOLDEN_K + 1]
-        values = [float(p_all[j]) for j in order[: GOLDEN_K + 2]]
-        if any(0.0 < a - b <= NEAR_TIE for a, b in itertools.pairwise(values)):
-            continue
-        values = values[1:]
-        cases.append(
-            {
+
+    def candidates() -> Iterator[tuple[dict[str, Any], list[float]]]:
+        for s in rows:
+            viewed = set(builder.viewed_ids(s))
+            pool_pos = [i for i, p in enumerate(ids) if p not in viewed]
+            if len(pool_pos) < 2:
+                continue
+            p_all = proba([{**s, "recommended_product_id": ids[i]} for i in pool_pos])
+            order = sorted(range(len(pool_pos)), key=lambda j: (-p_all[j], pool_pos[j]))
+            cart, top = order[0], order[1 : GOLDEN_K + 1]
+            values = [float(p_all[j]) for j in order[: GOLDEN_K + 2]]
+            case = {
                 "session": {**s, "cart_product_ids": [ids[pool_pos[cart]]]},
                 "k": GOLDEN_K,
                 "threshold": 0.0,
-                "product_ids": [ids[pool_pos[j]] for j in top[:GOLDEN_K]],
-                "proba": values[:GOLDEN_K],
+                "product_ids": [ids[pool_pos[j]] for j in top],
+                "proba": values[1 : GOLDEN_K + 1],
             }
-        )
+            yield case, values  # the carted best and one beyond the k must not tie either
+
+    out["recommend"] = golden_recommend_cases(candidates())
+    return out
+
+
+def golden_recommend_cases(
+    candidates: Iterable[tuple[dict[str, Any], list[float]]],
+) -> list[dict[str, Any]]:
+    """The first ``N_GOLDEN_RECOMMEND`` recommend cases whose ordered probabilities
+    (the second item, best first) hold no near tie (:data:`NEAR_TIE`).
+
+    Parameters
+    ----------
+    candidates : iterable of (dict, list of float)
+        Each a recommend case (JSON-native: ``session``, ``k``, ``threshold``,
+        ``product_ids``, ``proba``) and the reference probabilities that must be told
+        apart for the compiled order to be the reference's.
+
+    Returns
+    -------
+    list of dict
+        1 to ``N_GOLDEN_RECOMMEND`` cases.
+
+    Raises
+    ------
+    CompileError
+        Every candidate has a near tie, or there is none.
+    """
+    cases = []
+    for case, values in candidates:
+        if any(0.0 < a - b <= NEAR_TIE for a, b in itertools.pairwise(values)):
+            continue
+        cases.append(case)
         if len(cases) == N_GOLDEN_RECOMMEND:
-            break
+            return cases
     if not cases:
         raise CompileError("no session gives a top-k list free of near ties for golden outputs")
-    out["recommend"] = cases
-    return out
+    return cases
 
 
 def compile_model(
@@ -590,13 +619,15 @@ def compile_model(
                 elif feature_set in FEATURE_SETS:
                     golden_s = golden_sessions(reference_output, builder, sessions or ())
                 else:  # an event-trained model builds its own (reco_fast.features.events)
-                    golden_s = builder.golden_sessions(
-                        reference_output,
-                        list(sessions or ()),
-                        N_GOLDEN_SESSIONS,
-                        N_GOLDEN_RECOMMEND,
-                        GOLDEN_K,
-                        threshold=0.0 if probability else None,  # a ranker's: none
+                    pool = list(sessions or ())
+                    golden_s = builder.golden_sessions(reference_output, pool, N_GOLDEN_SESSIONS)
+                    golden_s["recommend"] = golden_recommend_cases(
+                        builder.recommend_cases(
+                            reference_output,
+                            pool,
+                            GOLDEN_K,
+                            threshold=0.0 if probability else None,  # a ranker's: none
+                        )
                     )
 
                 meta: dict[str, Any] = {

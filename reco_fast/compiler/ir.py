@@ -230,22 +230,11 @@ def from_treelite(
         # x < t for a double x: x <= the largest double below t
         threshold = threshold64.copy()
         threshold[strict] = np.nextafter(threshold64[strict], -np.inf)
-        return Forest(
-            int(d["num_feature"]),
-            depth,
-            feature,
-            threshold,
-            leaf,
-            float(base[0]),
-            link,
-            nan_right if nan_routed else None,
-            precision="float64",
-            zero_snap=float(zero_snap),
-        )
-    threshold = round_down_f32(threshold64)
-    # x < t for float32 x: x <= the largest float32 below t (t itself when t is a float32)
-    exact = strict & (threshold.astype(np.float64) == threshold64)
-    threshold[exact] = np.nextafter(threshold[exact], np.float32(-np.inf))
+    else:
+        threshold = round_down_f32(threshold64)
+        # x < t for float32 x: x <= the largest float32 below t (t itself when t is a float32)
+        exact = strict & (threshold.astype(np.float64) == threshold64)
+        threshold[exact] = np.nextafter(threshold[exact], np.float32(-np.inf))
     return Forest(
         int(d["num_feature"]),
         depth,
@@ -255,6 +244,8 @@ def from_treelite(
         float(base[0]),
         link,
         nan_right if nan_routed else None,
+        precision=precision,
+        zero_snap=float(zero_snap) if precision == "float64" else 0.0,
     )
 
 

@@ -32,10 +32,9 @@ the same function, so training and serving agree by construction.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -559,44 +558,43 @@ class EventBuilder:
         ]
 
     def golden_sessions(
+        self, predict: Any, pool: Sequence[Mapping[str, Any]], n: int
+    ) -> dict[str, Any]:
+        """The first ``n`` raw sessions of ``pool`` and ``predict``'s output for their
+        feature rows: ``{"sessions": [...], "proba": [...]}`` (JSON-native).
+
+        ``predict(X)`` is the reference library's output: a classifier's probability,
+        or a ranker's score.
+        """
+        sessions = [dict(s) for s in pool[:n]]
+        return {"sessions": sessions, "proba": predict(self.rows(sessions)).tolist()}
+
+    def recommend_cases(
         self,
         predict: Any,
         pool: Sequence[Mapping[str, Any]],
-        n: int,
-        n_recommend: int,
         k: int,
         threshold: float | None = 0.0,
-    ) -> dict[str, Any]:
-        """Golden raw sessions and recommend cases from ``pool`` (JSON-native).
+    ) -> Iterator[tuple[dict[str, Any], list[float]]]:
+        """Candidate golden recommend cases, one per session of ``pool`` with at least
+        ``k`` candidates, each with its reference probabilities (best first) for the
+        compiler's near-tie check (``compiler.driver.golden_recommend_cases``).
 
-        ``predict(X)`` is the reference library's output: a classifier's probability,
-        or a ranker's score (then ``threshold`` is None: every candidate is ranked, and
-        the cases record no threshold).
+        ``threshold`` None (a ranker's scores): every candidate is ranked, and the cases
+        record no threshold.
         """
-        sessions = [dict(s) for s in pool[:n]]
-        out: dict[str, Any] = {"sessions": sessions, "proba": predict(self.rows(sessions)).tolist()}
-        cases = []
         cut = -math.inf if threshold is None else threshold
         for s in pool:
             session = {"products": list(s["products"]), "cart": list(s.get("cart", ()))}
             ranked = self.rank(predict, session, k, cut, None, ("viewed", "in_cart"))
-            ps = [r.probability for r in ranked]
-            if len(ranked) < k or any(0.0 < a - b <= 1e-9 for a, b in itertools.pairwise(ps)):
+            if len(ranked) < k:
                 continue
-            cases.append(
-                {
-                    "session": session,
-                    "k": k,
-                    "threshold": threshold,
-                    "product_ids": [str(self.tables.product_ids[r.position]) for r in ranked],
-                    "proba": ps,
-                }
-            )
-            if len(cases) == n_recommend:
-                break
-        if not cases:
-            from reco_fast.errors import CompileError
-
-            raise CompileError("no session gives a top-k list free of near ties for golden outputs")
-        out["recommend"] = cases
-        return out
+            ps = [r.probability for r in ranked]
+            case = {
+                "session": session,
+                "k": k,
+                "threshold": threshold,
+                "product_ids": [str(self.tables.product_ids[r.position]) for r in ranked],
+                "proba": ps,
+            }
+            yield case, ps

@@ -21,10 +21,12 @@ Policies:
 from __future__ import annotations
 
 import math
+import textwrap
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from reco_fast._docstrings import inject
 from reco_fast.errors import InputError, SessionNotFound
 from reco_fast.serve.recommend import Recommendation
 from reco_fast.serve.session import (
@@ -64,6 +66,43 @@ def _id(name: str, value: Any) -> str:
             f"{name!r} must be valid Unicode text (a lone surrogate)", field=name
         ) from None
     return text
+
+
+# The event methods' shared docstring sections (reco_fast._docstrings.inject).
+_EVENT_DOC: dict[str, str] = {
+    "ids": """
+        session_id : str or int
+            The session's id (an integer is its decimal string); 1 to 256 characters.
+        product_id : str or int
+            The product's id, as for ``session_id``; products the model does not know
+            are accepted.
+    """,
+    "ts": """
+        ts : float, optional
+            The event's time in epoch seconds (>= 0); default: the clock's time, never
+            before the session's last event. A session idle for more than ``ttl``
+            seconds at ``ts`` starts again.
+    """,
+    "outcome": """
+        Returns
+        -------
+        dict
+            The session after the event: ``{"products": [ids, most recent last],
+            "cart": [ids]}``.
+
+        Raises
+        ------
+        InputError
+            A bad id or ``ts``, or ``ts`` older than the session's last event.
+        StoreUnavailable
+            The session store cannot be reached (a :class:`~reco_fast.RedisStore`).
+    """,
+}
+_EVENT_DOC["event"] = "\n".join(
+    ["Parameters", "----------"]
+    + [textwrap.dedent(_EVENT_DOC[part]).strip("\n") for part in ("ids", "ts")]
+    + ["", textwrap.dedent(_EVENT_DOC["outcome"]).strip("\n")]
+)
 
 
 class EventTracker:
@@ -161,68 +200,25 @@ class EventTracker:
 
         return self.store.update(sid, apply)
 
+    @inject(_EVENT_DOC)
     def view(self, session_id: Any, product_id: Any, *, ts: float | None = None) -> dict[str, Any]:
         """A product page view: touches the product.
 
-        Parameters
-        ----------
-        session_id : str or int
-            The session's id (an integer is its decimal string); 1 to 256 characters.
-        product_id : str or int
-            The product's id, as for ``session_id``; products the model does not know
-            are accepted.
-        ts : float, optional
-            The event's time in epoch seconds (>= 0); default: the clock's time, never
-            before the session's last event. A session idle for more than ``ttl``
-            seconds at ``ts`` starts again.
-
-        Returns
-        -------
-        dict
-            The session after the event: ``{"products": [ids, most recent last],
-            "cart": [ids]}``.
-
-        Raises
-        ------
-        InputError
-            A bad id or ``ts``, or ``ts`` older than the session's last event.
-        StoreUnavailable
-            The session store cannot be reached (a :class:`~reco_fast.RedisStore`).
+        %(event)s
         """
         return self._context(self._event("view", session_id, product_id, ts))
 
+    @inject(_EVENT_DOC)
     def add_to_cart(
         self, session_id: Any, product_id: Any, *, ts: float | None = None
     ) -> dict[str, Any]:
         """A cart addition: touches the product and puts it in the cart (once).
 
-        Parameters
-        ----------
-        session_id : str or int
-            The session's id (an integer is its decimal string); 1 to 256 characters.
-        product_id : str or int
-            The product's id, as for ``session_id``; products the model does not know
-            are accepted.
-        ts : float, optional
-            The event's time in epoch seconds (>= 0); default: the clock's time, never
-            before the session's last event. A session idle for more than ``ttl``
-            seconds at ``ts`` starts again.
-
-        Returns
-        -------
-        dict
-            The session after the event: ``{"products": [ids, most recent last],
-            "cart": [ids]}``.
-
-        Raises
-        ------
-        InputError
-            A bad id or ``ts``, or ``ts`` older than the session's last event.
-        StoreUnavailable
-            The session store cannot be reached (a :class:`~reco_fast.RedisStore`).
+        %(event)s
         """
         return self._context(self._event("cart", session_id, product_id, ts))
 
+    @inject(_EVENT_DOC)
     def purchase(
         self, session_id: Any, product_id: Any, *, ts: float | None = None
     ) -> dict[str, Any]:
@@ -231,29 +227,14 @@ class EventTracker:
 
         Parameters
         ----------
-        session_id : str or int
-            The session's id (an integer is its decimal string); 1 to 256 characters.
-        product_id : str or int
-            The product's id, as for ``session_id``; products the model does not know
-            are accepted.
+        %(ids)s
         ts : float, optional
             The event's time in epoch seconds (>= 0); default: the clock's time, never
             before the session's last event. A session idle for more than ``ttl``
             seconds at ``ts`` starts again. With a log, the purchase's time there
             (default: now, ``time.time``).
 
-        Returns
-        -------
-        dict
-            The session after the event: ``{"products": [ids, most recent last],
-            "cart": [ids]}``.
-
-        Raises
-        ------
-        InputError
-            A bad id or ``ts``, or ``ts`` older than the session's last event.
-        StoreUnavailable
-            The session store cannot be reached (a :class:`~reco_fast.RedisStore`).
+        %(outcome)s
         """
         context = self._context(self._event("purchase", session_id, product_id, ts))
         if self._logged is not None:
@@ -279,35 +260,13 @@ class EventTracker:
             _id("session_id", session_id), _id("product_id", product_id), ts
         )
 
+    @inject(_EVENT_DOC)
     def remove_from_cart(
         self, session_id: Any, product_id: Any, *, ts: float | None = None
     ) -> dict[str, Any]:
         """Takes the product out of the cart (a no-op if it is not there).
 
-        Parameters
-        ----------
-        session_id : str or int
-            The session's id (an integer is its decimal string); 1 to 256 characters.
-        product_id : str or int
-            The product's id, as for ``session_id``; products the model does not know
-            are accepted.
-        ts : float, optional
-            The event's time in epoch seconds (>= 0); default: the clock's time, never
-            before the session's last event. A session idle for more than ``ttl``
-            seconds at ``ts`` starts again.
-
-        Returns
-        -------
-        dict
-            The session after the event: ``{"products": [ids, most recent last],
-            "cart": [ids]}``.
-
-        Raises
-        ------
-        InputError
-            A bad id or ``ts``, or ``ts`` older than the session's last event.
-        StoreUnavailable
-            The session store cannot be reached (a :class:`~reco_fast.RedisStore`).
+        %(event)s
         """
         return self._context(self._event("remove", session_id, product_id, ts))
 

@@ -1753,25 +1753,5 @@ def _listed(items: Sequence[Any]) -> str:
     return f"[{shown}]{more}"
 
 
-def load(path: str | os.PathLike[str], backend: str | None = None) -> Model:
-    """Load a model artifact written by ``build_model.py`` or ``compile_model``.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The artifact directory.
-    backend : str, optional
-        Override the artifact's default evaluator (see :meth:`Model.load`).
-
-    Returns
-    -------
-    Model
-
-    Raises
-    ------
-    ArtifactError
-        The artifact fails a check (see :meth:`Model.load`); says what to do.
-    ValueError
-        ``backend`` is not one of :data:`BACKENDS`.
-    """
-    return Model.load(path, backend)
+load = Model.load
+"""``reco_fast.load(path, backend=None)``: :meth:`Model.load`, the one way to load an artifact."""

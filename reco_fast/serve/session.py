@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from reco_fast._docstrings import inject
 from reco_fast.errors import InputError, SessionNotFound, StoreUnavailable, shown, shown_values
 from reco_fast.features.schema import NONE_PRODUCT, NumericField, check_number
 from reco_fast.serve.recommend import CART_FIELD, Recommendation
@@ -616,6 +617,30 @@ def _int_or_nan(v: Any) -> Any:
     return v if v != v else int(v)
 
 
+# The tracker's methods' shared docstring sections (reco_fast._docstrings.inject).
+_TRACKER_DOC = {
+    "ts": """
+        ts : float, optional
+            The event's time in epoch seconds; default now (see :meth:`page_view`).
+    """,
+    "returns": """
+        Returns
+        -------
+        dict
+            The session's context after the event (:meth:`context`).
+    """,
+    "not_found": """
+        SessionNotFound
+            The session is unknown or expired.
+    """,
+    "unavailable": """
+        StoreUnavailable
+            The session store cannot be reached; the message says whether the event
+            may have been applied.
+    """,
+}
+
+
 class SessionTracker:
     """Turns a stream of events into the session context ``Model.recommend`` scores.
 
@@ -754,6 +779,7 @@ class SessionTracker:
         return state
 
     # -- events --
+    @inject(_TRACKER_DOC)
     def page_view(
         self,
         session_id: str,
@@ -786,10 +812,7 @@ class SessionTracker:
             The event's time in epoch seconds (>= 0); default: the clock's time as the
             event applies, never before the session's last event.
 
-        Returns
-        -------
-        dict
-            The session's context after the event (:meth:`context`).
+        %(returns)s
 
         Raises
         ------
@@ -797,9 +820,7 @@ class SessionTracker:
             An empty or non-string id, a product not in the catalog, an unknown device or
             traffic source, one that differs from the session's, a first page view
             without them, or ``ts`` older than the session's last event (named field).
-        StoreUnavailable
-            The session store cannot be reached; the message says whether the event
-            may have been applied.
+        %(unavailable)s
         """
         _check_id("session_id", session_id)
         shown_category, shown_price = self._product("product_id", product_id)
@@ -874,6 +895,7 @@ class SessionTracker:
 
         return self._context(self.store.update(session_id, apply))
 
+    @inject(_TRACKER_DOC)
     def engagement(
         self,
         session_id: str,
@@ -901,23 +923,16 @@ class SessionTracker:
             Fraction of the page scrolled, in [0, 1]; a lower value is ignored.
         clicked_product_image : bool or int, optional
             1 (True) once the product image was clicked; 0 does not undo it.
-        ts : float, optional
-            The event's time in epoch seconds; default now (see :meth:`page_view`).
+        %(ts)s
 
-        Returns
-        -------
-        dict
-            The session's context after the event (:meth:`context`).
+        %(returns)s
 
         Raises
         ------
-        SessionNotFound
-            The session is unknown or expired.
+        %(not_found)s
         InputError
             A value outside its domain, or ``ts`` older than the session's last event.
-        StoreUnavailable
-            The session store cannot be reached; the message says whether the event
-            may have been applied.
+        %(unavailable)s
         """
         _check_id("session_id", session_id)
         ts = self._ts(ts)
@@ -955,6 +970,7 @@ class SessionTracker:
 
         return self._context(self.store.update(session_id, apply))
 
+    @inject(_TRACKER_DOC)
     def add_to_cart(
         self, session_id: str, product_id: str, ts: float | None = None
     ) -> dict[str, Any]:
@@ -966,24 +982,17 @@ class SessionTracker:
             A live session.
         product_id : str
             A product in the model's catalog.
-        ts : float, optional
-            The event's time in epoch seconds; default now (see :meth:`page_view`).
+        %(ts)s
 
-        Returns
-        -------
-        dict
-            The session's context after the event (:meth:`context`).
+        %(returns)s
 
         Raises
         ------
-        SessionNotFound
-            The session is unknown or expired.
+        %(not_found)s
         InputError
             The product is not in the catalog, or ``ts`` is older than the session's
             last event.
-        StoreUnavailable
-            The session store cannot be reached; the message says whether the event
-            may have been applied.
+        %(unavailable)s
         """
         _check_id("session_id", session_id)
         self._product("product_id", product_id)
@@ -996,6 +1005,7 @@ class SessionTracker:
 
         return self._context(self.store.update(session_id, apply))
 
+    @inject(_TRACKER_DOC)
     def remove_from_cart(
         self, session_id: str, product_id: str, ts: float | None = None
     ) -> dict[str, Any]:
@@ -1007,24 +1017,17 @@ class SessionTracker:
             A live session.
         product_id : str
             A product in the cart (it may have been delisted since).
-        ts : float, optional
-            The event's time in epoch seconds; default now (see :meth:`page_view`).
+        %(ts)s
 
-        Returns
-        -------
-        dict
-            The session's context after the event (:meth:`context`).
+        %(returns)s
 
         Raises
         ------
-        SessionNotFound
-            The session is unknown or expired.
+        %(not_found)s
         InputError
             The product is not in the cart, or ``ts`` is older than the session's last
             event.
-        StoreUnavailable
-            The session store cannot be reached; the message says whether the event
-            may have been applied.
+        %(unavailable)s
         """
         _check_id("session_id", session_id)
         _check_id("product_id", product_id)
@@ -1046,6 +1049,7 @@ class SessionTracker:
         return self._context(self.store.update(session_id, apply))
 
     # -- reading --
+    @inject(_TRACKER_DOC)
     def context(self, session_id: str) -> dict[str, Any]:
         """The current page view in the seed's schema, ready for ``Model.recommend``.
 
@@ -1070,11 +1074,8 @@ class SessionTracker:
 
         Raises
         ------
-        SessionNotFound
-            The session is unknown or expired.
-        StoreUnavailable
-            The session store cannot be reached; the message says whether the event
-            may have been applied.
+        %(not_found)s
+        %(unavailable)s
         """
         _check_id("session_id", session_id)
         state = self.store.get(session_id)
@@ -1118,6 +1119,7 @@ class SessionTracker:
             CART_FIELD: list(state["cart"]),
         }
 
+    @inject(_TRACKER_DOC)
     def recommend(
         self, session_id: str, k: int = 3, threshold: float | None = None, **kwargs: Any
     ) -> list[Recommendation]:
@@ -1132,11 +1134,8 @@ class SessionTracker:
 
         Raises
         ------
-        SessionNotFound
-            The session is unknown or expired.
-        StoreUnavailable
-            The session store cannot be reached; the message says whether the event
-            may have been applied.
+        %(not_found)s
+        %(unavailable)s
         """
         logged = self._logged
         if logged is not None:
