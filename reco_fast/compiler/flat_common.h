@@ -5,12 +5,13 @@
  *   RQ_READ(v)      an input value as the trees compare it
  *   RQ_RANGE        the largest magnitude an input may have (FLT_MAX or DBL_MAX)
  *   RQ_NAN_ROUTED   1: NaN is a valid input (rq_nan_right[node]: 1 sends it right)
- *   RQ_SPARSE       1: the template defines rq_margin_row and rq_margin_block itself
+ *   RQ_SPARSE       1: the template defines rq_margin_row and rq_margin_block (after this)
  *   RQ_ROW_BY_ROW   a last block of at most this many rows is scored by rq_margin_row
  *                   (needs rq_cmp double; 0: never)
  *   RQ_LINK(M)      the model's output from its margin
  *   rq_feature, rq_threshold, rq_leaf, rq_base (and rq_nan_right where routed)
- * Static functions and macros only: one copy of each, compiled into each flat.c. */
+ * It defines the portable kernels (complete trees), rq_predict_one, rq_margin_one and the
+ * *_portable entry points; the rest are macros the templates expand. */
 #define RQ_BLOCK 8
 
 /* Per-call row buffers (a block of rows as rq_cmp) live on the stack only while they fit
