@@ -22,7 +22,14 @@ from reco_fast.compiler.ir import Forest, SparseForest
 from tests.helpers import REPO
 
 COMPILER_DIR = REPO / "reco_fast" / "compiler"
-C_FILES = ("harness.c", "harness.h", "flat.h", "flat_template.c", "flat64_template.c")
+C_FILES = (
+    "harness.c",
+    "harness.h",
+    "flat.h",
+    "flat_common.h",
+    "flat_template.c",
+    "flat64_template.c",
+)
 
 # tl2cgen's header.h and model.c, reduced to what the harness uses
 STUB_HEADER = """union Entry { int missing; double fvalue; int qvalue; };
@@ -79,6 +86,7 @@ def _sources(
         "model.c": STUB_MODEL,
         "harness.h": harness_h,
         "flat.h": codegen.CDEF_FLAT,
+        "flat_common.h": codegen.FLAT_COMMON,
         "harness.c": codegen.harness_source(2) + '\n#include "flat.h"\n',
         "flat.c": codegen.flat_source(forest),
     }
@@ -98,11 +106,14 @@ def test_the_c_is_read_from_the_package_files() -> None:
     for name, text in (
         ("harness.h", codegen.CDEF),
         ("flat.h", codegen.CDEF_FLAT),
+        ("flat_common.h", codegen.FLAT_COMMON),
         ("harness.c", codegen.HARNESS),
     ):
         assert (COMPILER_DIR / name).read_text(encoding="utf-8") == text, name
     assert '#include "harness.h"' in codegen.HARNESS
-    assert '#include "flat.h"' in (COMPILER_DIR / "flat_template.c").read_text()
+    for template in ("flat_template.c", "flat64_template.c"):
+        text = (COMPILER_DIR / template).read_text()
+        assert '#include "flat.h"' in text and '#include "flat_common.h"' in text, template
 
 
 @pytest.mark.parametrize("forest", [FOREST, FOREST64, SPARSE64], ids=["f32", "f64", "sparse64"])

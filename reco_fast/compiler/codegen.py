@@ -48,6 +48,8 @@ CDEF = _c_file("harness.h")
 CDEF_FLAT = _c_file("flat.h")
 """The flat evaluator's entry points (``rq_*``): cffi's cdef, and the header flat.c and the
 harness include."""
+FLAT_COMMON = _c_file("flat_common.h")
+"""The C both flat evaluators' templates share; flat.c includes it."""
 # -ffp-contract=off: no fused multiply-add may change a rounding the verification relies on.
 COMPILE_ARGS = ["-O2", "-fno-fast-math", "-ffp-contract=off", "-Wno-unused-variable"]
 
@@ -228,6 +230,7 @@ def generate_c(
     if forest is not None:
         sources["harness.c"] += '\n#include "flat.h"\n'
         sources["flat.h"] = CDEF_FLAT
+        sources["flat_common.h"] = FLAT_COMMON
     if feature_set is not None:
         source, cdef = session_harness(feature_set, n_features, forest is not None)
         sources["harness.c"] += source

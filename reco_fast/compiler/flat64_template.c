@@ -16,22 +16,18 @@
 #define RQ_D @DEPTH@
 #define RQ_NN ((1 << RQ_D) - 1)
 #define RQ_NL (1 << RQ_D)
-#define RQ_BLOCK 8
 
-/* Per-call row buffers (a block of rows as float64) live on the stack only while they fit
- * RQ_STACK_MAX bytes; a wider model's come from the heap, once per call. */
-#define RQ_STACK_MAX 8192
-#define RQ_ON_STACK(COUNT) ((COUNT) * sizeof(double) <= RQ_STACK_MAX)
-#define RQ_BUFFER(NAME, COUNT)                                                        \
-  double NAME##_stack[RQ_ON_STACK(COUNT) ? (COUNT) : 1] __attribute__((aligned(64))); \
-  double* NAME = RQ_ON_STACK(COUNT) ? NAME##_stack : rq_heap_doubles(COUNT)
-#define RQ_RELEASE(NAME, COUNT) do { if (!RQ_ON_STACK(COUNT)) free(NAME); } while (0)
-/* what a batch entry point returns when it cannot allocate its buffer */
-#define RQ_NO_MEMORY ((ptrdiff_t)-2)
-
-static double* rq_heap_doubles(size_t count) {
-  return (double*)aligned_alloc(64, (count * sizeof(double) + 63) / 64 * 64);
+/* |x| <= RQ_ZERO_SNAP reads as 0 (LightGBM's dense rows); 0.0: off. NaN stays NaN. */
+#define RQ_ZERO_SNAP @ZERO_SNAP@
+static inline double rq_snap(double v) {
+  return (RQ_ZERO_SNAP > 0.0 && fabs(v) <= RQ_ZERO_SNAP) ? 0.0 : v;
 }
+
+/* compares in float64: an input reads as it is, snapped */
+typedef double rq_cmp;
+#define RQ_READ(v) rq_snap((double)(v))
+#define RQ_RANGE DBL_MAX
+#define RQ_ROW_BY_ROW 2 /* a last block of 1 or 2 rows: row by row (RQ_TAIL) */
 
 /* 1: trees deeper than complete arrays allow (ir.SparseForest): one node array for the
  * forest, an internal node's children side by side at rq_child[n] and rq_child[n] + 1, a
@@ -54,31 +50,21 @@ static const double rq_leaf[RQ_NT * RQ_NL] = {@LEAVES@};
 #endif
 static const double rq_base = @BASE@;
 
-/* 1: NaN is a valid input and each node sends it where the model learned: left (NaN > t
- * is false) or, where rq_nan_right is set, right. */
+/* 1: NaN is a valid input, sent left or right as each node learned */
 #define RQ_NAN_ROUTED @NAN_ROUTED@
 #if RQ_NAN_ROUTED
 static const uint8_t rq_nan_right[] = {@NAN_RIGHT@};
-#define RQ_RIGHT(V, T, NODE) \
-  ((unsigned)((V) > (T)) | ((unsigned)((V) != (V)) & (unsigned)rq_nan_right[NODE]))
-#else
-#define RQ_RIGHT(V, T, NODE) ((unsigned)((V) > (T)))
 #endif
 
-/* |x| <= RQ_ZERO_SNAP reads as 0 (LightGBM's dense rows); 0.0: off. NaN stays NaN. */
-#define RQ_ZERO_SNAP @ZERO_SNAP@
-static inline double rq_snap(double v) {
-  return (RQ_ZERO_SNAP > 0.0 && fabs(v) <= RQ_ZERO_SNAP) ? 0.0 : v;
-}
-
-static inline double rq_sigmoid(double margin) { return 1.0 / (1.0 + exp(-margin)); }
 /* the model's output from its margin: sigmoid (a probability) or identity (a score) */
 #define RQ_LINK(M) @LINK@
-#define RQ_MARGIN(M) (M)
 
-/* Every path sums tree t into group t % 4 and returns (g0 + g1) + (g2 + g3) + base, as
- * the float32 evaluator does, so the single-row and batch paths agree bit for bit. */
+/* the portable kernels (complete trees), rq_predict_one and the *_portable entry points */
+#include "flat_common.h"
+
 #if RQ_SPARSE
+/* Every path sums tree t into group t % 4 and returns (g0 + g1) + (g2 + g3) + base, as
+ * the complete trees' kernels do, so the single-row and batch paths agree bit for bit. */
 static double rq_margin_row(const double* x) {
   double acc[4] = {0.0, 0.0, 0.0, 0.0};
   for (int t = 0; t < RQ_NT; ++t) {
@@ -109,47 +95,7 @@ static void rq_margin_block(const double* x /* [RQ_BLOCK][RQ_NF] */, double* out
   for (int r = 0; r < RQ_BLOCK; ++r)
     out[r] = ((acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r])) + rq_base;
 }
-#else
-static double rq_margin_row(const double* x) {
-  double acc[4] = {0.0, 0.0, 0.0, 0.0};
-  for (int t = 0; t < RQ_NT; ++t) {
-    const int32_t* f = rq_feature + t * RQ_NN;
-    const double* th = rq_threshold + t * RQ_NN;
-    unsigned idx = 0;
-    for (int l = 0; l < RQ_D; ++l) {
-      const unsigned node = (1u << l) - 1u + idx;
-      const double v = rq_snap(x[f[node]]);
-      idx = 2u * idx + RQ_RIGHT(v, th[node], t * RQ_NN + node);
-    }
-    acc[t % 4] += rq_leaf[t * RQ_NL + idx];
-  }
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + rq_base;
-}
-
-/* rows interleaved per tree so the dependent loads of one row overlap the others';
- * x holds a block of rows already snapped */
-static void rq_margin_block(const double* x /* [RQ_BLOCK][RQ_NF] */, double* out) {
-  double acc[4][RQ_BLOCK] = {{0}};
-  for (int t = 0; t < RQ_NT; ++t) {
-    const int32_t* f = rq_feature + t * RQ_NN;
-    const double* th = rq_threshold + t * RQ_NN;
-    unsigned idx[RQ_BLOCK] = {0};
-    for (int l = 0; l < RQ_D; ++l) {
-      for (int r = 0; r < RQ_BLOCK; ++r) {
-        const unsigned node = (1u << l) - 1u + idx[r];
-        idx[r] = 2u * idx[r] + RQ_RIGHT(x[r * RQ_NF + f[node]], th[node], t * RQ_NN + node);
-      }
-    }
-    for (int r = 0; r < RQ_BLOCK; ++r) acc[t % 4][r] += rq_leaf[t * RQ_NL + idx[r]];
-  }
-  for (int r = 0; r < RQ_BLOCK; ++r)
-    out[r] = ((acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r])) + rq_base;
-}
-
 #endif
-
-double rq_predict_one(const double* x) { return RQ_LINK(rq_margin_row(x)); }
-double rq_margin_one(const double* x) { return rq_margin_row(x); }
 
 /* The whole-catalog top-k reads float32 thresholds, which this evaluator does not have:
  * no arrays (shape all 0), and codegen never builds the top-k with it. */
@@ -160,81 +106,6 @@ void rq_forest(const int32_t** feature, const float** threshold, const double** 
   *leaf = NULL;
   *base = rq_base;
   shape[0] = shape[1] = shape[2] = shape[3] = 0;
-}
-
-/* A last block of at most this many rows is scored row by row (rq_margin_row, the same
- * sums in the same order): a block costs 8 rows whatever it holds. */
-#define RQ_ROW_BY_ROW 2
-
-/* Batch entry points check every value as they copy it (finite; NaN when routed) and
- * return the flat index of the first bad one, or -1. RQ_NO_MEMORY: nothing scored. */
-#define RQ_BAD(v) (!(fabs((double)(v)) <= DBL_MAX) && !(RQ_NAN_ROUTED && (v) != (v)))
-
-#define RQ_PORTABLE(NAME, T, LINK)                                                     \
-  ptrdiff_t NAME(const T* X, size_t n_rows, double* out) {                            \
-    RQ_BUFFER(xb, RQ_BLOCK * RQ_NF);                                                  \
-    if (!xb) return RQ_NO_MEMORY;                                                     \
-    ptrdiff_t bad = -1;                                                               \
-    double m[RQ_BLOCK];                                                               \
-    for (size_t i = 0; i < n_rows; i += RQ_BLOCK) {                                   \
-      const size_t k = n_rows - i < RQ_BLOCK ? n_rows - i : RQ_BLOCK;                 \
-      if (k <= RQ_ROW_BY_ROW) { /* a block would score 8 rows for these few */        \
-        for (size_t r = 0; r < k; ++r) {                                              \
-          const T* x = X + (i + r) * RQ_NF;                                           \
-          for (int j = 0; j < RQ_NF; ++j) {                                           \
-            if (RQ_BAD(x[j])) {                                                       \
-              bad = (ptrdiff_t)((i + r) * RQ_NF + j);                                 \
-              goto done;                                                              \
-            }                                                                         \
-            xb[j] = (double)x[j];                                                     \
-          }                                                                           \
-          out[i + r] = LINK(rq_margin_row(xb));                                       \
-        }                                                                             \
-        break;                                                                        \
-      }                                                                               \
-      for (size_t r = 0; r < RQ_BLOCK; ++r) {                                         \
-        const T* x = X + (i + (r < k ? r : k - 1)) * RQ_NF;                           \
-        for (int j = 0; j < RQ_NF; ++j) {                                             \
-          if (RQ_BAD(x[j])) {                                                         \
-            bad = (ptrdiff_t)((i + (r < k ? r : k - 1)) * RQ_NF + j);                 \
-            goto done;                                                                \
-          }                                                                           \
-          xb[r * RQ_NF + j] = rq_snap((double)x[j]);                                  \
-        }                                                                             \
-      }                                                                               \
-      rq_margin_block(xb, m);                                                         \
-      for (size_t r = 0; r < k; ++r) out[i + r] = LINK(m[r]);                         \
-    }                                                                                 \
-  done:                                                                               \
-    RQ_RELEASE(xb, RQ_BLOCK * RQ_NF);                                                 \
-    return bad;                                                                       \
-  }
-RQ_PORTABLE(rq_predict_f64_portable, double, RQ_LINK)
-RQ_PORTABLE(rq_predict_f32_portable, float, RQ_LINK)
-RQ_PORTABLE(rq_margin_f64_portable, double, RQ_MARGIN)
-RQ_PORTABLE(rq_margin_f32_portable, float, RQ_MARGIN)
-
-/* Rows that share their first n_prefix features: rest is feature-major,
- * rest[j * n_rows + i]. Out of memory: every out[i] is NaN. */
-void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const double* rest,
-                                size_t n_rows, double* out) {
-  RQ_BUFFER(xb, RQ_BLOCK * RQ_NF);
-  if (!xb) {
-    for (size_t i = 0; i < n_rows; ++i) out[i] = NAN;
-    return;
-  }
-  double m[RQ_BLOCK];
-  for (size_t r = 0; r < RQ_BLOCK; ++r)
-    for (size_t j = 0; j < n_prefix; ++j) xb[r * RQ_NF + j] = rq_snap(prefix[j]);
-  for (size_t i = 0; i < n_rows; i += RQ_BLOCK) {
-    const size_t k = n_rows - i < RQ_BLOCK ? n_rows - i : RQ_BLOCK;
-    for (size_t r = 0; r < RQ_BLOCK; ++r)
-      for (size_t j = n_prefix; j < RQ_NF; ++j)
-        xb[r * RQ_NF + j] = rq_snap(rest[(j - n_prefix) * n_rows + i + (r < k ? r : k - 1)]);
-    rq_margin_block(xb, m);
-    for (size_t r = 0; r < k; ++r) out[i + r] = RQ_LINK(m[r]);
-  }
-  RQ_RELEASE(xb, RQ_BLOCK * RQ_NF);
 }
 
 /* ---- AVX2: 4 rows per register, trees of depth <= 6 (a tree's 64 leaves are the bits of
@@ -273,83 +144,14 @@ void rq_predict_prefix_portable(const double* prefix, size_t n_prefix, const dou
 
 __attribute__((target("avx2,bmi"))) static void rq_block_avx2(
     const double* xT /* [RQ_NF][8] */, double* out) {
-  __m256d g0lo = _mm256_setzero_pd(), g0hi = g0lo, g1lo = g0lo, g1hi = g0lo, g2lo = g0lo,
-          g2hi = g0lo, g3lo = g0lo, g3hi = g0lo;
+  RQ_GROUPS(256);
 @AVX2_TREES@
-  _mm256_storeu_pd(out, _mm256_add_pd(_mm256_add_pd(g0lo, g1lo), _mm256_add_pd(g2lo, g3lo)));
-  _mm256_storeu_pd(out + 4, _mm256_add_pd(_mm256_add_pd(g0hi, g1hi), _mm256_add_pd(g2hi, g3hi)));
+  RQ_GROUPS_SUM(256);
 }
 
 /* Drivers: a block of 8 rows transposed to feature-major doubles (each value checked and
- * snapped as it is copied), evaluated, linked. */
-#define RQ_AVX2_BATCH(NAME, T, LINK)                                                   \
-  __attribute__((target("avx2,bmi"))) ptrdiff_t NAME(const T* X, size_t n_rows,       \
-                                                     double* out) {                   \
-    RQ_BUFFER(xT, RQ_NF * 8);                                                         \
-    if (!xT) return RQ_NO_MEMORY;                                                     \
-    ptrdiff_t bad = -1;                                                               \
-    double m[8];                                                                      \
-    for (size_t i = 0; i < n_rows; i += 8) {                                          \
-      const size_t k = n_rows - i < 8 ? n_rows - i : 8;                               \
-      if (k <= RQ_ROW_BY_ROW) { /* a block would score 8 rows for these few */        \
-        for (size_t r = 0; r < k; ++r) {                                              \
-          const T* x = X + (i + r) * RQ_NF;                                           \
-          for (int j = 0; j < RQ_NF; ++j) {                                           \
-            if (RQ_BAD(x[j])) {                                                       \
-              bad = (ptrdiff_t)((i + r) * RQ_NF + j);                                 \
-              goto done;                                                              \
-            }                                                                         \
-            xT[j] = (double)x[j];                                                     \
-          }                                                                           \
-          out[i + r] = LINK(rq_margin_row(xT));                                       \
-        }                                                                             \
-        break;                                                                        \
-      }                                                                               \
-      for (size_t r = 0; r < 8; ++r) {                                                \
-        const size_t row = i + (r < k ? r : k - 1);                                   \
-        const T* x = X + row * RQ_NF;                                                 \
-        for (int j = 0; j < RQ_NF; ++j) {                                             \
-          if (RQ_BAD(x[j])) {                                                         \
-            bad = (ptrdiff_t)(row * RQ_NF + j);                                       \
-            goto done;                                                                \
-          }                                                                           \
-          xT[j * 8 + r] = rq_snap((double)x[j]);                                      \
-        }                                                                             \
-      }                                                                               \
-      rq_block_avx2(xT, m);                                                           \
-      for (size_t r = 0; r < k; ++r) out[i + r] = LINK(m[r] + rq_base);               \
-    }                                                                                 \
-  done:                                                                               \
-    RQ_RELEASE(xT, RQ_NF * 8);                                                        \
-    return bad;                                                                       \
-  }
-RQ_AVX2_BATCH(rq_predict_f64_avx2, double, RQ_LINK)
-RQ_AVX2_BATCH(rq_predict_f32_avx2, float, RQ_LINK)
-RQ_AVX2_BATCH(rq_margin_f64_avx2, double, RQ_MARGIN)
-RQ_AVX2_BATCH(rq_margin_f32_avx2, float, RQ_MARGIN)
-
-/* Out of memory: every out[i] is NaN (never at or above a threshold). */
-__attribute__((target("avx2,bmi"))) void rq_predict_prefix_avx2(
-    const double* prefix, size_t n_prefix, const double* rest, size_t n_rows, double* out) {
-  RQ_BUFFER(xT, RQ_NF * 8);
-  if (!xT) {
-    for (size_t i = 0; i < n_rows; ++i) out[i] = NAN;
-    return;
-  }
-  double m[8];
-  for (size_t j = 0; j < n_prefix; ++j)
-    for (size_t r = 0; r < 8; ++r) xT[j * 8 + r] = rq_snap(prefix[j]);
-  for (size_t i = 0; i < n_rows; i += 8) {
-    const size_t k = n_rows - i < 8 ? n_rows - i : 8;
-    for (size_t j = n_prefix; j < RQ_NF; ++j) {
-      const double* col = rest + (j - n_prefix) * n_rows;
-      for (size_t r = 0; r < 8; ++r) xT[j * 8 + r] = rq_snap(col[i + (r < k ? r : k - 1)]);
-    }
-    rq_block_avx2(xT, m);
-    for (size_t r = 0; r < k; ++r) out[i + r] = RQ_LINK(m[r] + rq_base);
-  }
-  RQ_RELEASE(xT, RQ_NF * 8);
-}
+ * snapped as it is read), evaluated, linked. */
+RQ_ENTRY_POINTS(avx2, __attribute__((target("avx2,bmi"))), 8, 1, rq_block_avx2)
 
 int rq_has_avx2(void) {
   __builtin_cpu_init();
@@ -360,26 +162,7 @@ int rq_has_avx2(void) {
 /* Kernels this evaluator does not have (AVX-512; AVX2 for trees deeper than 6 or another
  * architecture): the entry points exist, report the CPU feature absent (so Python never
  * selects them) and forward to the portable ones. */
-#define RQ_FORWARD(KIND)                                                               \
-  ptrdiff_t rq_predict_f64_##KIND(const double* X, size_t n_rows, double* out) {      \
-    return rq_predict_f64_portable(X, n_rows, out);                                   \
-  }                                                                                   \
-  ptrdiff_t rq_predict_f32_##KIND(const float* X, size_t n_rows, double* out) {       \
-    return rq_predict_f32_portable(X, n_rows, out);                                   \
-  }                                                                                   \
-  void rq_predict_prefix_##KIND(const double* prefix, size_t n_prefix,                \
-                                const double* rest, size_t n_rows, double* out) {     \
-    rq_predict_prefix_portable(prefix, n_prefix, rest, n_rows, out);                  \
-  }                                                                                   \
-  ptrdiff_t rq_margin_f64_##KIND(const double* X, size_t n_rows, double* out) {       \
-    return rq_margin_f64_portable(X, n_rows, out);                                    \
-  }                                                                                   \
-  ptrdiff_t rq_margin_f32_##KIND(const float* X, size_t n_rows, double* out) {        \
-    return rq_margin_f32_portable(X, n_rows, out);                                    \
-  }
 #if !((defined(__x86_64__) || defined(__i386__)) && RQ_HAVE_AVX2)
-int rq_has_avx2(void) { return 0; }
 RQ_FORWARD(avx2)
 #endif
-int rq_has_avx512(void) { return 0; }
 RQ_FORWARD(avx512)
