@@ -4,9 +4,13 @@
 default data, entirely inside pytest's temporary directory. The pipeline's own
 ``split`` and ``fit`` are wrapped (not replaced) so tests can compare the
 compiled artifact with the exact scikit-learn estimator it was built from.
-``built`` and ``seed_built`` are built with ``calibration=None``: their probabilities
-are the estimator's own, which most tests compare with; the default calibrated build
-(probabilities of scikit-learn's calibrator) is tests/test_calibration.py's.
+``built`` and ``seed_built`` are built uncalibrated (the default): their probabilities
+are the estimator's own, which most tests compare with; calibrated builds (probabilities
+of scikit-learn's calibrator) are tests/test_calibration.py's.
+
+The suite runs on every core (pytest-xdist, ``-n auto --dist loadfile`` in pyproject.toml):
+each file's tests stay in one worker, so a module fixture is built once, and
+:func:`pytest_collection_modifyitems` hands out the longest files first.
 """
 
 from __future__ import annotations
@@ -37,6 +41,20 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("reco_fast")
+
+LONGEST_FIRST = ("tests/test_readme.py", "tests/test_compile.py", "tests/test_frontends.py")
+"""Files that take a minute or more (``pytest --durations=0``), started first so that no
+worker is left running one of them alone at the end."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put :data:`LONGEST_FIRST`'s tests at the front, each file's order unchanged."""
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)
 
 
 def _spied_build(tmp: Path, **kwargs: Any) -> dict[str, Any]:

@@ -577,11 +577,12 @@ def test_disk_full_during_a_build(tmp_path: Path, tmpfs, small_estimators):
     reco_fast.compile_model(small_estimators[0], out)
     before = _files(out)
     filler = disk / "filler"
-    with open(filler, "wb") as f:  # fill the disk, then free a little (less than a build)
+    # fill the disk, then free a little (less than a build); unbuffered, so closing the
+    # file has no partly written buffer left to flush into the full disk
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     os.truncate(filler, max(0, filler.stat().st_size - 96 * 1024))
