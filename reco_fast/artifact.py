@@ -147,10 +147,13 @@ def write_metadata(
     files = sorted(p for p in staging.iterdir() if p.is_file() and p.name != METADATA_FILE)
     data = metadata.replace(files={p.name: sha256_file(p) for p in files}).to_json()
     data.pop(DIGEST_FIELD, None)
-    data = json.loads(json.dumps(data, allow_nan=False))  # exactly what load parses
-    data[DIGEST_FIELD] = metadata_digest(data)
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
-    (staging / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+    data[DIGEST_FIELD] = metadata_digest(data)  # ValueError for NaN or infinity
+    # one top-level key per line, each value compact: readable, and written by json's C
+    # encoder (indent= would take its pure-Python path: seconds for a wide model's rows)
+    text = ",\n".join(
+        f"  {json.dumps(k)}: {json.dumps(v, allow_nan=False)}" for k, v in data.items()
+    )
+    (staging / METADATA_FILE).write_text("{\n" + text + "\n}\n", encoding="utf-8")
     return ArtifactMetadata.from_json(data, str(staging / METADATA_FILE))
 
 

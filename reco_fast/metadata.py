@@ -17,7 +17,6 @@ import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, ClassVar
 
 from reco_fast.errors import ArtifactError
@@ -358,16 +357,7 @@ class ArtifactMetadata(Mapping[str, Any]):
 
         Keys in :attr:`absent_keys` are left out; :attr:`extra`'s keys are included.
         """
-        out: dict[str, Any] = {"format": FORMAT_NAME}
-        for name in self._TYPES:
-            if name in self.absent_keys:
-                continue
-            value = getattr(self, name)
-            out[name] = list(value) if isinstance(value, tuple) else value
-        out.update(self.extra)
-        # a deep copy, so editing the result never edits this (frozen) object
-        copy: dict[str, Any] = json.loads(json.dumps(out))
-        return copy
+        return {key: self[key] for key in self}
 
     def replace(self, **changes: Any) -> ArtifactMetadata:
         """A copy with some fields changed (a changed field is no longer absent)."""
@@ -375,15 +365,28 @@ class ArtifactMetadata(Mapping[str, Any]):
         return dataclasses.replace(self, **changes, absent_keys=absent)
 
     # ---- the read-only mapping of the JSON form ----------------------------------------
-    @cached_property
-    def _json(self) -> dict[str, Any]:
-        return self.to_json()
+    # Per key, so reading one field never serializes the others (a wide model's golden
+    # rows are megabytes of JSON).
+    def _keys(self) -> list[str]:
+        present = [name for name in self._TYPES if name not in self.absent_keys]
+        return ["format", *present, *self.extra]
 
     def __getitem__(self, key: str) -> Any:
-        return self._json[key]
+        if key == "format":
+            return FORMAT_NAME
+        if key in self._TYPES and key not in self.absent_keys:
+            value = getattr(self, key)
+        elif key in self.extra:
+            value = self.extra[key]
+        else:
+            raise KeyError(key)
+        if isinstance(value, (dict, list, tuple)):
+            # a deep copy as JSON (tuples become lists): editing it never edits this object
+            return json.loads(json.dumps(value))
+        return value
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._json)
+        return iter(self._keys())
 
     def __len__(self) -> int:
-        return len(self._json)
+        return len(self._keys())
