@@ -14,79 +14,24 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reco_fast.build.generate import generate
+from tests.test_features import (
+    NOTEBOOK_CANDIDATE_FEATURES,
+    NOTEBOOK_SEED_FEATURES,
+    notebook_features,
+)
 
-FEATURE_COLS = [
-    "category_enc",
-    "current_price",
-    "products_in_cart",
-    "device_enc",
-    "traffic_enc",
-    "time_on_page_sec",
-    "scroll_depth",
-    "clicked_product_image",
-    "session_length_mins",
-    "products_viewed_count",
-    "has_items_in_cart",
-    "high_engagement",
-    "premium_product",
-    "low_price_product",
-    "multi_product_session",
-    "engagement_score",
-    "engaged_shopper",
-    "quick_browser",
-    "session_intensity",
-]
-CANDIDATE_COLS = [
-    "rec_category_enc",
-    "rec_price",
-    "rec_same_category",
-    "rec_price_ratio",
-    "rec_already_viewed",
-]
-
-
-def engineer(log: pd.DataFrame, catalog: pd.DataFrame) -> pd.DataFrame:
-    """Seed features (verbatim) plus the five candidate features."""
-    df = log.copy()
-    df["category_enc"] = LabelEncoder().fit_transform(df["current_category"])
-    df["device_enc"] = LabelEncoder().fit_transform(df["device_type"])
-    df["traffic_enc"] = LabelEncoder().fit_transform(df["traffic_source"])
-    df["has_items_in_cart"] = (df["products_in_cart"] > 0).astype(int)
-    df["high_engagement"] = ((df["time_on_page_sec"] >= 60) & (df["scroll_depth"] >= 0.6)).astype(
-        int
-    )
-    df["premium_product"] = (df["current_price"] > 100).astype(int)
-    df["low_price_product"] = (df["current_price"] < 30).astype(int)
-    df["multi_product_session"] = (df["products_viewed_count"] >= 3).astype(int)
-    df["engaged_shopper"] = (
-        (df["session_length_mins"] >= 10) & (df["products_viewed_count"] >= 3)
-    ).astype(int)
-    df["quick_browser"] = ((df["time_on_page_sec"] < 30) & (df["scroll_depth"] < 0.3)).astype(int)
-    df["engagement_score"] = np.clip(df["time_on_page_sec"] / 300 * df["scroll_depth"], 0, 1)
-    df["session_intensity"] = df["products_viewed_count"] / (df["session_length_mins"] + 1)
-
-    cat_map = catalog.set_index("product_id")
-    cat_codes = {c: i for i, c in enumerate(sorted(catalog["category"].unique()))}
-    rec_cat = df["recommended_product_id"].map(cat_map["category"])
-    df["rec_category_enc"] = rec_cat.map(cat_codes)
-    df["rec_price"] = df["recommended_product_id"].map(cat_map["price"])
-    df["rec_same_category"] = (rec_cat == df["current_category"]).astype(int)
-    df["rec_price_ratio"] = df["rec_price"] / np.maximum(df["current_price"], 0.01)
-    viewed = df[["current_product_id", "prev_product_1", "prev_product_2", "prev_product_3"]]
-    df["rec_already_viewed"] = (
-        viewed.eq(df["recommended_product_id"], axis=0).any(axis=1).astype(int)
-    )
-    return df
+# the seed notebook's features, as tests/test_features.py writes them (its reference)
+FEATURE_COLS = NOTEBOOK_SEED_FEATURES
+CANDIDATE_COLS = NOTEBOOK_CANDIDATE_FEATURES
+engineer = notebook_features
 
 
 def sanity(log: pd.DataFrame, catalog: pd.DataFrame) -> None:
