@@ -16,6 +16,7 @@ each file's tests stay in one worker, so a module fixture is built once, and
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -100,6 +101,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         split=cap["split"],
         estimator=cap["estimator"],
     )
+
+
+@pytest.fixture(name="copy")
+def artifact_copy(built: Built, tmp_path: Path) -> Path:
+    """A copy of ``built``'s artifact under tmp_path, for a test to damage."""
+    target = tmp_path / "artifact"
+    shutil.copytree(built.path, target)
+    return target
 
 
 @pytest.fixture(scope="session")

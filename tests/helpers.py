@@ -5,8 +5,10 @@ No fixture here; nothing runs at import but definitions.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -31,12 +33,31 @@ REES46_COLUMNS = (
 SMALL_ROWS = 3000
 
 
-def require(what: str, reason: str) -> None:
-    """Skip a test whose service or data is missing, but fail it under CI (``CI`` set),
-    where ``.ci/run`` provides everything: a missing service must not turn into a green run."""
+def require(what: str, reason: str, *, module: bool = False) -> None:
+    """Skip a test (with ``module``, the whole test file, at import) whose service or data
+    is missing, but fail under CI (``CI`` set), where ``.ci/run`` provides everything: a
+    missing service must not turn into a green run."""
     if os.environ.get("CI"):
         pytest.fail(f"{what} is required under CI: {reason}", pytrace=False)
-    pytest.skip(f"no {what}: {reason}")
+    pytest.skip(f"no {what}: {reason}", allow_module_level=module)
+
+
+SPARK_MARKS = [
+    pytest.mark.spark,
+    # PySpark 4.x warns that it "does not yet fully support pandas >= 3.0.0".
+    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
+    # ... and calls astype(copy=False), which pandas 3 deprecates
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:DeprecationWarning"),
+]
+"""The ``pytestmark`` of a test file that runs local Spark."""
+
+
+def java_runtime() -> str | None:
+    """The ``java`` PySpark would start (``JAVA_HOME``'s, else the one on PATH), or None."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    return shutil.which("java")
 
 
 def subprocess_env() -> dict[str, str]:
@@ -97,3 +118,13 @@ class Built:
 def session_from_row(row: pd.Series) -> dict[str, Any]:
     """A session dict (every log column but the label) in plain Python types."""
     return {k: native(v) for k, v in row.items() if k != LABEL}
+
+
+def write_meta(root: Path, meta: dict[str, Any], *, reseal: bool = False) -> None:
+    """Write an artifact's metadata.json; ``reseal`` recomputes its digest, as a deliberate
+    writer would, so the check exercised is the one behind the digest."""
+    from reco_fast.artifact import METADATA_FILE, metadata_digest
+
+    if reseal:
+        meta["metadata_sha256"] = metadata_digest(meta)
+    (root / METADATA_FILE).write_text(json.dumps(meta, indent=2))

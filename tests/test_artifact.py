@@ -30,7 +30,7 @@ from reco_fast.artifact import (
 )
 from reco_fast.compiler.frontends import sklearn_gbc
 from reco_fast.features.page import FEATURE_SETS, definition_sha256
-from tests.helpers import Built
+from tests.helpers import Built, write_meta
 
 
 def sha256(path: Path) -> str:
@@ -41,23 +41,8 @@ def snapshot(root: Path) -> dict[str, str]:
     return {p.name: sha256(p) for p in sorted(root.iterdir())}
 
 
-@pytest.fixture
-def copy(built: Built, tmp_path: Path) -> Path:
-    target = tmp_path / "artifact"
-    shutil.copytree(built.path, target)
-    return target
-
-
 def _meta(root: Path) -> dict:
     return json.loads((root / METADATA_FILE).read_text())
-
-
-def _write_meta(root: Path, meta: dict, *, reseal: bool = False) -> None:
-    """Write metadata.json; ``reseal`` recomputes its digest, as a deliberate writer would,
-    so the check behind the digest is the one exercised."""
-    if reseal:
-        meta["metadata_sha256"] = metadata_digest(meta)
-    (root / METADATA_FILE).write_text(json.dumps(meta, indent=2))
 
 
 def _library(root: Path) -> Path:
@@ -200,7 +185,7 @@ def test_foreign_directories(tmp_path: Path) -> None:
 def test_newer_format_version(copy: Path) -> None:
     meta = _meta(copy)
     meta["format_version"] = FORMAT_VERSION + 1
-    _write_meta(copy, meta)
+    write_meta(copy, meta)
     with pytest.raises(
         ArtifactError,
         match=rf"format version {FORMAT_VERSION + 1}, newer than this reco_fast reads",
@@ -219,7 +204,7 @@ def test_newer_format_version(copy: Path) -> None:
 def test_other_platform(copy: Path, key: str, value: str) -> None:
     meta = _meta(copy)
     meta["platform"][key] = value
-    _write_meta(copy, meta, reseal=True)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=rf"built for {key}='{value}'"):
         reco_fast.load(copy)
 
@@ -228,7 +213,7 @@ def test_other_platform(copy: Path, key: str, value: str) -> None:
 def test_file_outside_the_artifact(copy: Path, name: str) -> None:
     meta = _meta(copy)
     meta["files"][name] = "0" * 64
-    _write_meta(copy, meta, reseal=True)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=r"names a file outside the artifact"):
         reco_fast.load(copy)
 
@@ -244,7 +229,7 @@ def test_edited_golden_outputs(copy: Path, what: str) -> None:
     else:  # move one golden row far across the engagement_score splits
         row = meta["golden"]["X"][40]
         row[15] = 1.0 if row[15] < 0.5 else 0.0
-    _write_meta(copy, meta, reseal=True)
+    write_meta(copy, meta, reseal=True)
     read_metadata(copy)  # the checksums and platform are fine
     with pytest.raises(ArtifactError, match=r"does not reproduce its golden outputs"):
         reco_fast.load(copy)
@@ -262,7 +247,7 @@ def test_library_swapped_with_adjusted_checksum(copy: Path, tmp_path: Path) -> N
     lib = copy / meta["library"]
     shutil.copyfile(other.path / _meta(other.path)["library"], lib)
     meta["files"][lib.name] = sha256(lib)
-    _write_meta(copy, meta, reseal=True)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match="cannot load the compiled library"):
         reco_fast.load(copy)
 

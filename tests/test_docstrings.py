@@ -64,10 +64,12 @@ def test_every_parameter_is_documented(
 
 
 def test_shared_sections_are_filled_at_the_placeholder_indent() -> None:
-    sections = {"params": """
+    sections = {
+        "params": """
         x : int
             Rows, a count.
-    """}
+    """
+    }
 
     @inject(sections)
     def f(x: int) -> None:

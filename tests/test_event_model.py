@@ -7,7 +7,6 @@ repository); without it these tests skip, except under CI, where they fail.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import reco_fast
 from reco_fast.build import pipeline
 from reco_fast.tools import cli
-from tests.helpers import REES46, REES46_COLUMNS, REPO, require
+from tests.helpers import REES46, REES46_COLUMNS, REPO, require, subprocess_env
 
 BASELINES = (
     "popular",
@@ -133,7 +132,7 @@ def test_a_log_of_only_session_product_time_builds_and_serves(minimal_log, tmp_p
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=subprocess_env(),
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]

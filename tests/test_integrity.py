@@ -30,12 +30,12 @@ import pytest
 
 import reco_fast
 from reco_fast import ArtifactError, CompileError, artifact
-from reco_fast.artifact import METADATA_FILE, metadata_digest
+from reco_fast.artifact import METADATA_FILE
 from reco_fast.features import page as features
 from reco_fast.features.page import FEATURE_SETS, FeatureBuilder
 from reco_fast.serve import model as runtime
 from reco_fast.tools.cli import main as cli_main
-from tests.helpers import Built
+from tests.helpers import Built, write_meta
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -45,19 +45,6 @@ def sha256(data: bytes) -> str:
 
 def _meta(root: Path) -> dict[str, Any]:
     return json.loads((root / METADATA_FILE).read_text())
-
-
-def _write_meta(root: Path, meta: dict[str, Any], *, reseal: bool = False) -> None:
-    if reseal:
-        meta["metadata_sha256"] = metadata_digest(meta)
-    (root / METADATA_FILE).write_text(json.dumps(meta, indent=2))
-
-
-@pytest.fixture
-def copy(built: Built, tmp_path: Path) -> Path:
-    target = tmp_path / "artifact"
-    shutil.copytree(built.path, target)
-    return target
 
 
 @pytest.fixture
@@ -164,18 +151,18 @@ def test_feature_set_edited_to_seed_is_refused(copy: Path) -> None:
     24-wide): refused by the metadata checksum, and when resealed, by the widths."""
     meta = _meta(copy)
     meta["feature_set"] = "seed"
-    _write_meta(copy, meta)
+    write_meta(copy, meta)
     with pytest.raises(ArtifactError, match=r"metadata.json does not match its checksum"):
         reco_fast.load(copy)
     meta["feature_spec"]["feature_set"] = "seed"
-    _write_meta(copy, meta, reseal=True)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=r"built with 24 'seed' features, but this .*19"):
         reco_fast.load(copy)
     names = list(FEATURE_SETS["seed"])
     meta["feature_names"] = meta["feature_spec"]["names"] = names
     meta["feature_spec"]["definition_sha256"] = features.definition_sha256("seed")
     meta["golden"]["X"] = [row[:19] for row in meta["golden"]["X"]]
-    _write_meta(copy, meta, reseal=True)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=r"library expects 24 features, metadata lists 19"):
         reco_fast.load(copy)
 
@@ -299,7 +286,7 @@ def test_golden_outputs_are_required(copy: Path, emptied: str) -> None:
         del meta["golden_sessions"]
     else:
         meta["golden_sessions"][emptied] = []
-    _write_meta(copy, meta, reseal=True)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=r"malformed metadata"):
         reco_fast.load(copy)
     assert cli_main(["verify", str(copy)]) == 1
@@ -347,7 +334,7 @@ def test_an_older_format_is_refused_with_rebuild(copy: Path) -> None:
     meta["format_version"] = 1
     for key in ("metadata_sha256", "feature_spec", "golden_sessions"):
         del meta[key]
-    _write_meta(copy, meta)
+    write_meta(copy, meta)
     with pytest.raises(ArtifactError, match=r"format version 1, older .* rebuild the artifact"):
         reco_fast.load(copy)
 
@@ -380,7 +367,7 @@ def test_a_library_outside_the_artifact_is_never_loaded(
     outside = elsewhere / (meta["module"] + ext)
     shutil.copyfile(library, outside)
     meta["library"] = str(outside) if where == "absolute" else f"../elsewhere/{outside.name}"
-    _write_meta(copy, meta, reseal=reseal)
+    write_meta(copy, meta, reseal=reseal)
     with pytest.raises(ArtifactError, match=r"checksum|outside the artifact"):
         reco_fast.load(copy)
     assert not marker.exists() and imports == []
@@ -389,7 +376,7 @@ def test_a_library_outside_the_artifact_is_never_loaded(
 def test_the_library_must_be_listed(copy: Path) -> None:
     meta = _meta(copy)
     del meta["files"][meta["library"]]
-    _write_meta(copy, meta, reseal=True)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=r"does not list '_reco_model_.*' in files"):
         reco_fast.load(copy)
 
@@ -403,10 +390,10 @@ def test_an_unlisted_edited_catalog_is_refused(copy: Path) -> None:
     lines = catalog.read_text().splitlines()
     lines[1] = ",".join([*lines[1].split(",")[:2], "99999.0"])
     catalog.write_text("\n".join(lines) + "\n")
-    _write_meta(copy, meta)
+    write_meta(copy, meta)
     with pytest.raises(ArtifactError, match=r"metadata.json does not match its checksum"):
         reco_fast.load(copy)
-    _write_meta(copy, meta, reseal=True)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=r"does not list 'catalog.csv' in files"):
         reco_fast.load(copy)
 
@@ -415,7 +402,7 @@ def test_an_unlisted_edited_catalog_is_refused(copy: Path) -> None:
 def test_the_catalog_stays_inside_the_artifact(copy: Path, name: str) -> None:
     meta = _meta(copy)
     meta["catalog"] = name
-    _write_meta(copy, meta, reseal=True)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=r"names a file outside the artifact \(catalog"):
         reco_fast.load(copy)
 
@@ -545,14 +532,14 @@ def test_verify_refuses_before_running_anything(
     meta = _meta(copy)
     if case == "threshold edited":
         meta["threshold"] = 0.6
-        _write_meta(copy, meta)
+        write_meta(copy, meta)
     elif case == "library outside":
         shutil.copyfile(marker_library[0], copy.parent / "x.so")
         meta["library"] = "../x.so"
-        _write_meta(copy, meta, reseal=True)
+        write_meta(copy, meta, reseal=True)
     else:
         meta["golden"] = {"X": [], "proba": []}
-        _write_meta(copy, meta, reseal=True)
+        write_meta(copy, meta, reseal=True)
     assert cli_main(["verify", str(copy)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("reco-fast verify: error: ") and err.count("\n") == 1

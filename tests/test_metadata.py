@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +15,11 @@ import reco_fast
 from reco_fast import ArtifactError
 from reco_fast.artifact import METADATA_FILE, metadata_digest, read_artifact, write_metadata
 from reco_fast.metadata import ArtifactMetadata
-from tests.helpers import Built
+from tests.helpers import Built, write_meta
 
 
 def _meta(root: Path) -> dict[str, Any]:
     return json.loads((root / METADATA_FILE).read_text())
-
-
-def _reseal(root: Path, meta: dict[str, Any]) -> None:
-    """Write metadata.json with its digest recomputed, as a deliberate writer would, so the
-    check exercised is the field check and not the checksum."""
-    meta["metadata_sha256"] = metadata_digest(meta)
-    (root / METADATA_FILE).write_text(json.dumps(meta, indent=2))
-
-
-@pytest.fixture
-def copy(built: Built, tmp_path: Path) -> Path:
-    target = tmp_path / "artifact"
-    shutil.copytree(built.path, target)
-    return target
 
 
 def test_every_field_has_a_json_type_and_a_doc() -> None:
@@ -102,7 +87,7 @@ def test_an_ill_typed_field_is_named(copy: Path, field: str, value: Any, message
     meta[field] = value
     with pytest.raises(ArtifactError, match=message):
         ArtifactMetadata.from_json(meta)
-    _reseal(copy, meta)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=r"metadata.json: the field " + message):
         reco_fast.load(copy)
 
@@ -111,7 +96,7 @@ def test_an_ill_typed_field_is_named(copy: Path, field: str, value: Any, message
 def test_a_missing_field_is_named(copy: Path, field: str) -> None:
     meta = _meta(copy)
     del meta[field]
-    _reseal(copy, meta)
+    write_meta(copy, meta, reseal=True)
     with pytest.raises(ArtifactError, match=rf"metadata.json has no '{field}' field.*rebuild"):
         read_artifact(copy)
 
@@ -121,7 +106,7 @@ def test_info_reports_a_bad_field_by_name(copy: Path, capsys: pytest.CaptureFixt
 
     meta = _meta(copy)
     meta["backends"] = "fast"
-    _reseal(copy, meta)
+    write_meta(copy, meta, reseal=True)
     assert main(["info", str(copy)]) != 0
     assert "the field 'backends' must be an object, got a string" in capsys.readouterr().err
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 
 from reco_fast.build.report_html import curves, render_html
-from tests.helpers import REPO, require
+from tests.helpers import require, subprocess_env
 
 IMAGES = ("roc", "pr", "calibration", "sweep", "importance", "device", "traffic", "speed")
 SECTIONS = (
@@ -162,7 +161,7 @@ def test_rendering_leaves_the_callers_matplotlib_state_alone(built):
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=subprocess_env(),
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]

@@ -21,21 +21,9 @@ import pytest
 
 import reco_fast
 from reco_fast.features.schema import LABEL
-from tests.helpers import REPO, require
+from tests.helpers import REPO, SPARK_MARKS, java_runtime, require
 
-pytestmark = [
-    pytest.mark.spark,
-    # PySpark 4.x warns that it "does not yet fully support pandas >= 3.0.0".
-    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
-    # ... and calls astype(copy=False), which pandas 3 deprecates
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:DeprecationWarning"),
-]
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        require("Spark", reason)
-    pytest.skip(reason, allow_module_level=True)
+pytestmark = SPARK_MARKS
 
 
 try:
@@ -43,20 +31,14 @@ try:
     import pyspark
     from pyspark.sql import SparkSession
 except ImportError as exc:
-    _unavailable(f"pyspark/pyarrow not installed ({exc}); pip install -e '.[spark]'")
+    require(
+        "Spark", f"pyspark/pyarrow not installed ({exc}); pip install -e '.[spark]'", module=True
+    )
 
 import reco_fast.tools.spark as rspark  # noqa: E402
 
-
-def _java() -> str | None:
-    home = os.environ.get("JAVA_HOME")
-    if home and (Path(home) / "bin" / "java").exists():
-        return str(Path(home) / "bin" / "java")
-    return shutil.which("java")
-
-
-if _java() is None:  # checked before any fixture: no build just to skip
-    _unavailable("no Java runtime (java on PATH or JAVA_HOME) for pyspark")
+if java_runtime() is None:  # checked before any fixture: no build just to skip
+    require("Spark", "no Java runtime (java on PATH or JAVA_HOME) for pyspark", module=True)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ Needs pyspark, xgboost and a Java runtime (skipped without them, failed under CI
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,9 @@ import pytest
 
 import reco_fast
 from reco_fast.build import pipeline
-from tests.helpers import REPO, require
+from tests.helpers import REPO, SPARK_MARKS, java_runtime, require
 
-pytestmark = [
-    pytest.mark.spark,
-    pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated:DeprecationWarning"),
-]
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        require("Spark", reason)
-    pytest.skip(reason, allow_module_level=True)
+pytestmark = SPARK_MARKS
 
 
 try:
@@ -37,13 +26,17 @@ try:
     import xgboost
     import xgboost.spark
 except ImportError as exc:
-    _unavailable(f"pyspark/xgboost not installed ({exc}); pip install -e '.[spark,xgboost]'")
+    require(
+        "Spark",
+        f"pyspark/xgboost not installed ({exc}); pip install -e '.[spark,xgboost]'",
+        module=True,
+    )
 
 from reco_fast.build import spark_train  # noqa: E402
 from reco_fast.tools import cli  # noqa: E402
 
-if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
-    _unavailable("no Java runtime (java on PATH or JAVA_HOME) for pyspark")
+if java_runtime() is None:
+    require("Spark", "no Java runtime (java on PATH or JAVA_HOME) for pyspark", module=True)
 
 
 @pytest.fixture(scope="module")
