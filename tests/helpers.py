@@ -9,6 +9,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -68,6 +70,22 @@ def subprocess_env() -> dict[str, str]:
     )
     env.pop("PYTHONSTARTUP", None)
     return env
+
+
+def run_python(
+    code: str, *args: Any, timeout: float = 120, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``python -c code args...`` in a child that imports reco_fast from this checkout
+    (:func:`subprocess_env`), its output captured as text; ``kwargs`` go to
+    :func:`subprocess.run` (``cwd``, ``preexec_fn``)."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def nearest_float32(n: int) -> float:

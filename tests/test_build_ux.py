@@ -20,7 +20,7 @@ from reco_fast import CompileError
 from reco_fast.build import pipeline, train
 from reco_fast.compiler import codegen as _codegen
 from reco_fast.compiler import driver as compile_mod
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO, run_python
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +130,9 @@ def _compile_in_child(tiny_dir: Path, umask: int) -> subprocess.CompletedProcess
         "reco_fast.compile_model(est, sys.argv[1])\n"
         "print(oct(os.umask(0o777)))\n"  # the child's umask is unchanged by the build
     )
-    return subprocess.run(
-        [sys.executable, "-c", code, str(tiny_dir)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
+    return run_python(
+        code,
+        str(tiny_dir),
         timeout=300,
         preexec_fn=lambda: os.umask(umask),
     )
@@ -160,11 +158,8 @@ def test_current_umask_reads_without_changing_it():
         "import os\nfrom reco_fast.artifact import current_umask\n"
         "a = current_umask(); b = os.umask(0); print(oct(a), oct(b))"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
+    proc = run_python(
+        code,
         timeout=60,
         preexec_fn=lambda: os.umask(0o027),
     )

@@ -28,7 +28,7 @@ import reco_fast
 from reco_fast.artifact import write_metadata
 from reco_fast.tools.cli import MAX_ERROR_CHARS, error_line, info_summary
 from reco_fast.tools.score import supports_on_invalid
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO, run_python, subprocess_env
 
 SUBCOMMANDS = ("build", "verify", "info", "bench", "score", "recommend")
 
@@ -58,11 +58,9 @@ def run_build_model(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[st
 
 def run_code(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     """``python -c CODE ARGS``: the CLI with something patched first."""
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
+    return run_python(
+        code,
+        *map(str, args),
         timeout=300,
     )
 
@@ -422,12 +420,9 @@ def test_score_without_pandas_is_a_one_line_error(built, small_csv, tmp_path):
     )
     out = tmp_path / "o.csv"
     args = ["score", str(built.path), "--input", str(small_csv), "--output", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
+    proc = run_python(
+        code,
+        *args,
     )
     assert "needs pandas" in one_line_error(proc, "score")
     assert not out.exists()

@@ -7,8 +7,6 @@ repository); without it these tests skip, except under CI, where they fail.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 import reco_fast
 from reco_fast.build import pipeline
 from reco_fast.tools import cli
-from tests.helpers import REES46, REES46_COLUMNS, REPO, require, subprocess_env
+from tests.helpers import REES46, REES46_COLUMNS, REPO, require, run_python
 
 BASELINES = (
     "popular",
@@ -128,12 +126,8 @@ def test_a_log_of_only_session_product_time_builds_and_serves(minimal_log, tmp_p
         "heavy = {'sklearn', 'pandas', 'treelite', 'tl2cgen', 'scipy'} & set(sys.modules)\n"
         "print(json.dumps(sorted(heavy)))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
+    done = run_python(
+        code,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == []

@@ -14,8 +14,6 @@ import functools
 import json
 import math
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -30,7 +28,7 @@ from reco_fast import CompileError, InputError
 from reco_fast.compiler.codegen import route_missing
 from reco_fast.compiler.driver import adversarial_inputs
 from reco_fast.compiler.ir import MAX_FLAT_DEPTH, model_json, thresholds_by_feature
-from tests.helpers import subprocess_env
+from tests.helpers import run_python
 
 if os.environ.get("CI"):  # the dev extra installs both: CI must not skip these tests
     import lightgbm as lgb
@@ -481,13 +479,11 @@ def test_models_of_other_libraries_serve_with_numpy_and_cffi_only(
     rows = X[:20]
     for name, est in (("clf", clf), ("ranker", ranker)):
         reco_fast.compile_model(est, tmp_path / name, verify_X=X)
-        proc = subprocess.run(
-            [sys.executable, "-c", SERVE, str(tmp_path / name), json.dumps(rows.tolist())],
+        proc = run_python(
+            SERVE,
+            str(tmp_path / name),
+            json.dumps(rows.tolist()),
             cwd=tmp_path,
-            env=subprocess_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -5,13 +5,11 @@ ever importing the build-time stack."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from tests.helpers import Built, subprocess_env
+from tests.helpers import Built, run_python
 
 HEAVY = ("sklearn", "treelite", "tl2cgen", "pandas", "scipy")
 
@@ -46,13 +44,12 @@ print(json.dumps({
 
 
 def _run(built: Built, session: dict, cwd: Path) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(built.path), json.dumps(session), json.dumps(HEAVY)],
+    proc = run_python(
+        SCRIPT,
+        str(built.path),
+        json.dumps(session),
+        json.dumps(HEAVY),
         cwd=cwd,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -125,13 +122,10 @@ except AttributeError as exc:
 def test_the_loops_public_names_are_exported_lazily(tmp_path: Path) -> None:
     """reco_fast.ImpressionLog, ABRouter, the policies...: in __all__, importable from the package,
     loaded at first use (import reco_fast does not load them) and without build dependencies."""
-    proc = subprocess.run(
-        [sys.executable, "-c", LAZY_SCRIPT, json.dumps(HEAVY)],
+    proc = run_python(
+        LAZY_SCRIPT,
+        json.dumps(HEAVY),
         cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()

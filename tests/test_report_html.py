@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from reco_fast.build.report_html import curves, render_html
-from tests.helpers import require, subprocess_env
+from tests.helpers import require, run_python
 
 IMAGES = ("roc", "pr", "calibration", "sweep", "importance", "device", "traffic", "speed")
 SECTIONS = (
@@ -157,12 +157,8 @@ def test_rendering_leaves_the_callers_matplotlib_state_alone(built):
         "assert '<img' in page\n"
         "print(matplotlib.get_backend(), plt.get_fignums())\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
+    done = run_python(
+        code,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["svg", "[]"]
