@@ -8,9 +8,9 @@ compiled artifact with the exact scikit-learn estimator it was built from.
 are the estimator's own, which most tests compare with; calibrated builds (probabilities
 of scikit-learn's calibrator) are tests/test_calibration.py's.
 
-The suite runs on every core (pytest-xdist, ``-n auto --dist loadfile`` in pyproject.toml):
-each file's tests stay in one worker, so a module fixture is built once, and
-:func:`pytest_collection_modifyitems` hands out the longest files first.
+The suite runs on every core with ``pytest -n auto`` (pytest-xdist; pyproject.toml adds
+``--dist loadfile``): each file's tests stay in one worker, so a module fixture is built
+once, and :func:`pytest_collection_modifyitems` hands out the longest files first.
 """
 
 from __future__ import annotations
@@ -43,9 +43,19 @@ settings.register_profile(
 )
 settings.load_profile("reco_fast")
 
-LONGEST_FIRST = ("tests/test_readme.py", "tests/test_compile.py", "tests/test_frontends.py")
-"""Files that take a minute or more (``pytest --durations=0``), started first so that no
-worker is left running one of them alone at the end."""
+LONGEST_FIRST = (
+    "tests/test_readme.py",
+    "tests/test_compile.py",
+    "tests/test_frontends.py",
+    "tests/test_cli.py",
+    "tests/test_reliability.py",
+    "tests/test_loop.py",
+    "tests/test_event_model.py",
+    "tests/test_calibration.py",
+)
+"""Files that take half a minute or more (``pytest --durations=0``), longest first: handed
+out first (``--no-loadscope-reorder`` keeps this order), so that no worker is left running
+one of them alone at the end."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

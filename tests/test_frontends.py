@@ -26,8 +26,15 @@ import reco_fast
 import reco_fast.compiler.codegen
 from reco_fast import CompileError, InputError
 from reco_fast.compiler.codegen import route_missing
-from reco_fast.compiler.driver import adversarial_inputs
-from reco_fast.compiler.ir import MAX_FLAT_DEPTH, model_json, thresholds_by_feature
+from reco_fast.compiler.driver import adversarial_inputs, import_estimator
+from reco_fast.compiler.ir import (
+    MAX_FLAT_DEPTH,
+    TooDeep,
+    from_treelite,
+    model_json,
+    sparse_from_treelite,
+    thresholds_by_feature,
+)
 from tests.helpers import run_python
 
 if os.environ.get("CI"):  # the dev extra installs both: CI must not skip these tests
@@ -143,13 +150,15 @@ def _max_depth(estimator) -> int:
     return max(depth({n["node_id"]: n for n in t["nodes"]}, 0) for t in tl["trees"])
 
 
-def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -> float:
-    """Compile a drawn model and compare it with its library; returns the max |diff|."""
+def _draw_model(
+    family: str, kind: str, data: st.DataObject, max_depth: int = 4
+) -> tuple[object, np.ndarray, np.random.Generator]:
+    """A drawn model of ``family`` fitted on drawn data: (estimator, X, rng)."""
     seed = data.draw(st.integers(0, 2**16), label="seed")
     d = data.draw(st.integers(1, 5), label="n_features")
     n = data.draw(st.sampled_from([80, 150, 300]), label="n_samples")
     trees = data.draw(st.integers(1, 6), label="trees")
-    depth = data.draw(st.integers(1, 4), label="depth")
+    depth = data.draw(st.integers(1, max_depth), label="depth")
     routed = family != "sklearn-gb"
     nan = data.draw(st.sampled_from([0.0, 0.2]), label="nan") if routed else 0.0
     rng = np.random.default_rng(seed)
@@ -159,7 +168,48 @@ def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         estimator = _fit(family, kind, X, y, trees, depth, seed)
-    out = tmp_path / f"{family}-{kind}-{seed}"
+    return estimator, X, rng
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=40)
+@given(data=st.data())
+def test_the_intermediate_form_equals_the_library(family: str, data: st.DataObject) -> None:
+    """The compiler's first two stages, no C: the front end imports a drawn model and
+    ``ir.from_treelite`` (``sparse_from_treelite`` for deep float64 trees) reads it into
+    arrays whose numpy evaluation (``predict_margin``) gives the library's own margin, to
+    the front end's tolerance, on thresholds and their neighbours, tiny values and NaN.
+    The full builds below then need only a few examples each."""
+    kind = data.draw(st.sampled_from(KINDS if family in ("xgboost", "lightgbm") else KINDS[::2]))
+    estimator, X, rng = _draw_model(family, kind, data, max_depth=MAX_FLAT_DEPTH + 2)
+    imported = import_estimator(estimator)
+    routed = imported.missing_values == "routed"
+    tl = model_json(imported.treelite_model)
+    kwargs = {"nan_routed": routed, "zero_snap": imported.zero_snap}
+    try:
+        forest = from_treelite(
+            imported.treelite_model, tl, precision=imported.input_precision, **kwargs
+        )
+    except TooDeep:
+        assert _max_depth(estimator) > MAX_FLAT_DEPTH
+        if imported.input_precision == "float32":
+            return  # served by tl2cgen's code alone (the full builds below check it)
+        forest = sparse_from_treelite(imported.treelite_model, tl, **kwargs)
+    rows = _probe_rows(estimator, X, rng, routed)
+    margin, _ = _reference(estimator, rows)
+    assert np.all(np.abs(forest.predict_margin(rows) - margin) <= imported.tolerance)
+
+
+FULL_BUILD_EXAMPLES = 4
+"""Drawn models per family through the whole compiler (C build, load, every
+backend): the front end and intermediate form are drawn 40 times per family above."""
+
+
+def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -> float:
+    """Compile a drawn model and compare it with its library; returns the max |diff|."""
+    estimator, X, rng = _draw_model(family, kind, data)
+    routed = family != "sklearn-gb"
+    out = tmp_path / f"{family}-{kind}-{sum(1 for _ in tmp_path.iterdir())}"
     model = reco_fast.compile_model(estimator, out, verify_X=X)
     meta = model.metadata
     assert meta["family"] == family
@@ -209,25 +259,25 @@ def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -
     return worst
 
 
-@settings(max_examples=8)
+@settings(max_examples=FULL_BUILD_EXAMPLES)
 @given(data=st.data(), kind=st.sampled_from(["classifier", "regressor"]))
 def test_sklearn_gradient_boosting_equals_sklearn(data, kind, tmp_path_factory) -> None:
     _check_family("sklearn-gb", kind, data, tmp_path_factory.mktemp("gb"))
 
 
-@settings(max_examples=8)
+@settings(max_examples=FULL_BUILD_EXAMPLES)
 @given(data=st.data(), kind=st.sampled_from(["classifier", "regressor"]))
 def test_sklearn_hist_gradient_boosting_equals_sklearn(data, kind, tmp_path_factory) -> None:
     _check_family("sklearn-hgb", kind, data, tmp_path_factory.mktemp("hgb"))
 
 
-@settings(max_examples=8)
+@settings(max_examples=FULL_BUILD_EXAMPLES)
 @given(data=st.data(), kind=st.sampled_from(KINDS))
 def test_xgboost_equals_xgboost(data, kind, tmp_path_factory) -> None:
     _check_family("xgboost", kind, data, tmp_path_factory.mktemp("xgb"))
 
 
-@settings(max_examples=8)
+@settings(max_examples=FULL_BUILD_EXAMPLES)
 @given(data=st.data(), kind=st.sampled_from(KINDS))
 def test_lightgbm_equals_lightgbm(data, kind, tmp_path_factory) -> None:
     _check_family("lightgbm", kind, data, tmp_path_factory.mktemp("lgb"))
