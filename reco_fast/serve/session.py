@@ -619,6 +619,10 @@ def _int_or_nan(v: Any) -> Any:
 
 # The tracker's methods' shared docstring sections (reco_fast._docstrings.inject).
 _TRACKER_DOC = {
+    "live": """
+        session_id : str
+            A live session.
+    """,
     "ts": """
         ts : float, optional
             The event's time in epoch seconds; default now (see :meth:`page_view`).
@@ -777,6 +781,19 @@ class SessionTracker:
                 field="ts",
             )
         return state
+
+    def _update_live(
+        self, session_id: str, ts: float | None, change: Callable[[State, float], State]
+    ) -> dict[str, Any]:
+        """Apply ``change(state, at)`` to the live session in one store update, ``at``
+        being the event's time (:meth:`_at`); the session's context after it. An unknown
+        or expired session is a SessionNotFound (:meth:`_live`)."""
+
+        def apply(state: State | None) -> State:
+            at = self._at(ts, state)
+            return change(self._live(state, session_id, at), at)
+
+        return self._context(self.store.update(session_id, apply))
 
     # -- events --
     @inject(_TRACKER_DOC)
@@ -953,9 +970,7 @@ class SessionTracker:
             else check_number("clicked_product_image", clicked_product_image, nan_ok=nan_ok)
         )
 
-        def apply(state: State | None) -> State:
-            at = self._at(ts, state)
-            state = self._live(state, session_id, at)
+        def change(state: State, at: float) -> State:
             new = dict(state, last_ts=at)
             for name, value in (
                 ("time_on_page_sec", t),
@@ -968,7 +983,7 @@ class SessionTracker:
                 new["clicked_product_image"] = int(new["clicked_product_image"])
             return new
 
-        return self._context(self.store.update(session_id, apply))
+        return self._update_live(session_id, ts, change)
 
     @inject(_TRACKER_DOC)
     def add_to_cart(
@@ -978,8 +993,7 @@ class SessionTracker:
 
         Parameters
         ----------
-        session_id : str
-            A live session.
+        %(live)s
         product_id : str
             A product in the model's catalog.
         %(ts)s
@@ -998,12 +1012,11 @@ class SessionTracker:
         self._product("product_id", product_id)
         ts = self._ts(ts)
 
-        def apply(state: State | None) -> State:
-            at = self._at(ts, state)
-            state = self._live(state, session_id, at)
-            return dict(state, last_ts=at, cart=[*state["cart"], product_id])
-
-        return self._context(self.store.update(session_id, apply))
+        return self._update_live(
+            session_id,
+            ts,
+            lambda state, at: dict(state, last_ts=at, cart=[*state["cart"], product_id]),
+        )
 
     @inject(_TRACKER_DOC)
     def remove_from_cart(
@@ -1013,8 +1026,7 @@ class SessionTracker:
 
         Parameters
         ----------
-        session_id : str
-            A live session.
+        %(live)s
         product_id : str
             A product in the cart (it may have been delisted since).
         %(ts)s
@@ -1033,9 +1045,7 @@ class SessionTracker:
         _check_id("product_id", product_id)
         ts = self._ts(ts)
 
-        def apply(state: State | None) -> State:
-            at = self._at(ts, state)
-            state = self._live(state, session_id, at)
+        def change(state: State, at: float) -> State:
             if product_id not in state["cart"]:
                 raise InputError(
                     f"product {shown(product_id)} is not in the cart of session "
@@ -1046,7 +1056,7 @@ class SessionTracker:
             cart.remove(product_id)
             return dict(state, last_ts=at, cart=cart)
 
-        return self._context(self.store.update(session_id, apply))
+        return self._update_live(session_id, ts, change)
 
     # -- reading --
     @inject(_TRACKER_DOC)
