@@ -258,6 +258,17 @@ def check_ratio(request: pytest.FixtureRequest) -> Callable[..., None]:
     return check
 
 
+PEERS_LAST = "benchmarks/test_families.py"
+"""Loads the peers' runtimes (LLVM through lleaves, ONNX Runtime, XGBoost, LightGBM) into
+the process; run before the others, it left recommend ~50% slower for the rest of the run
+and failed the microsecond gates (test_impressions.py's 2 µs overhead) that pass alone."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run :data:`PEERS_LAST`'s benchmarks after every other benchmark."""
+    items.sort(key=lambda item: item.nodeid.startswith(PEERS_LAST))
+
+
 def pytest_benchmark_update_machine_info(config: Any, machine_info: dict[str, Any]) -> None:
     """Put what report.py prints about the machine into the run's JSON."""
     import cffi
