@@ -5,6 +5,8 @@ public method of those classes documents each of its parameters by name.
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 import reco_fast
 from reco_fast._docstrings import inject
+from tests.helpers import subprocess_env
 
 PENDING: set[str] = set()
 BUILT_BY_LOAD = {"Model"}  # its constructor is internal: load() builds it
@@ -99,3 +102,17 @@ def test_shared_sections_refuse_an_unknown_name_or_nothing_to_fill() -> None:
         inject({})(unknown)
     with pytest.raises(ValueError, match="no %\\(name\\)s line"):
         inject({})(plain)
+
+
+def test_reco_fast_imports_without_docstrings() -> None:
+    # python -OO strips every docstring: the shared sections then have nothing to fill,
+    # and importing reco_fast must still work
+    code = "import reco_fast.serve.session, reco_fast.serve.eventsession, reco_fast; print('ok')"
+    done = subprocess.run(
+        [sys.executable, "-OO", "-c", code],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
