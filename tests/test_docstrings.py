@@ -107,11 +107,12 @@ def test_shared_sections_refuse_an_unknown_name_or_nothing_to_fill() -> None:
 def test_reco_fast_imports_without_docstrings() -> None:
     # python -OO strips every docstring: the shared sections then have nothing to fill,
     # and importing reco_fast and building the CLI's parsers (descriptions taken from
-    # module docstrings) must still work
+    # module docstrings, as the benchmark reports' are) must still work
     code = (
         "import reco_fast.serve.session, reco_fast.serve.eventsession, reco_fast\n"
         "from reco_fast.tools import cli, loop_cli\n"
-        "for p in (cli.main, loop_cli.main):\n"
+        "from benchmarks import families_report, report\n"
+        "for p in (cli.main, loop_cli.main, report.main, families_report.main):\n"
         "    try:\n"
         "        p(['--help'])\n"
         "    except SystemExit as e:\n"
