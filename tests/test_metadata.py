@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import reco_fast
 from reco_fast import ArtifactError
@@ -161,3 +163,37 @@ def test_the_writer_writes_extra_keys_as_json_does(copy: Path) -> None:
     assert on_disk["7"] == "seven" and on_disk["clé ☃"] == ["ü"]
     assert written.to_json() == on_disk and (copy / METADATA_FILE).read_bytes().isascii()
     assert read_artifact(copy).metadata == written
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+_KEYS = (
+    st.text(max_size=4)
+    | st.integers()
+    | st.none()
+    | st.booleans()
+    | st.sampled_from(["format", "threshold", "golden", "files", "metadata_sha256"])
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    extra=st.dictionaries(_KEYS, _JSON, max_size=4),
+    absent=st.sets(st.sampled_from(["data", "catalog", "vocabulary"])),
+)
+def test_the_mapping_view_is_the_json_of_fields_updated_with_extra(
+    built: Built, extra: dict[Any, Any], absent: set[str]
+) -> None:
+    # the definition written out: {"format", each present field} updated with extra, as
+    # JSON reads it back; the view (items, order, len, in) and to_json are exactly that
+    base = ArtifactMetadata.from_json(_meta(built.path))
+    meta = dataclasses.replace(base, absent_keys=frozenset(absent), extra=extra)
+    fields = {"format": "reco_fast"}
+    fields.update({k: getattr(meta, k) for k in ArtifactMetadata._TYPES if k not in absent})
+    expected = json.loads(json.dumps({**fields, **extra}))
+    assert meta.to_json() == expected and dict(meta) == expected
+    assert list(meta) == list(expected) and len(meta) == len(expected)
+    assert all(k in meta for k in expected) and not any(k in meta for k in absent - extra.keys())
