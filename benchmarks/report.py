@@ -213,7 +213,7 @@ def render(data: dict[str, Any], source: str = "bench.json") -> str:
 
 def cli(render: Callable[[dict[str, Any], str], str], doc: str, argv: list[str] | None) -> int:
     """The command line of a report script: ``JSON [-o FILE]``, rendered by ``render``."""
-    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p = argparse.ArgumentParser(description=next(iter(doc.splitlines()), None))  # -OO: ""
     p.add_argument("json", help="the file written by --benchmark-json")
     p.add_argument("-o", "--output", help="write the Markdown here (default: stdout)")
     args = p.parse_args(argv)

@@ -9,6 +9,7 @@ the whole text. (matplotlib's ``_docstring.interpd`` and pandas' ``@doc`` do the
 from __future__ import annotations
 
 import re
+import sys
 import textwrap
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -38,7 +39,9 @@ def inject(sections: Mapping[str, str]) -> Callable[[F], F]:
     KeyError
         A placeholder names no section (at import, where the decorator runs).
     ValueError
-        The function has no docstring, or its docstring has no placeholder.
+        The function has no docstring, or its docstring has no placeholder. Under
+        ``python -OO``, which strips every docstring, a function without one is
+        returned as it is.
     """
 
     def fill(match: re.Match[str]) -> str:
@@ -47,6 +50,8 @@ def inject(sections: Mapping[str, str]) -> Callable[[F], F]:
 
     def decorate(func: F) -> F:
         doc = func.__doc__
+        if doc is None and sys.flags.optimize >= 2:
+            return func  # -OO: no docstrings to fill
         if not doc or not _PLACEHOLDER.search(doc):
             raise ValueError(f"{func.__qualname__}: no %(name)s line in its docstring to fill")
         func.__doc__ = _PLACEHOLDER.sub(fill, doc)

@@ -366,27 +366,49 @@ class ArtifactMetadata(Mapping[str, Any]):
 
     # ---- the read-only mapping of the JSON form ----------------------------------------
     # Per key, so reading one field never serializes the others (a wide model's golden
-    # rows are megabytes of JSON).
+    # rows are megabytes of JSON). The view is exactly ``{"format": ..., fields...}``
+    # updated with ``extra``, as JSON reads it back: extra keys as JSON writes them (1 is
+    # "1"), an extra key that is also a field's overriding it in the field's place.
+    def _extra(self) -> dict[str, Any]:
+        if all(isinstance(key, str) for key in self.extra):
+            return self.extra
+        return {_json_key(key): value for key, value in self.extra.items()}
+
     def _keys(self) -> list[str]:
         present = [name for name in self._TYPES if name not in self.absent_keys]
-        return ["format", *present, *self.extra]
+        return list(dict.fromkeys(["format", *present, *self._extra()]))
 
-    def __getitem__(self, key: str) -> Any:
+    def _value(self, key: str) -> Any:
+        """The value of ``key`` as held (not a copy); KeyError if the view lacks it."""
+        extra = self._extra()
+        if key in extra:
+            return extra[key]
         if key == "format":
             return FORMAT_NAME
         if key in self._TYPES and key not in self.absent_keys:
-            value = getattr(self, key)
-        elif key in self.extra:
-            value = self.extra[key]
-        else:
-            raise KeyError(key)
-        if isinstance(value, (dict, list, tuple)):
-            # a deep copy as JSON (tuples become lists): editing it never edits this object
-            return json.loads(json.dumps(value))
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __getitem__(self, key: str) -> Any:
+        # a deep copy as JSON (tuples become lists, a numpy float a float): editing it
+        # never edits this object
+        value: Any = json.loads(json.dumps(self._value(key)))
         return value
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self._value(key)  # type: ignore[arg-type]
+        except KeyError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._keys())
 
     def __len__(self) -> int:
         return len(self._keys())
+
+
+def _json_key(key: Any) -> str:
+    """An object key as JSON writes it (``1`` -> ``"1"``, ``None`` -> ``"null"``)."""
+    return str(next(iter(json.loads(json.dumps({key: None})))))

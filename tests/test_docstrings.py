@@ -5,6 +5,8 @@ public method of those classes documents each of its parameters by name.
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 
 import reco_fast
 from reco_fast._docstrings import inject
+from tests.helpers import subprocess_env
 
 PENDING: set[str] = set()
 BUILT_BY_LOAD = {"Model"}  # its constructor is internal: load() builds it
@@ -99,3 +102,28 @@ def test_shared_sections_refuse_an_unknown_name_or_nothing_to_fill() -> None:
         inject({})(unknown)
     with pytest.raises(ValueError, match="no %\\(name\\)s line"):
         inject({})(plain)
+
+
+def test_reco_fast_imports_without_docstrings() -> None:
+    # python -OO strips every docstring: the shared sections then have nothing to fill,
+    # and importing reco_fast and building the CLI's parsers (descriptions taken from
+    # module docstrings, as the benchmark reports' are) must still work
+    code = (
+        "import reco_fast.serve.session, reco_fast.serve.eventsession, reco_fast\n"
+        "from reco_fast.tools import cli, loop_cli\n"
+        "from benchmarks import families_report, report\n"
+        "for p in (cli.main, loop_cli.main, report.main, families_report.main):\n"
+        "    try:\n"
+        "        p(['--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, e.code\n"
+        "print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-OO", "-c", code],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]

@@ -9,7 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import reco_fast
 from reco_fast import ArtifactError
@@ -121,3 +124,76 @@ def test_the_writer_checks_the_fields_and_returns_what_it_wrote(copy: Path) -> N
     written = write_metadata(copy, meta)
     assert written.to_json() == _meta(copy) and written.files and written.metadata_sha256
     assert read_artifact(copy).metadata == written
+
+
+def test_the_mapping_view_is_a_fresh_copy_of_every_value(built: Built) -> None:
+    # meta["x"] is the JSON form of one key: editing it never edits the object, and a
+    # scalar is a JSON scalar (a numpy float given to replace() reads back as a float)
+    meta = ArtifactMetadata.from_json(_meta(built.path))
+    meta["golden"]["X"].clear()
+    meta["feature_names"].append("x")
+    assert meta["golden"]["X"] and meta["feature_names"] == list(meta.feature_names)
+    edited = meta.replace(threshold=np.float64(0.25))
+    assert type(edited["threshold"]) is float and type(edited.to_json()["threshold"]) is float
+    # two objects holding NaN are equal, as their JSON forms are
+    nan = [meta.replace(threshold=float("nan")) for _ in range(2)]
+    assert nan[0] == nan[1]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"format": "other"}, {"threshold": 7}, {1: "one"}, {"1": "a", 1: "b"}, {None: 0, True: 1}],
+    ids=["format", "a field", "int key", "colliding keys", "null and true"],
+)
+def test_extra_keys_read_as_their_json_form(built: Built, extra: dict[Any, Any]) -> None:
+    # the mapping view is the JSON object: len, iteration and items agree with it
+    meta = ArtifactMetadata.from_json(_meta(built.path)).replace(extra=extra)
+    expected = json.loads(json.dumps({**meta.replace(extra={}).to_json(), **extra}))
+    assert dict(meta) == meta.to_json() == expected
+    assert list(meta) == list(expected) and len(meta) == len(expected)
+    assert all(key in meta for key in expected) and 1 not in meta
+
+
+def test_the_writer_writes_extra_keys_as_json_does(copy: Path) -> None:
+    meta = _meta(copy)
+    del meta["files"], meta["metadata_sha256"]
+    (copy / METADATA_FILE).unlink()
+    written = write_metadata(copy, {**meta, 7: "seven", "clé ☃": ["ü"]})
+    on_disk = _meta(copy)
+    assert on_disk["7"] == "seven" and on_disk["clé ☃"] == ["ü"]
+    assert written.to_json() == on_disk and (copy / METADATA_FILE).read_bytes().isascii()
+    assert read_artifact(copy).metadata == written
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+_KEYS = (
+    st.text(max_size=4)
+    | st.integers()
+    | st.none()
+    | st.booleans()
+    | st.sampled_from(["format", "threshold", "golden", "files", "metadata_sha256"])
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    extra=st.dictionaries(_KEYS, _JSON, max_size=4),
+    absent=st.sets(st.sampled_from(["data", "catalog", "vocabulary"])),
+)
+def test_the_mapping_view_is_the_json_of_fields_updated_with_extra(
+    built: Built, extra: dict[Any, Any], absent: set[str]
+) -> None:
+    # the definition written out: {"format", each present field} updated with extra, as
+    # JSON reads it back; the view (items, order, len, in) and to_json are exactly that
+    base = ArtifactMetadata.from_json(_meta(built.path))
+    meta = dataclasses.replace(base, absent_keys=frozenset(absent), extra=extra)
+    fields = {"format": "reco_fast"}
+    fields.update({k: getattr(meta, k) for k in ArtifactMetadata._TYPES if k not in absent})
+    expected = json.loads(json.dumps({**fields, **extra}))
+    assert meta.to_json() == expected and dict(meta) == expected
+    assert list(meta) == list(expected) and len(meta) == len(expected)
+    assert all(k in meta for k in expected) and not any(k in meta for k in absent - extra.keys())

@@ -690,7 +690,9 @@ def build_parser(prog: str = "build_model.py") -> argparse.ArgumentParser:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="reco-fast", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter
+        prog="reco-fast",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=_HelpFormatter,
     )
     _verbose(p)
     _version(p)

@@ -292,7 +292,9 @@ def parser() -> argparse.ArgumentParser:
     """A parser with only these subcommands (``python -m reco_fast.tools.loop_cli``)."""
     from reco_fast.tools.cli import _verbose
 
-    p = argparse.ArgumentParser(prog="reco-fast", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="reco-fast", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     _verbose(p)
     common = argparse.ArgumentParser(add_help=False)
     _verbose(common, default=argparse.SUPPRESS)
