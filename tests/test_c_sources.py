@@ -5,6 +5,7 @@ declaration against definition. No model build: a stub stands in for tl2cgen's c
 
 from __future__ import annotations
 
+import ctypes
 import re
 import shutil
 import subprocess
@@ -191,3 +192,61 @@ def test_a_built_wheel_holds_the_c_files(tmp_path: Path) -> None:
     (wheel,) = wheels.glob("reco_fast-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"reco_fast/compiler/{n}" for n in C_FILES} <= names
+
+
+def _flat_library(tmp: Path, forest: Forest) -> ctypes.CDLL:
+    """The flat evaluator's C of ``forest`` alone, compiled into a shared library."""
+    cc = _cc()
+    (tmp / "flat.h").write_text(codegen.CDEF_FLAT)
+    (tmp / "flat_common.h").write_text(codegen.FLAT_COMMON)
+    (tmp / "flat.c").write_text(codegen.flat_source(forest))
+    lib = tmp / "flat.so"
+    cmd = [*cc, *codegen.COMPILE_ARGS, "-Werror", "-fPIC", "-shared", f"-I{tmp}"]
+    proc = subprocess.run(
+        [*cmd, str(tmp / "flat.c"), "-o", str(lib), "-lm"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return ctypes.CDLL(str(lib))
+
+
+@pytest.mark.parametrize("depth", [2, 6])  # 6: the float32 AVX2 kernel's blends, not QuickScorer
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_infinite_thresholds_keep_their_sign(precision: str, depth: int, tmp_path: Path) -> None:
+    """A -inf threshold (every number goes right) and a +inf one that sends NaN right
+    are real splits: their C literals keep the sign, and the SIMD kernels compare them
+    (only +inf sending NaN left is padding). Both were taken for padding or written as
+    INFINITY: -inf turned every number left, silently."""
+    dtype = np.float32 if precision == "float32" else np.float64
+    nn = (1 << depth) - 1
+    threshold = np.full((1, nn), np.inf, dtype=dtype)  # padding, but for the first nodes
+    threshold[0, :3] = [-np.inf, 0.5, np.inf]
+    nan_right = np.zeros((1, nn), dtype=bool)
+    nan_right[0, 2] = True
+    forest = Forest(
+        n_features=2,
+        depth=depth,
+        feature=np.array([[0, 1, 1] + [0] * (nn - 3)], dtype=np.int32),
+        threshold=threshold,
+        leaf=np.arange(1 << depth, dtype=np.float64)[None, :],
+        base_score=0.0,
+        link="identity",
+        nan_right=nan_right,
+        precision=precision,
+    )
+    rows = np.array([[0.0, 0.0], [-1e30, 1.0], [5.0, np.nan], [np.nan, 1.0]])
+    expected = forest.predict_margin(rows)
+    half = 1 << (depth - 1)  # the root sends every number right, NaN left
+    assert expected.tolist() == [half, half, half + half // 2, half // 2]
+    lib = _flat_library(tmp_path, forest)
+    ptr = ctypes.POINTER(ctypes.c_double)
+    one = lib.rq_margin_one
+    one.restype, one.argtypes = ctypes.c_double, [ptr]
+    X = np.ascontiguousarray(rows)
+    assert [one(X[i].ctypes.data_as(ptr)) for i in range(len(X))] == expected.tolist()
+    kernels = ["portable"] + [k for k in ("avx2", "avx512") if getattr(lib, f"rq_has_{k}")()]
+    for kernel in kernels:
+        batch = getattr(lib, f"rq_margin_f64_{kernel}")
+        batch.restype, batch.argtypes = ctypes.c_ssize_t, [ptr, ctypes.c_size_t, ptr]
+        out = np.zeros(len(X))
+        assert batch(X.ctypes.data_as(ptr), len(X), out.ctypes.data_as(ptr)) == -1
+        assert out.tolist() == expected.tolist(), kernel

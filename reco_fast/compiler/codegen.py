@@ -295,13 +295,28 @@ QS_MAX_DEPTH = 5
 """QuickScorer keeps a tree's leaves as bits of one 32-bit lane: up to 32 leaves."""
 
 
+def _c_number(v: float, suffix: str = "") -> str:
+    """``v`` as an exact C literal: hex digits (``suffix`` "f" for a float), or the signed
+    infinity (a -inf threshold is a real split: every number goes right)."""
+    if math.isinf(v):
+        return "INFINITY" if v > 0 else "(-INFINITY)"
+    return float(v).hex() + suffix
+
+
 def _f32(v: float) -> str:
-    return float(v).hex() + "f"
+    return _c_number(v, "f")
 
 
 def _nan_right(forest: Forest, tree: int, node: int) -> bool:
     """Whether this node sends NaN right (only models that route missing values)."""
     return forest.nan_right is not None and bool(forest.nan_right[tree, node])
+
+
+def _padding(forest: Forest, tree: int, node: int) -> bool:
+    """Whether this node sends every input left, NaN included (a complete tree's padding,
+    threshold +inf): the SIMD kernels emit no compare for it. A -inf threshold is a split
+    (every number goes right)."""
+    return forest.threshold[tree, node] == math.inf and not _nan_right(forest, tree, node)
 
 
 def _qs_cuts(forest: Forest, tree: int) -> Iterator[tuple[int, str, int]]:
@@ -313,10 +328,10 @@ def _qs_cuts(forest: Forest, tree: int) -> Iterator[tuple[int, str, int]]:
         span = 1 << (depth - level)
         for p in range(1 << level):
             node = (1 << level) - 1 + p
-            nan_right = _nan_right(forest, tree, node)
-            if math.isinf(forest.threshold[tree, node]) and not nan_right:
-                continue  # padding: always goes left
-            yield node, "CUTN" if nan_right else "CUT", ((1 << (span // 2)) - 1) << (p * span)
+            if _padding(forest, tree, node):
+                continue
+            cut = "CUTN" if _nan_right(forest, tree, node) else "CUT"
+            yield node, cut, ((1 << (span // 2)) - 1) << (p * span)
 
 
 def _qs_trees(forest: Forest, width: int) -> str:
@@ -355,7 +370,7 @@ def _blend_trees(forest: Forest) -> str:
             base = (1 << level) - 1
             arms = [
                 "RQ8_Z"
-                if math.isinf(thr[base + n]) and not _nan_right(forest, t, base + n)
+                if _padding(forest, t, base + n)
                 else f"RQ8_GT{'N' if _nan_right(forest, t, base + n) else ''}"
                 f"({feat[base + n]}, {_f32(thr[base + n])})"
                 for n in range(1 << level)
@@ -390,11 +405,8 @@ def flat_source(forest: Forest | SparseForest) -> str:
     if forest.precision == "float64":
         return _flat64_source(forest)
 
-    def f32(v: float) -> str:
-        return "INFINITY" if math.isinf(v) else _f32(v)
-
     fields = {
-        **_complete_fields(forest, f32),
+        **_complete_fields(forest, _f32),
         "AVX2_TREES": _qs_trees(forest, 8)
         if forest.depth <= QS_MAX_DEPTH
         else _blend_trees(forest),
@@ -446,7 +458,7 @@ def _qs64_trees(forest: Forest) -> str:
 
 
 def _f64(v: float) -> str:
-    return "INFINITY" if math.isinf(v) else float(v).hex()
+    return _c_number(v)
 
 
 def _fill(template: str, fields: dict[str, str]) -> str:

@@ -235,8 +235,8 @@ def cell_index(
     for t in range(n_trees):
         for n in range(nn):
             g, f, th = t * nn + n, int(feature[t, n]), threshold[t, n]
-            if np.isinf(th):  # padding: every value goes left
-                cat_static[:, t] &= left[n]
+            if np.isinf(th):  # +inf (padding): every value goes left; -inf: every one right
+                cat_static[:, t] &= left[n] if th > 0 else right[n]
             elif f < n_session:
                 s_node.append(g)
                 s_feat.append(f)
