@@ -146,3 +146,40 @@ def write_meta(root: Path, meta: dict[str, Any], *, reseal: bool = False) -> Non
     if reseal:
         meta["metadata_sha256"] = metadata_digest(meta)
     (root / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def library_reference(estimator: Any, X: Any) -> tuple[Any, Any]:
+    """(margin, output), float64 of shape (n,), from the training library's own predict on
+    ``X``, written out per library here (independently of the compiler's front ends)."""
+    name = type(estimator).__module__.split(".")[0]
+    proba = hasattr(estimator, "predict_proba")
+    if name == "sklearn":
+        margin = estimator.decision_function(X) if proba else estimator.predict(X)
+    elif name == "xgboost":
+        margin = estimator.predict(X, output_margin=True)
+    else:
+        margin = estimator.predict(X, raw_score=True)
+    output = estimator.predict_proba(X)[:, 1] if proba else estimator.predict(X)
+    return np.asarray(margin, dtype=np.float64), np.asarray(output, dtype=np.float64)
+
+
+def max_tree_depth(tl: dict[str, Any]) -> int:
+    """The deepest tree's depth (splits on the longest path) in treelite's JSON dump."""
+
+    def depth(nodes: dict[int, Any], i: int) -> int:
+        n = nodes[i]
+        if "leaf_value" in n:
+            return 0
+        return 1 + max(depth(nodes, n["left_child"]), depth(nodes, n["right_child"]))
+
+    return max(depth({n["node_id"]: n for n in t["nodes"]}, 0) for t in tl["trees"])
+
+
+def spark_worker_env(mp: pytest.MonkeyPatch) -> None:
+    """Local Spark's Python workers: this interpreter, importing reco_fast from this
+    checkout, on loopback."""
+    mp.setenv("PYSPARK_PYTHON", sys.executable)
+    mp.setenv("PYSPARK_DRIVER_PYTHON", sys.executable)
+    mp.setenv("SPARK_LOCAL_IP", "127.0.0.1")
+    path = os.environ.get("PYTHONPATH")
+    mp.setenv("PYTHONPATH", str(REPO) + (os.pathsep + path if path else ""))

@@ -22,6 +22,7 @@ from reco_fast.compiler.ir import (
     sparse_from_treelite,
     thresholds_by_feature,
 )
+from tests.helpers import library_reference, max_tree_depth
 
 lgb = pytest.importorskip("lightgbm")
 from sklearn.ensemble import (  # noqa: E402
@@ -53,25 +54,6 @@ def _rows(est, X: np.ndarray, seed: int) -> np.ndarray:
     rows = np.concatenate([fresh, adversarial_inputs(thresholds_by_feature(tl), fresh, nan=True)])
     rows[rng.random(rows.shape) < 0.05] = np.nan
     return rows
-
-
-def _reference(est, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(est, lgb.LGBMModel):
-        margin = est.predict(X, raw_score=True)
-    else:
-        margin = est.decision_function(X) if hasattr(est, "predict_proba") else est.predict(X)
-    out = est.predict_proba(X)[:, 1] if hasattr(est, "predict_proba") else est.predict(X)
-    return np.asarray(margin, dtype=np.float64), np.asarray(out, dtype=np.float64)
-
-
-def _max_depth(tl: dict) -> int:
-    def depth(nodes: dict, i: int) -> int:
-        n = nodes[i]
-        if "leaf_value" in n:
-            return 0
-        return 1 + max(depth(nodes, n["left_child"]), depth(nodes, n["right_child"]))
-
-    return max(depth({n["node_id"]: n for n in t["nodes"]}, 0) for t in tl["trees"])
 
 
 def _fit(name: str, X: np.ndarray, y: np.ndarray, depth: int):
@@ -109,7 +91,7 @@ def test_float64_models_build_a_flat_backend_equal_to_their_library(
     # AVX2 (4 doubles per register) only for trees of depth <= 6, on a CPU that has it
     imported = import_estimator(est)
     tl = model_json(imported.treelite_model)
-    deep = _max_depth(tl) > MAX_FLAT_DEPTH  # trees walked as they are (SparseForest)
+    deep = max_tree_depth(tl) > MAX_FLAT_DEPTH  # trees walked as they are (SparseForest)
     forest = (sparse_from_treelite if deep else from_treelite)(
         imported.treelite_model,
         nan_routed=True,
@@ -128,8 +110,8 @@ def test_float64_models_build_a_flat_backend_equal_to_their_library(
     assert reco_fast.load(tmp_path / "m").backend.startswith(meta["backend"])
 
     rows = _rows(est, X, depth)
-    margin, output = _reference(est, rows)
-    margin32, _ = _reference(est, rows.astype(np.float32).astype(np.float64))
+    margin, output = library_reference(est, rows)
+    margin32, _ = library_reference(est, rows.astype(np.float32).astype(np.float64))
     assert np.max(np.abs(forest.predict_margin(rows) - margin)) <= 1e-12  # the IR itself
     for backend in backends:
         m = model.using(backend)
@@ -144,7 +126,7 @@ def test_float64_models_build_a_flat_backend_equal_to_their_library(
             rest = np.ascontiguousarray(rows[:37, 2:].T)
             shared = rows[5, :2].tolist()
             full = np.column_stack([np.tile(rows[5, :2], (37, 1)), rows[:37, 2:]])
-            expected = _reference(est, full)[1]
+            expected = library_reference(est, full)[1]
             assert np.max(np.abs(m._predict_prefix(shared, rest) - expected)) <= 1e-12, backend
 
 

@@ -35,7 +35,7 @@ from reco_fast.compiler.ir import (
     sparse_from_treelite,
     thresholds_by_feature,
 )
-from tests.helpers import run_python
+from tests.helpers import library_reference, max_tree_depth, run_python
 
 if os.environ.get("CI"):  # the dev extra installs both: CI must not skip these tests
     import lightgbm as lgb
@@ -106,21 +106,6 @@ def _fit(family: str, kind: str, X: np.ndarray, y: np.ndarray, trees: int, depth
     return lgb.LGBMClassifier(**common).fit(X, y)
 
 
-def _reference(estimator, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(margin, output) from the library's own predict, written out per library here
-    (independently of the front ends)."""
-    name = type(estimator).__module__.split(".")[0]
-    proba = hasattr(estimator, "predict_proba")
-    if name == "sklearn":
-        margin = estimator.decision_function(X) if proba else estimator.predict(X)
-    elif name == "xgboost":
-        margin = estimator.predict(X, output_margin=True)
-    else:
-        margin = estimator.predict(X, raw_score=True)
-    output = estimator.predict_proba(X)[:, 1] if proba else estimator.predict(X)
-    return np.asarray(margin, dtype=np.float64), np.asarray(output, dtype=np.float64)
-
-
 def _probe_rows(model_, X: np.ndarray, rng: np.random.Generator, nan: bool) -> np.ndarray:
     """Rows the build never saw: random, each threshold and its neighbours, tiny values
     (LightGBM reads |x| <= 1e-35 as 0), and NaN where the model routes it."""
@@ -135,19 +120,6 @@ def _probe_rows(model_, X: np.ndarray, rng: np.random.Generator, nan: bool) -> n
     if nan:
         rows[rng.random(rows.shape) < 0.1] = np.nan
     return rows
-
-
-def _max_depth(estimator) -> int:
-    """The deepest tree's depth (splits on the longest path), from treelite's dump."""
-    tl = model_json(reco_fast.compiler.driver.import_estimator(estimator).treelite_model)
-
-    def depth(nodes: dict, i: int) -> int:
-        n = nodes[i]
-        if "leaf_value" in n:
-            return 0
-        return 1 + max(depth(nodes, n["left_child"]), depth(nodes, n["right_child"]))
-
-    return max(depth({n["node_id"]: n for n in t["nodes"]}, 0) for t in tl["trees"])
 
 
 def _draw_model(
@@ -191,12 +163,14 @@ def test_the_intermediate_form_equals_the_library(family: str, data: st.DataObje
             imported.treelite_model, tl, precision=imported.input_precision, **kwargs
         )
     except TooDeep:
-        assert _max_depth(estimator) > MAX_FLAT_DEPTH
+        assert (
+            max_tree_depth(model_json(import_estimator(estimator).treelite_model)) > MAX_FLAT_DEPTH
+        )
         if imported.input_precision == "float32":
             return  # served by tl2cgen's code alone (the full builds below check it)
         forest = sparse_from_treelite(imported.treelite_model, tl, **kwargs)
     rows = _probe_rows(estimator, X, rng, routed)
-    margin, _ = _reference(estimator, rows)
+    margin, _ = library_reference(estimator, rows)
     assert np.all(np.abs(forest.predict_margin(rows) - margin) <= imported.tolerance)
 
 
@@ -216,7 +190,7 @@ def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -
     assert meta["missing_values"] == ("routed" if routed else "refused")
     assert model.output == {"classifier": "probability", "ranker": "score"}.get(kind, "value")
     rows = _probe_rows(estimator, X, rng, routed)
-    margin, output = _reference(estimator, rows)
+    margin, output = library_reference(estimator, rows)
     m_tol = meta["verification"]["margin_tolerance"]
     o_tol = meta["verification"]["tolerance"]
     if family == "xgboost":  # float32 sums: the bound is stated, and far below 1e-4
@@ -228,7 +202,7 @@ def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -
     # GradientBoosting* and XGBoost (NaN routed, x < t splits) when the trees are at most
     # MAX_FLAT_DEPTH deep, float64 compares for HistGradientBoosting* and LightGBM (NaN
     # routed, LightGBM's zero snap) at any depth (deeper trees walked as they are)
-    depth = _max_depth(estimator)
+    depth = max_tree_depth(model_json(import_estimator(estimator).treelite_model))
     flat = depth <= MAX_FLAT_DEPTH or family in ("sklearn-hgb", "lightgbm")
     assert ("flat-portable" in loaded.available_backends()) == flat, depth
     assert meta["flat_evaluator"] == "generated" if flat else "exceed" in meta["flat_evaluator"]
@@ -246,7 +220,7 @@ def _check_family(family: str, kind: str, data: st.DataObject, tmp_path: Path) -
         assert np.all(np.abs(got - margin) <= m_tol), backend
         worst = max(worst, float(np.max(np.abs(got - margin))))
         got32 = m.decision_function(rows.astype(np.float32))
-        margin32, _ = _reference(estimator, rows.astype(np.float32).astype(np.float64))
+        margin32, _ = library_reference(estimator, rows.astype(np.float32).astype(np.float64))
         assert np.all(np.abs(got32 - margin32) <= m_tol), backend
         if kind == "classifier":
             p = m.predict_proba_features(rows)
@@ -390,7 +364,7 @@ def test_early_stopped_models_compile_the_trees_their_library_predicts_with(
     assert models["xgb"].best_iteration < 39 and models["lgb"].best_iteration_ < 39
     for name, est in models.items():
         model = reco_fast.compile_model(est, tmp_path / name, verify_X=X)
-        margin, proba = _reference(est, X)
+        margin, proba = library_reference(est, X)
         v = model.metadata["verification"]
         assert np.all(np.abs(model.decision_function(X) - margin) <= v["margin_tolerance"]), name
         assert np.all(np.abs(model.predict_proba_features(X) - proba) <= v["tolerance"]), name
@@ -538,7 +512,7 @@ def test_models_of_other_libraries_serve_with_numpy_and_cffi_only(
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout.strip().splitlines()[-1])
         assert out["heavy"] == []
-        margin, output = _reference(est, np.asarray(rows.tolist(), dtype=np.float64))
+        margin, output = library_reference(est, np.asarray(rows.tolist(), dtype=np.float64))
         tol = 1e-12 if family == "lightgbm" else 1e-4
         assert np.all(np.abs(np.asarray(out["margin"], dtype=np.float64) - margin) <= tol)
         if name == "clf":

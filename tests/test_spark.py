@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 import reco_fast
 from reco_fast.features.schema import LABEL
-from tests.helpers import REPO, SPARK_MARKS, java_runtime, require
+from tests.helpers import SPARK_MARKS, java_runtime, require, spark_worker_env
 
 pytestmark = SPARK_MARKS
 
@@ -45,12 +44,7 @@ if java_runtime() is None:  # checked before any fixture: no build just to skip
 def spark() -> Iterator[SparkSession]:
     start = time.perf_counter()
     with pytest.MonkeyPatch.context() as mp:
-        # Python workers are this interpreter and import reco_fast from this checkout.
-        mp.setenv("PYSPARK_PYTHON", sys.executable)
-        mp.setenv("PYSPARK_DRIVER_PYTHON", sys.executable)
-        mp.setenv("SPARK_LOCAL_IP", "127.0.0.1")
-        path = os.environ.get("PYTHONPATH")
-        mp.setenv("PYTHONPATH", str(REPO) + (os.pathsep + path if path else ""))
+        spark_worker_env(mp)
         session = (
             SparkSession.builder.master("local[2]")
             .appName("reco_fast-tests")

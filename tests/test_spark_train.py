@@ -6,8 +6,6 @@ Needs pyspark, xgboost and a Java runtime (skipped without them, failed under CI
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 
 import reco_fast
 from reco_fast.build import pipeline
-from tests.helpers import REPO, SPARK_MARKS, java_runtime, require
+from tests.helpers import SPARK_MARKS, java_runtime, require, spark_worker_env
 
 pytestmark = SPARK_MARKS
 
@@ -56,11 +54,7 @@ def spark_build(built: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
         return estimator, seconds
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYSPARK_PYTHON", sys.executable)
-        mp.setenv("PYSPARK_DRIVER_PYTHON", sys.executable)
-        mp.setenv("SPARK_LOCAL_IP", "127.0.0.1")
-        path = os.environ.get("PYTHONPATH")
-        mp.setenv("PYTHONPATH", str(REPO) + (os.pathsep + path if path else ""))
+        spark_worker_env(mp)
         mp.setattr(pipeline, "split", spy_split)
         mp.setattr(spark_train, "fit_on_spark", spy_fit)
         argv = ["build", "--engine", "spark", "--data", str(built.log_path)]

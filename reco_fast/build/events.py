@@ -220,7 +220,7 @@ def parse_event_types(
     if isinstance(spec, Mapping):
         items: list[tuple[Any, Any]] = list(spec.items())
     elif isinstance(spec, str):
-        items = list(_pairs(spec, "event types", "type=VALUE", f"types: {', '.join(EVENT_TYPES)}"))
+        items = _pairs(spec, "event types", "type=VALUE", f"types: {', '.join(EVENT_TYPES)}")
     else:
         raise TypeError(f"event_types must be a str or a mapping, got {type(spec).__name__}")
     seen: set[str] = set()
